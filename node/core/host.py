@@ -1,0 +1,146 @@
+"""One emulated arm64 host: its features, host counter and VMs (the /dev/kvm fd)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NewType
+
+from node.core.clock import Clock, HostCounter, ManualClock
+from node.core.errors import AlreadyExists, BadRequest, VmNotFound, WrongClockMode
+from node.core.features import ClockMode, HostFeatures
+from node.core.regs import Cap
+from node.core.state import VmState
+from node.core.vcpu import AccessKind, AccessResult, GuestOp
+from node.core.vm import IrqLevel, Vm
+
+VmId = NewType("VmId", str)
+NodeId = NewType("NodeId", str)
+MAX_VM_ID_LEN = 128
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """Outcome of one client-driven KVM_RUN."""
+
+    results: tuple[AccessResult, ...]  # one per op
+    irq_levels: tuple[IrqLevel, ...]  # timer lines afterwards
+    host_counter: int  # H when the run ended
+    trap_count: int  # the vCPU's trap count afterwards
+
+
+class Host:
+    """The emulation core of one node. Pure: time comes from the injected clock."""
+
+    def __init__(
+        self,
+        node_id: str,
+        features: HostFeatures,
+        clock: Clock,
+        *,
+        counter_base: int = 0,
+        clock_mode: ClockMode = ClockMode.SIMULATED,
+    ) -> None:
+        if clock_mode is ClockMode.SIMULATED and not isinstance(clock, ManualClock):
+            raise WrongClockMode("simulated clock mode needs a ManualClock")
+        self.node_id = NodeId(node_id)
+        self.features = features
+        self.clock_mode = clock_mode
+        self.counter = HostCounter(clock, features.cntfrq_hz, counter_base)
+        self.vms: dict[VmId, Vm] = {}
+        self._ids = itertools.count(1)
+
+    def check_extension(self, cap: int) -> int:
+        """KVM_CHECK_EXTENSION: 1 if supported, else 0 (never an error)."""
+        supported = {
+            Cap.ONE_REG: True,
+            Cap.DEVICE_CTRL: True,
+            Cap.ARM_VTIMER_OFFSET: self.features.has_vcpu_offsets,
+            Cap.COUNTER_OFFSET: self.features.has_counter_offset_cap,
+        }
+        return int(supported.get(cap, False))  # type: ignore[call-overload]
+
+    def vm(self, vm_id: str) -> Vm:
+        try:
+            return self.vms[VmId(vm_id)]
+        except KeyError:
+            raise VmNotFound(f"no vm {vm_id!r} on node {self.node_id!r}") from None
+
+    def _new_vm_id(self, vm_id: str) -> VmId:
+        if not vm_id:
+            while (candidate := VmId(f"vm-{next(self._ids)}")) in self.vms:
+                pass
+            return candidate
+        if len(vm_id) > MAX_VM_ID_LEN or not vm_id.isprintable():
+            raise BadRequest(f"vm_id must be 1..{MAX_VM_ID_LEN} printable characters")
+        if VmId(vm_id) in self.vms:
+            raise AlreadyExists(f"vm {vm_id!r} already exists on node {self.node_id!r}")
+        return VmId(vm_id)
+
+    def create_vm(self, vm_id: str = "", *, userspace_irqchip: bool = False) -> Vm:
+        new_id = self._new_vm_id(vm_id)
+        vm = Vm(new_id, self.features, self.counter, userspace_irqchip=userspace_irqchip)
+        self.vms[new_id] = vm
+        return vm
+
+    def destroy_vm(self, vm_id: str) -> None:
+        self.vm(vm_id)
+        del self.vms[VmId(vm_id)]
+
+    def restore_vm(self, state: VmState, vm_id: str = "") -> Vm:
+        """Recreate a snapshotted VM on this host, offsets unchanged."""
+        new_id = self._new_vm_id(vm_id or state.vm_id)
+        vm = Vm.restore(state, self.features, self.counter)
+        vm.vm_id = new_id
+        self.vms[new_id] = vm
+        return vm
+
+    def get_clock(self) -> tuple[int, int]:
+        """(host counter, realtime ns), sampled together."""
+        return self.counter.sample()
+
+    def step_clock(self, delta_ticks: int) -> int:
+        if self.clock_mode is not ClockMode.SIMULATED:
+            raise WrongClockMode("StepClock needs a node in simulated clock mode")
+        return self.counter.step(delta_ticks)
+
+    def run_vcpu(self, vm_id: str, index: int, ops: Sequence[GuestOp]) -> RunResult:
+        """One KVM_RUN executing `ops` in order; WAIT steps the simulated clock.
+
+        Realtime nodes' waits need real sleeping: adapters drive enter_run /
+        guest_read / guest_write / exit_run themselves for those.
+        """
+        vm = self.vm(vm_id)
+        validate_ops(ops)
+        if self.clock_mode is not ClockMode.SIMULATED and any(op.kind is AccessKind.WAIT for op in ops):
+            raise WrongClockMode("a wait op on a realtime node must be driven by the adapter")
+        vcpu = vm.enter_run(index)
+        try:
+            results = tuple(self.execute(vm, vcpu.index, op) for op in ops)
+        finally:
+            vm.exit_run(vcpu)
+        return self.run_result(vm, index, results)
+
+    def execute(self, vm: Vm, index: int, op: GuestOp) -> AccessResult:
+        vcpu = vm.vcpu(index)
+        if op.kind is AccessKind.READ:
+            assert op.reg is not None
+            return vm.guest_read(vcpu, op.reg)
+        if op.kind is AccessKind.WRITE:
+            assert op.reg is not None
+            return vm.guest_write(vcpu, op.reg, op.value)
+        return AccessResult(self.counter.step(op.value))
+
+    def run_result(self, vm: Vm, index: int, results: tuple[AccessResult, ...]) -> RunResult:
+        h = self.counter.read()
+        return RunResult(results, tuple(vm.irq_levels(index, h)), h, vm.vcpu(index).trap_count)
+
+
+def validate_ops(ops: Sequence[GuestOp]) -> None:
+    """Reject malformed ops before any of them runs (nothing half-executed)."""
+    for n, op in enumerate(ops):
+        if op.kind in (AccessKind.READ, AccessKind.WRITE) and op.reg is None:
+            raise BadRequest(f"op {n}: a {op.kind.name.lower()} needs a register")
+        if not 0 <= op.value < (1 << 64):
+            raise BadRequest(f"op {n}: value {op.value} is not an unsigned 64-bit value")

@@ -1,0 +1,71 @@
+"""Linux uapi numbers: ONE_REG ids, device attribute groups/ids, capabilities.
+
+Values from arch/arm64/include/uapi/asm/kvm.h and include/uapi/linux/kvm.h.
+TIMER_CVAL and TIMER_CNT carry each other's architectural encodings: a frozen
+ABI accident; always use the constants, never derive them.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+KVM_REG_ARM64 = 0x6000_0000_0000_0000
+KVM_REG_SIZE_MASK = 0x00F0_0000_0000_0000
+KVM_REG_SIZE_U64 = 0x0030_0000_0000_0000
+KVM_REG_ARM64_SYSREG = 0x0013_0000
+
+
+def arm64_sys_reg(op0: int, op1: int, crn: int, crm: int, op2: int) -> int:
+    """ARM64_SYS_REG(): the 64-bit ONE_REG id of a system register."""
+    return (
+        KVM_REG_ARM64
+        | KVM_REG_SIZE_U64
+        | KVM_REG_ARM64_SYSREG
+        | (op0 << 14)
+        | (op1 << 11)
+        | (crn << 7)
+        | (crm << 3)
+        | op2
+    )
+
+
+class OneReg(IntEnum):
+    """Timer ONE_REG ids."""
+
+    TIMER_CTL = 0x6030_0000_0013_DF19  # vtimer CTL (CNTV_CTL_EL0 encoding)
+    TIMER_CVAL = 0x6030_0000_0013_DF02  # vtimer CVAL (CNTVCT_EL0's encoding: swapped)
+    TIMER_CNT = 0x6030_0000_0013_DF1A  # guest CNTVCT (CNTV_CVAL_EL0's encoding: swapped)
+    PTIMER_CTL = 0x6030_0000_0013_DF11  # ptimer CTL
+    PTIMER_CVAL = 0x6030_0000_0013_DF12  # ptimer CVAL
+    PTIMER_CNT = 0x6030_0000_0013_DF01  # guest CNTPCT
+    TIMER_OFFSET = 0x6030_0000_0013_E703  # guest CNTVOFF_EL2 (2021 series, opt-in)
+
+
+KVM_ARM_VCPU_TIMER_CTRL = 1  # vCPU device attribute group of the timers
+
+
+class TimerAttr(IntEnum):
+    """Attributes in group KVM_ARM_VCPU_TIMER_CTRL."""
+
+    IRQ_VTIMER = 0  # KVM_ARM_VCPU_TIMER_IRQ_VTIMER
+    IRQ_PTIMER = 1  # KVM_ARM_VCPU_TIMER_IRQ_PTIMER
+    IRQ_HVTIMER = 2  # KVM_ARM_VCPU_TIMER_IRQ_HVTIMER (NV); PHYS_OFFSET in the 2021 series
+    IRQ_HPTIMER = 3  # KVM_ARM_VCPU_TIMER_IRQ_HPTIMER (NV)
+
+
+KVM_ARM_VCPU_TIMER_PHYS_OFFSET = 2  # 2021 series only: collides with IRQ_HVTIMER
+
+
+class Cap(IntEnum):
+    """KVM_CHECK_EXTENSION numbers this host knows."""
+
+    ONE_REG = 70  # KVM_CAP_ONE_REG
+    DEVICE_CTRL = 89  # KVM_CAP_DEVICE_CTRL
+    ARM_VTIMER_OFFSET = 206  # 2021 series numbering only (not upstream)
+    COUNTER_OFFSET = 227  # KVM_CAP_COUNTER_OFFSET (6.4+)
+
+
+KVM_ARM_SET_COUNTER_OFFSET = 0x4010_AEB5  # _IOW(KVMIO, 0xb5, struct kvm_arm_counter_offset)
+KVM_MAX_VCPUS = 512  # arm64 limit with a GICv3
+PPI_MIN = 16  # first PPI INTID
+PPI_MAX = 31  # last PPI INTID

@@ -1,0 +1,467 @@
+"""A VM: VM-wide timer offsets and PPIs, its vCPUs, and the KVM ioctls on them.
+
+Offsets follow the upstream model (`struct arch_timer_vm_data`): one VM-wide
+`voffset` (total virtual offset from the host counter H) and `poffset`, so
+guest CNTVCT = H - voffset and guest CNTPCT = H - poffset (mod 2^64). The
+2021 series' per-vCPU controls are expressed in the same terms: its guest
+CNTVOFF (TIMER_OFFSET) is voffset - poffset and its physical offset P is poffset,
+and since the series broadcast every write to all vCPUs, one VM-wide pair holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from node.core.clock import U64_MASK, HostCounter, u64
+from node.core.errors import (
+    AlreadyExists,
+    BadRequest,
+    Busy,
+    EmulatorError,
+    InvalidArgument,
+    NoEntry,
+    NoSuchAttr,
+    NotPermitted,
+    VcpuNotFound,
+)
+from node.core.features import ApiProfile, HostFeatures
+from node.core.regs import (
+    KVM_ARM_VCPU_TIMER_CTRL,
+    KVM_ARM_VCPU_TIMER_PHYS_OFFSET,
+    KVM_MAX_VCPUS,
+    PPI_MAX,
+    PPI_MIN,
+    Cap,
+    OneReg,
+    TimerAttr,
+)
+from node.core.state import TimerState, VcpuState, VmState
+from node.core.timer import (
+    DEFAULT_PPI,
+    TimerId,
+    TimerOffset,
+    read_ctl,
+    should_fire,
+    store_ctl,
+    tval_read,
+    tval_write,
+)
+from node.core.traps import TrapConfig, compute_traps
+from node.core.vcpu import (
+    SELF_SYNC_REGS,
+    TIMER_SYSREGS,
+    AccessResult,
+    SysReg,
+    Vcpu,
+)
+
+_TIMER_REGS: dict[int, tuple[TimerId, str]] = {
+    OneReg.TIMER_CTL: (TimerId.VTIMER, "ctl"),
+    OneReg.TIMER_CVAL: (TimerId.VTIMER, "cval"),
+    OneReg.TIMER_CNT: (TimerId.VTIMER, "cnt"),
+    OneReg.PTIMER_CTL: (TimerId.PTIMER, "ctl"),
+    OneReg.PTIMER_CVAL: (TimerId.PTIMER, "cval"),
+    OneReg.PTIMER_CNT: (TimerId.PTIMER, "cnt"),
+}
+_EL1_TIMERS = (TimerId.VTIMER, TimerId.PTIMER)
+_IRQ_ATTRS: dict[int, TimerId] = {
+    TimerAttr.IRQ_VTIMER: TimerId.VTIMER,
+    TimerAttr.IRQ_PTIMER: TimerId.PTIMER,
+    TimerAttr.IRQ_HVTIMER: TimerId.HVTIMER,
+    TimerAttr.IRQ_HPTIMER: TimerId.HPTIMER,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class IrqLevel:
+    """One timer output line."""
+
+    timer_id: TimerId  # which timer
+    intid: int  # its PPI
+    level: bool  # asserted now
+
+
+def check_u64(value: int, what: str = "value") -> int:
+    if not 0 <= value <= U64_MASK:
+        raise BadRequest(f"{what} {value} is not an unsigned 64-bit value")
+    return value
+
+
+class Vm:
+    """One VM on an emulated host. All methods raise only EmulatorError subclasses."""
+
+    def __init__(
+        self, vm_id: str, features: HostFeatures, counter: HostCounter, *, userspace_irqchip: bool = False
+    ) -> None:
+        self.vm_id = vm_id
+        self.features = features
+        self.counter = counter
+        self.userspace_irqchip = userspace_irqchip
+        self.voffset = 0  # timer_data.voffset
+        self.poffset = 0  # timer_data.poffset
+        self.counter_offset_set = False  # KVM_ARCH_FLAG_VM_COUNTER_OFFSET
+        self.vtimer_offset_enabled = False  # KVM_CAP_ARM_VTIMER_OFFSET enabled (series)
+        self.ppis: list[int] = [DEFAULT_PPI[t] for t in TimerId]
+        self.ppis_frozen = False  # KVM_ARCH_FLAG_TIMER_PPIS_IMMUTABLE
+        self.running = False  # resumed by the VMM (vCPUs inside KVM_RUN)
+        self.vcpus: dict[int, Vcpu] = {}
+        self._traps = compute_traps(features, 0)
+
+    # --- offsets -------------------------------------------------------------
+
+    def offset(self, timer_id: TimerId) -> TimerOffset:
+        """The timer's offset: VM part only (no NV per-vCPU part is modelled)."""
+        if timer_id in (TimerId.VTIMER, TimerId.HVTIMER):
+            return TimerOffset(vm=self.voffset)
+        return TimerOffset(vm=self.poffset)
+
+    def _set_offsets(self, voffset: int, poffset: int) -> None:
+        self.voffset = u64(voffset)
+        if u64(poffset) != self.poffset:
+            self.poffset = u64(poffset)
+            self._traps = compute_traps(self.features, self.poffset)
+
+    @property
+    def traps(self) -> TrapConfig:
+        return self._traps
+
+    def cntvct(self, h: int) -> int:
+        return (h - self.voffset) & U64_MASK
+
+    def cntpct(self, h: int) -> int:
+        return (h - self.poffset) & U64_MASK
+
+    def _timer_now(self, timer_id: TimerId, h: int) -> int:
+        return (h - self.offset(timer_id).total()) & U64_MASK
+
+    # --- vCPUs ---------------------------------------------------------------
+
+    def vcpu(self, index: int) -> Vcpu:
+        try:
+            return self.vcpus[index]
+        except KeyError:
+            raise VcpuNotFound(f"vm {self.vm_id!r} has no vcpu {index}") from None
+
+    def create_vcpu(self, index: int) -> Vcpu:
+        """KVM_CREATE_VCPU + KVM_ARM_VCPU_INIT.
+
+        Unless the VM-wide counter offset was set, every creation resets the
+        offsets so the guest virtual counter starts at 0 now (kvm_timer_vcpu_init).
+        """
+        if not 0 <= index < KVM_MAX_VCPUS:
+            raise InvalidArgument(f"vcpu index {index} out of range 0..{KVM_MAX_VCPUS - 1}")
+        if index in self.vcpus:
+            raise AlreadyExists(f"vcpu {index} already exists in vm {self.vm_id!r}")
+        if self.ppis_frozen and not self.userspace_irqchip:
+            # kvm_arch_vcpu_precreate(): the vGIC is initialised at first run.
+            raise Busy(f"vm {self.vm_id!r} has run: its vGIC is initialised, no new vcpus")
+        vcpu = Vcpu(index)
+        self.vcpus[index] = vcpu
+        if not self.counter_offset_set:
+            self._set_offsets(self.counter.read(), 0)
+        return vcpu
+
+    def reset_vcpu(self, index: int) -> None:
+        self._check_not_in_run(self.vcpu(index))
+        self.vcpu(index).reset()
+
+    @staticmethod
+    def _check_not_in_run(vcpu: Vcpu) -> None:
+        if vcpu.in_run:
+            raise Busy(f"vcpu {vcpu.index} is inside KVM_RUN")
+
+    # --- ONE_REG -------------------------------------------------------------
+
+    def reg_list(self, index: int) -> list[int]:
+        self.vcpu(index)
+        ids = [int(r) for r in _TIMER_REGS]
+        if self.vtimer_offset_enabled:
+            ids.append(int(OneReg.TIMER_OFFSET))
+        return ids
+
+    def _check_reg(self, reg_id: int, *, write: bool) -> None:
+        """Raise what KVM would raise for this id, without touching state."""
+        if reg_id in _TIMER_REGS:
+            if write and reg_id == OneReg.PTIMER_CNT and not self.features.has_ptimer_cnt_write:
+                # Before 6.4 kvm_arm_timer_set_reg() has no PTIMER_CNT case: `return -1` (EPERM).
+                raise NotPermitted("PTIMER_CNT is read-only on this kernel (physical offset fixed at 0)")
+            return
+        if reg_id == OneReg.TIMER_OFFSET and self.vtimer_offset_enabled:
+            return
+        raise NoEntry(f"no such register id {reg_id:#018x}")
+
+    def get_one_reg(self, index: int, reg_id: int) -> int:
+        vcpu = self.vcpu(index)
+        self._check_reg(reg_id, write=False)
+        h = self.counter.read()
+        if reg_id == OneReg.TIMER_OFFSET:
+            return (self.voffset - self.poffset) & U64_MASK
+        timer_id, field = _TIMER_REGS[reg_id]
+        now = self._timer_now(timer_id, h)
+        ctx = vcpu.timer(timer_id)
+        if field == "cnt":
+            return now
+        if field == "ctl":
+            return read_ctl(ctx.ctl, ctx.cval, now)
+        return ctx.cval
+
+    def set_one_reg(self, index: int, reg_id: int, value: int) -> None:
+        vcpu = self.vcpu(index)
+        check_u64(value)
+        self._check_reg(reg_id, write=True)
+        self._apply_set(vcpu, reg_id, value)
+
+    def _apply_set(self, vcpu: Vcpu, reg_id: int, value: int) -> None:
+        if reg_id == OneReg.TIMER_OFFSET:
+            # Series: guest CNTVOFF is relative to the guest physical counter.
+            self._set_offsets(self.poffset + value, self.poffset)
+            return
+        timer_id, field = _TIMER_REGS[reg_id]
+        ctx = vcpu.timer(timer_id)
+        if field == "ctl":
+            ctx.ctl = store_ctl(value)
+        elif field == "cval":
+            ctx.cval = value
+        elif self.counter_offset_set:
+            # 6.4+: once the VM-wide offset is set, counter writes succeed but are ignored.
+            return
+        elif timer_id is TimerId.VTIMER:
+            # By value: voffset = H - value, for every vCPU (last writer wins).
+            self._set_offsets(self.counter.read() - value, self.poffset)
+        else:
+            self._set_offsets(self.voffset, self.counter.read() - value)
+
+    def get_regs(self, entries: Sequence[tuple[int, int]]) -> list[int]:
+        """Batched GET_ONE_REG: all values are read at one host counter sample."""
+        for index, reg_id in entries:
+            self.vcpu(index)
+            self._check_reg(reg_id, write=False)
+        return [self.get_one_reg(index, reg_id) for index, reg_id in entries]
+
+    def set_regs(self, entries: Sequence[tuple[int, int, int]]) -> None:
+        """Batched SET_ONE_REG: every entry is validated first; then all are applied in order."""
+        vcpus = []
+        for n, (index, reg_id, value) in enumerate(entries):
+            try:
+                vcpus.append(self.vcpu(index))
+                check_u64(value)
+                self._check_reg(reg_id, write=True)
+            except EmulatorError as exc:
+                raise type(exc)(f"entry {n}: {exc.message}") from None
+        for vcpu, (_, reg_id, value) in zip(vcpus, entries, strict=True):
+            self._apply_set(vcpu, reg_id, value)
+
+    # --- device attributes (group KVM_ARM_VCPU_TIMER_CTRL) -------------------
+
+    def _irq_attr_timer(self, attr: int) -> TimerId:
+        timer_id = _IRQ_ATTRS.get(attr)
+        if timer_id is None or (timer_id in (TimerId.HVTIMER, TimerId.HPTIMER) and not self.features.nv):
+            raise NoSuchAttr(f"no timer attribute {attr}")
+        return timer_id
+
+    def _is_phys_offset_attr(self, group: int, attr: int) -> bool:
+        return (
+            group == KVM_ARM_VCPU_TIMER_CTRL
+            and attr == KVM_ARM_VCPU_TIMER_PHYS_OFFSET
+            and self.features.has_vcpu_offsets
+        )
+
+    def has_attr(self, index: int, group: int, attr: int) -> None:
+        self.vcpu(index)
+        if self._is_phys_offset_attr(group, attr):
+            return
+        self._check_group(group)
+        self._irq_attr_timer(attr)
+
+    def get_attr(self, index: int, group: int, attr: int) -> int:
+        self.vcpu(index)
+        if self._is_phys_offset_attr(group, attr):
+            return self.poffset
+        self._check_group(group)
+        return self.ppis[self._irq_attr_timer(attr)]
+
+    def set_attr(self, index: int, group: int, attr: int, value: int) -> None:
+        """kvm_arm_timer_set_attr(): checks in the kernel's order."""
+        vcpu = self.vcpu(index)
+        check_u64(value)
+        if self._is_phys_offset_attr(group, attr):
+            # Series: P = value; the virtual total moves with it (guest CNTVOFF kept).
+            self._set_offsets(self.voffset - self.poffset + value, value)
+            return
+        self._check_group(group)
+        if self.userspace_irqchip:
+            raise InvalidArgument("timer PPIs need an in-kernel irqchip")
+        if not PPI_MIN <= value <= PPI_MAX:
+            raise InvalidArgument(f"INTID {value} is not a PPI ({PPI_MIN}..{PPI_MAX})")
+        frozen = vcpu.has_run if self.features.api_profile is ApiProfile.BY_VALUE else self.ppis_frozen
+        if frozen:
+            raise Busy("timer PPIs are immutable once the VM has run")
+        self.ppis[self._irq_attr_timer(attr)] = value
+
+    @staticmethod
+    def _check_group(group: int) -> None:
+        if group != KVM_ARM_VCPU_TIMER_CTRL:
+            raise NoSuchAttr(f"no vcpu attribute group {group}")
+
+    # --- VM ioctls -----------------------------------------------------------
+
+    def enable_cap(self, cap: int, args: Sequence[int] = ()) -> None:
+        if cap == Cap.ARM_VTIMER_OFFSET and self.features.has_vcpu_offsets:
+            self.vtimer_offset_enabled = True
+            return
+        raise InvalidArgument(f"capability {cap} cannot be enabled on this host")
+
+    def set_counter_offset(self, counter_offset: int, reserved: int) -> None:
+        """KVM_ARM_SET_COUNTER_OFFSET: both counters = H - counter_offset, from now on."""
+        check_u64(counter_offset, "counter_offset")
+        check_u64(reserved, "reserved")
+        if not self.features.has_counter_offset_cap:
+            raise InvalidArgument("KVM_ARM_SET_COUNTER_OFFSET is not supported by this kernel")
+        if reserved != 0:
+            raise InvalidArgument(f"reserved must be 0, got {reserved}")
+        if self.running or any(v.in_run for v in self.vcpus.values()):
+            raise Busy("a vcpu is running: pause the VM first")
+        self._set_offsets(counter_offset, counter_offset)
+        self.counter_offset_set = True
+
+    def _first_run_checks(self) -> None:
+        """kvm_timer_enable() at first run: PPIs must be distinct; then they freeze."""
+        if self.ppis_frozen or self.userspace_irqchip:
+            return
+        el1 = [self.ppis[t] for t in _EL1_TIMERS]
+        timers = list(TimerId) if self.features.nv else list(_EL1_TIMERS)
+        ppis = [self.ppis[t] for t in timers]
+        if len(set(ppis)) != len(ppis) or len(set(el1)) != len(el1):
+            raise InvalidArgument(f"timer PPIs must be distinct, got {ppis}")
+        self.ppis_frozen = True
+
+    def pause(self) -> None:
+        self.running = False
+
+    def resume(self) -> None:
+        """The VMM enters KVM_RUN on every vCPU (first-run checks apply)."""
+        if self.running:
+            return
+        self._first_run_checks()
+        for vcpu in self.vcpus.values():
+            vcpu.has_run = True
+        self.running = True
+
+    # --- KVM_RUN -------------------------------------------------------------
+
+    def enter_run(self, index: int) -> Vcpu:
+        """Start a client-driven KVM_RUN on one vCPU (VM must be paused)."""
+        vcpu = self.vcpu(index)
+        if self.running:
+            raise Busy(f"vm {self.vm_id!r} is resumed: its vcpus are already running")
+        self._check_not_in_run(vcpu)
+        self._first_run_checks()
+        vcpu.has_run = True
+        vcpu.in_run = True
+        return vcpu
+
+    @staticmethod
+    def exit_run(vcpu: Vcpu) -> None:
+        vcpu.in_run = False
+
+    def guest_read(self, vcpu: Vcpu, reg: SysReg) -> AccessResult:
+        """MRS of a timer system register by the guest."""
+        h = self.counter.read()
+        traps = self._traps
+        if reg is SysReg.CNTFRQ_EL0:
+            return AccessResult(self.features.cntfrq_hz)
+        if reg in SELF_SYNC_REGS and self.features.ecv == 0:
+            return AccessResult(0, undefined=True)
+        if reg in (SysReg.CNTVCT_EL0, SysReg.CNTVCTSS_EL0):
+            return self._count(vcpu, self.cntvct(h), traps.trap_cntvct)
+        if reg in (SysReg.CNTPCT_EL0, SysReg.CNTPCTSS_EL0):
+            return self._count(vcpu, self.cntpct(h), traps.trap_cntpct)
+        timer_id, field = TIMER_SYSREGS[reg]
+        ctx = vcpu.timer(timer_id)
+        now = self._timer_now(timer_id, h)
+        if field == "ctl":
+            value = read_ctl(ctx.ctl, ctx.cval, now)
+        elif field == "cval":
+            value = ctx.cval
+        else:
+            value = tval_read(ctx.cval, now)
+        return self._count(vcpu, value, self._timer_trapped(timer_id, traps))
+
+    def guest_write(self, vcpu: Vcpu, reg: SysReg, value: int) -> AccessResult:
+        """MSR of a timer system register by the guest. Counters and CNTFRQ are UNDEFINED from EL1."""
+        check_u64(value)
+        if reg not in TIMER_SYSREGS:
+            return AccessResult(value, undefined=True)
+        timer_id, field = TIMER_SYSREGS[reg]
+        ctx = vcpu.timer(timer_id)
+        if field == "ctl":
+            ctx.ctl = store_ctl(value)
+        elif field == "cval":
+            ctx.cval = value
+        else:
+            ctx.cval = tval_write(value, self._timer_now(timer_id, self.counter.read()))
+        return self._count(vcpu, value, self._timer_trapped(timer_id, self._traps))
+
+    @staticmethod
+    def _timer_trapped(timer_id: TimerId, traps: TrapConfig) -> bool:
+        return traps.trap_vtimer if timer_id is TimerId.VTIMER else traps.trap_ptimer
+
+    @staticmethod
+    def _count(vcpu: Vcpu, value: int, trapped: bool) -> AccessResult:
+        if trapped:
+            vcpu.trap_count += 1
+        return AccessResult(value, trapped)
+
+    def irq_levels(self, index: int, h: int | None = None) -> list[IrqLevel]:
+        """Timer output lines of a vCPU (EL1 timers, plus EL2 ones with NV)."""
+        vcpu = self.vcpu(index)
+        h = self.counter.read() if h is None else h
+        timers: Iterable[TimerId] = TimerId if self.features.nv else _EL1_TIMERS
+        return [
+            IrqLevel(
+                t, self.ppis[t], should_fire(vcpu.timers[t].ctl, vcpu.timers[t].cval, self._timer_now(t, h))
+            )
+            for t in timers
+        ]
+
+    # --- snapshot / restore --------------------------------------------------
+
+    def snapshot(self) -> VmState:
+        h, realtime_ns = self.counter.sample()
+        return VmState(
+            vm_id=self.vm_id,
+            cntfrq_hz=self.features.cntfrq_hz,
+            userspace_irqchip=self.userspace_irqchip,
+            voffset=self.voffset,
+            poffset=self.poffset,
+            counter_offset_set=self.counter_offset_set,
+            vtimer_offset_enabled=self.vtimer_offset_enabled,
+            ppis=tuple(self.ppis),
+            vcpus=tuple(
+                VcpuState(v.index, tuple(TimerState(c.timer_id, c.ctl, c.cval) for c in v.timers))
+                for v in sorted(self.vcpus.values(), key=lambda v: v.index)
+            ),
+            host_counter=h,
+            realtime_ns=realtime_ns,
+        )
+
+    @classmethod
+    def restore(cls, state: VmState, features: HostFeatures, counter: HostCounter) -> Vm:
+        """Recreate a VM exactly as snapshotted (same offsets: no time adjustment here)."""
+        if state.cntfrq_hz != features.cntfrq_hz:
+            raise InvalidArgument(
+                f"snapshot counter runs at {state.cntfrq_hz} Hz, this host at {features.cntfrq_hz} Hz"
+            )
+        vm = cls(state.vm_id, features, counter, userspace_irqchip=state.userspace_irqchip)
+        vm.counter_offset_set = state.counter_offset_set
+        vm.vtimer_offset_enabled = state.vtimer_offset_enabled and features.has_vcpu_offsets
+        vm.ppis = list(state.ppis)
+        for vs in state.vcpus:
+            vcpu = Vcpu(vs.index)
+            for ts in vs.timers:
+                vcpu.timers[ts.timer_id].ctl = ts.ctl
+                vcpu.timers[ts.timer_id].cval = ts.cval
+            vm.vcpus[vs.index] = vcpu
+        vm._set_offsets(state.voffset, state.poffset)
+        return vm

@@ -1,0 +1,490 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ApiProfile(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    API_PROFILE_UNSPECIFIED: _ClassVar[ApiProfile]
+    API_PROFILE_BY_VALUE: _ClassVar[ApiProfile]
+    API_PROFILE_VCPU_OFFSETS: _ClassVar[ApiProfile]
+    API_PROFILE_VM_COUNTER_OFFSET: _ClassVar[ApiProfile]
+
+class ClockMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CLOCK_MODE_UNSPECIFIED: _ClassVar[ClockMode]
+    CLOCK_MODE_REALTIME: _ClassVar[ClockMode]
+    CLOCK_MODE_SIMULATED: _ClassVar[ClockMode]
+
+class SysReg(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SYS_REG_UNSPECIFIED: _ClassVar[SysReg]
+    SYS_REG_CNTFRQ_EL0: _ClassVar[SysReg]
+    SYS_REG_CNTVCT_EL0: _ClassVar[SysReg]
+    SYS_REG_CNTPCT_EL0: _ClassVar[SysReg]
+    SYS_REG_CNTVCTSS_EL0: _ClassVar[SysReg]
+    SYS_REG_CNTPCTSS_EL0: _ClassVar[SysReg]
+    SYS_REG_CNTV_CTL_EL0: _ClassVar[SysReg]
+    SYS_REG_CNTV_CVAL_EL0: _ClassVar[SysReg]
+    SYS_REG_CNTV_TVAL_EL0: _ClassVar[SysReg]
+    SYS_REG_CNTP_CTL_EL0: _ClassVar[SysReg]
+    SYS_REG_CNTP_CVAL_EL0: _ClassVar[SysReg]
+    SYS_REG_CNTP_TVAL_EL0: _ClassVar[SysReg]
+
+class TimerId(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TIMER_ID_VTIMER: _ClassVar[TimerId]
+    TIMER_ID_PTIMER: _ClassVar[TimerId]
+    TIMER_ID_HVTIMER: _ClassVar[TimerId]
+    TIMER_ID_HPTIMER: _ClassVar[TimerId]
+API_PROFILE_UNSPECIFIED: ApiProfile
+API_PROFILE_BY_VALUE: ApiProfile
+API_PROFILE_VCPU_OFFSETS: ApiProfile
+API_PROFILE_VM_COUNTER_OFFSET: ApiProfile
+CLOCK_MODE_UNSPECIFIED: ClockMode
+CLOCK_MODE_REALTIME: ClockMode
+CLOCK_MODE_SIMULATED: ClockMode
+SYS_REG_UNSPECIFIED: SysReg
+SYS_REG_CNTFRQ_EL0: SysReg
+SYS_REG_CNTVCT_EL0: SysReg
+SYS_REG_CNTPCT_EL0: SysReg
+SYS_REG_CNTVCTSS_EL0: SysReg
+SYS_REG_CNTPCTSS_EL0: SysReg
+SYS_REG_CNTV_CTL_EL0: SysReg
+SYS_REG_CNTV_CVAL_EL0: SysReg
+SYS_REG_CNTV_TVAL_EL0: SysReg
+SYS_REG_CNTP_CTL_EL0: SysReg
+SYS_REG_CNTP_CVAL_EL0: SysReg
+SYS_REG_CNTP_TVAL_EL0: SysReg
+TIMER_ID_VTIMER: TimerId
+TIMER_ID_PTIMER: TimerId
+TIMER_ID_HVTIMER: TimerId
+TIMER_ID_HPTIMER: TimerId
+
+class GetHostInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class HostInfo(_message.Message):
+    __slots__ = ("node_id", "cntfrq_hz", "ecv", "vhe", "api_profile", "clock_mode", "host_counter", "realtime_ns", "nv", "has_cntpoff", "vm_count", "vcpu_count")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    CNTFRQ_HZ_FIELD_NUMBER: _ClassVar[int]
+    ECV_FIELD_NUMBER: _ClassVar[int]
+    VHE_FIELD_NUMBER: _ClassVar[int]
+    API_PROFILE_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_MODE_FIELD_NUMBER: _ClassVar[int]
+    HOST_COUNTER_FIELD_NUMBER: _ClassVar[int]
+    REALTIME_NS_FIELD_NUMBER: _ClassVar[int]
+    NV_FIELD_NUMBER: _ClassVar[int]
+    HAS_CNTPOFF_FIELD_NUMBER: _ClassVar[int]
+    VM_COUNT_FIELD_NUMBER: _ClassVar[int]
+    VCPU_COUNT_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    cntfrq_hz: int
+    ecv: int
+    vhe: bool
+    api_profile: ApiProfile
+    clock_mode: ClockMode
+    host_counter: int
+    realtime_ns: int
+    nv: bool
+    has_cntpoff: bool
+    vm_count: int
+    vcpu_count: int
+    def __init__(self, node_id: _Optional[str] = ..., cntfrq_hz: _Optional[int] = ..., ecv: _Optional[int] = ..., vhe: _Optional[bool] = ..., api_profile: _Optional[_Union[ApiProfile, str]] = ..., clock_mode: _Optional[_Union[ClockMode, str]] = ..., host_counter: _Optional[int] = ..., realtime_ns: _Optional[int] = ..., nv: _Optional[bool] = ..., has_cntpoff: _Optional[bool] = ..., vm_count: _Optional[int] = ..., vcpu_count: _Optional[int] = ...) -> None: ...
+
+class CheckExtensionRequest(_message.Message):
+    __slots__ = ("cap",)
+    CAP_FIELD_NUMBER: _ClassVar[int]
+    cap: int
+    def __init__(self, cap: _Optional[int] = ...) -> None: ...
+
+class CheckExtensionResponse(_message.Message):
+    __slots__ = ("value",)
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    value: int
+    def __init__(self, value: _Optional[int] = ...) -> None: ...
+
+class EnableCapRequest(_message.Message):
+    __slots__ = ("vm_id", "cap", "args")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    CAP_FIELD_NUMBER: _ClassVar[int]
+    ARGS_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    cap: int
+    args: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, vm_id: _Optional[str] = ..., cap: _Optional[int] = ..., args: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class EnableCapResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CreateVmRequest(_message.Message):
+    __slots__ = ("vm_id", "userspace_irqchip")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    USERSPACE_IRQCHIP_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    userspace_irqchip: bool
+    def __init__(self, vm_id: _Optional[str] = ..., userspace_irqchip: _Optional[bool] = ...) -> None: ...
+
+class CreateVmResponse(_message.Message):
+    __slots__ = ("vm_id",)
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    def __init__(self, vm_id: _Optional[str] = ...) -> None: ...
+
+class DestroyVmRequest(_message.Message):
+    __slots__ = ("vm_id",)
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    def __init__(self, vm_id: _Optional[str] = ...) -> None: ...
+
+class DestroyVmResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListVmsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class VmSummary(_message.Message):
+    __slots__ = ("vm_id", "vcpu_count", "running", "voffset", "poffset")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    VCPU_COUNT_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    VOFFSET_FIELD_NUMBER: _ClassVar[int]
+    POFFSET_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    vcpu_count: int
+    running: bool
+    voffset: int
+    poffset: int
+    def __init__(self, vm_id: _Optional[str] = ..., vcpu_count: _Optional[int] = ..., running: _Optional[bool] = ..., voffset: _Optional[int] = ..., poffset: _Optional[int] = ...) -> None: ...
+
+class ListVmsResponse(_message.Message):
+    __slots__ = ("vms",)
+    VMS_FIELD_NUMBER: _ClassVar[int]
+    vms: _containers.RepeatedCompositeFieldContainer[VmSummary]
+    def __init__(self, vms: _Optional[_Iterable[_Union[VmSummary, _Mapping]]] = ...) -> None: ...
+
+class CreateVcpuRequest(_message.Message):
+    __slots__ = ("vm_id", "vcpu_index")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    VCPU_INDEX_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    vcpu_index: int
+    def __init__(self, vm_id: _Optional[str] = ..., vcpu_index: _Optional[int] = ...) -> None: ...
+
+class CreateVcpuResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ResetVcpuRequest(_message.Message):
+    __slots__ = ("vm_id", "vcpu_index")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    VCPU_INDEX_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    vcpu_index: int
+    def __init__(self, vm_id: _Optional[str] = ..., vcpu_index: _Optional[int] = ...) -> None: ...
+
+class ResetVcpuResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetOneRegRequest(_message.Message):
+    __slots__ = ("vm_id", "vcpu_index", "reg_id")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    VCPU_INDEX_FIELD_NUMBER: _ClassVar[int]
+    REG_ID_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    vcpu_index: int
+    reg_id: int
+    def __init__(self, vm_id: _Optional[str] = ..., vcpu_index: _Optional[int] = ..., reg_id: _Optional[int] = ...) -> None: ...
+
+class GetOneRegResponse(_message.Message):
+    __slots__ = ("value",)
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    value: int
+    def __init__(self, value: _Optional[int] = ...) -> None: ...
+
+class SetOneRegRequest(_message.Message):
+    __slots__ = ("vm_id", "vcpu_index", "reg_id", "value")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    VCPU_INDEX_FIELD_NUMBER: _ClassVar[int]
+    REG_ID_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    vcpu_index: int
+    reg_id: int
+    value: int
+    def __init__(self, vm_id: _Optional[str] = ..., vcpu_index: _Optional[int] = ..., reg_id: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
+
+class SetOneRegResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetRegListRequest(_message.Message):
+    __slots__ = ("vm_id", "vcpu_index")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    VCPU_INDEX_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    vcpu_index: int
+    def __init__(self, vm_id: _Optional[str] = ..., vcpu_index: _Optional[int] = ...) -> None: ...
+
+class GetRegListResponse(_message.Message):
+    __slots__ = ("reg_ids",)
+    REG_IDS_FIELD_NUMBER: _ClassVar[int]
+    reg_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, reg_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class RegValue(_message.Message):
+    __slots__ = ("vcpu_index", "reg_id", "value")
+    VCPU_INDEX_FIELD_NUMBER: _ClassVar[int]
+    REG_ID_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    vcpu_index: int
+    reg_id: int
+    value: int
+    def __init__(self, vcpu_index: _Optional[int] = ..., reg_id: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
+
+class GetRegsRequest(_message.Message):
+    __slots__ = ("vm_id", "regs")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    REGS_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    regs: _containers.RepeatedCompositeFieldContainer[RegValue]
+    def __init__(self, vm_id: _Optional[str] = ..., regs: _Optional[_Iterable[_Union[RegValue, _Mapping]]] = ...) -> None: ...
+
+class GetRegsResponse(_message.Message):
+    __slots__ = ("regs",)
+    REGS_FIELD_NUMBER: _ClassVar[int]
+    regs: _containers.RepeatedCompositeFieldContainer[RegValue]
+    def __init__(self, regs: _Optional[_Iterable[_Union[RegValue, _Mapping]]] = ...) -> None: ...
+
+class SetRegsRequest(_message.Message):
+    __slots__ = ("vm_id", "regs")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    REGS_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    regs: _containers.RepeatedCompositeFieldContainer[RegValue]
+    def __init__(self, vm_id: _Optional[str] = ..., regs: _Optional[_Iterable[_Union[RegValue, _Mapping]]] = ...) -> None: ...
+
+class SetRegsResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DeviceAttrRequest(_message.Message):
+    __slots__ = ("vm_id", "vcpu_index", "group", "attr")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    VCPU_INDEX_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    ATTR_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    vcpu_index: int
+    group: int
+    attr: int
+    def __init__(self, vm_id: _Optional[str] = ..., vcpu_index: _Optional[int] = ..., group: _Optional[int] = ..., attr: _Optional[int] = ...) -> None: ...
+
+class HasDeviceAttrResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetDeviceAttrResponse(_message.Message):
+    __slots__ = ("value",)
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    value: int
+    def __init__(self, value: _Optional[int] = ...) -> None: ...
+
+class SetDeviceAttrRequest(_message.Message):
+    __slots__ = ("vm_id", "vcpu_index", "group", "attr", "value")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    VCPU_INDEX_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    ATTR_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    vcpu_index: int
+    group: int
+    attr: int
+    value: int
+    def __init__(self, vm_id: _Optional[str] = ..., vcpu_index: _Optional[int] = ..., group: _Optional[int] = ..., attr: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
+
+class SetDeviceAttrResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SetCounterOffsetRequest(_message.Message):
+    __slots__ = ("vm_id", "counter_offset", "reserved")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    COUNTER_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    counter_offset: int
+    reserved: int
+    def __init__(self, vm_id: _Optional[str] = ..., counter_offset: _Optional[int] = ..., reserved: _Optional[int] = ...) -> None: ...
+
+class SetCounterOffsetResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetClockRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetClockResponse(_message.Message):
+    __slots__ = ("host_counter", "realtime_ns", "cntfrq_hz")
+    HOST_COUNTER_FIELD_NUMBER: _ClassVar[int]
+    REALTIME_NS_FIELD_NUMBER: _ClassVar[int]
+    CNTFRQ_HZ_FIELD_NUMBER: _ClassVar[int]
+    host_counter: int
+    realtime_ns: int
+    cntfrq_hz: int
+    def __init__(self, host_counter: _Optional[int] = ..., realtime_ns: _Optional[int] = ..., cntfrq_hz: _Optional[int] = ...) -> None: ...
+
+class SysRegWrite(_message.Message):
+    __slots__ = ("reg", "value")
+    REG_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    reg: SysReg
+    value: int
+    def __init__(self, reg: _Optional[_Union[SysReg, str]] = ..., value: _Optional[int] = ...) -> None: ...
+
+class GuestOp(_message.Message):
+    __slots__ = ("read", "write", "wait_ticks")
+    READ_FIELD_NUMBER: _ClassVar[int]
+    WRITE_FIELD_NUMBER: _ClassVar[int]
+    WAIT_TICKS_FIELD_NUMBER: _ClassVar[int]
+    read: SysReg
+    write: SysRegWrite
+    wait_ticks: int
+    def __init__(self, read: _Optional[_Union[SysReg, str]] = ..., write: _Optional[_Union[SysRegWrite, _Mapping]] = ..., wait_ticks: _Optional[int] = ...) -> None: ...
+
+class GuestOpResult(_message.Message):
+    __slots__ = ("value", "trapped")
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    TRAPPED_FIELD_NUMBER: _ClassVar[int]
+    value: int
+    trapped: bool
+    def __init__(self, value: _Optional[int] = ..., trapped: _Optional[bool] = ...) -> None: ...
+
+class IrqLine(_message.Message):
+    __slots__ = ("timer", "intid", "level")
+    TIMER_FIELD_NUMBER: _ClassVar[int]
+    INTID_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    timer: TimerId
+    intid: int
+    level: bool
+    def __init__(self, timer: _Optional[_Union[TimerId, str]] = ..., intid: _Optional[int] = ..., level: _Optional[bool] = ...) -> None: ...
+
+class RunVcpuRequest(_message.Message):
+    __slots__ = ("vm_id", "vcpu_index", "ops")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    VCPU_INDEX_FIELD_NUMBER: _ClassVar[int]
+    OPS_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    vcpu_index: int
+    ops: _containers.RepeatedCompositeFieldContainer[GuestOp]
+    def __init__(self, vm_id: _Optional[str] = ..., vcpu_index: _Optional[int] = ..., ops: _Optional[_Iterable[_Union[GuestOp, _Mapping]]] = ...) -> None: ...
+
+class RunVcpuResponse(_message.Message):
+    __slots__ = ("results", "irq_lines", "host_counter", "trap_count")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    IRQ_LINES_FIELD_NUMBER: _ClassVar[int]
+    HOST_COUNTER_FIELD_NUMBER: _ClassVar[int]
+    TRAP_COUNT_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[GuestOpResult]
+    irq_lines: _containers.RepeatedCompositeFieldContainer[IrqLine]
+    host_counter: int
+    trap_count: int
+    def __init__(self, results: _Optional[_Iterable[_Union[GuestOpResult, _Mapping]]] = ..., irq_lines: _Optional[_Iterable[_Union[IrqLine, _Mapping]]] = ..., host_counter: _Optional[int] = ..., trap_count: _Optional[int] = ...) -> None: ...
+
+class PauseVmRequest(_message.Message):
+    __slots__ = ("vm_id",)
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    def __init__(self, vm_id: _Optional[str] = ...) -> None: ...
+
+class PauseVmResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ResumeVmRequest(_message.Message):
+    __slots__ = ("vm_id",)
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    def __init__(self, vm_id: _Optional[str] = ...) -> None: ...
+
+class ResumeVmResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StepClockRequest(_message.Message):
+    __slots__ = ("delta_ticks",)
+    DELTA_TICKS_FIELD_NUMBER: _ClassVar[int]
+    delta_ticks: int
+    def __init__(self, delta_ticks: _Optional[int] = ...) -> None: ...
+
+class StepClockResponse(_message.Message):
+    __slots__ = ("host_counter", "realtime_ns")
+    HOST_COUNTER_FIELD_NUMBER: _ClassVar[int]
+    REALTIME_NS_FIELD_NUMBER: _ClassVar[int]
+    host_counter: int
+    realtime_ns: int
+    def __init__(self, host_counter: _Optional[int] = ..., realtime_ns: _Optional[int] = ...) -> None: ...
+
+class GetVcpuStateRequest(_message.Message):
+    __slots__ = ("vm_id", "vcpu_index")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    VCPU_INDEX_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    vcpu_index: int
+    def __init__(self, vm_id: _Optional[str] = ..., vcpu_index: _Optional[int] = ...) -> None: ...
+
+class TimerInfo(_message.Message):
+    __slots__ = ("timer", "ctl", "cval", "intid", "level", "direct")
+    TIMER_FIELD_NUMBER: _ClassVar[int]
+    CTL_FIELD_NUMBER: _ClassVar[int]
+    CVAL_FIELD_NUMBER: _ClassVar[int]
+    INTID_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    DIRECT_FIELD_NUMBER: _ClassVar[int]
+    timer: TimerId
+    ctl: int
+    cval: int
+    intid: int
+    level: bool
+    direct: bool
+    def __init__(self, timer: _Optional[_Union[TimerId, str]] = ..., ctl: _Optional[int] = ..., cval: _Optional[int] = ..., intid: _Optional[int] = ..., level: _Optional[bool] = ..., direct: _Optional[bool] = ...) -> None: ...
+
+class VcpuStateInfo(_message.Message):
+    __slots__ = ("host_counter", "voffset", "poffset", "cntvct", "cntpct", "cnthctl_el2", "traps_cntpct", "traps_ptimer", "uses_cntpoff", "trap_count", "timers", "has_run")
+    HOST_COUNTER_FIELD_NUMBER: _ClassVar[int]
+    VOFFSET_FIELD_NUMBER: _ClassVar[int]
+    POFFSET_FIELD_NUMBER: _ClassVar[int]
+    CNTVCT_FIELD_NUMBER: _ClassVar[int]
+    CNTPCT_FIELD_NUMBER: _ClassVar[int]
+    CNTHCTL_EL2_FIELD_NUMBER: _ClassVar[int]
+    TRAPS_CNTPCT_FIELD_NUMBER: _ClassVar[int]
+    TRAPS_PTIMER_FIELD_NUMBER: _ClassVar[int]
+    USES_CNTPOFF_FIELD_NUMBER: _ClassVar[int]
+    TRAP_COUNT_FIELD_NUMBER: _ClassVar[int]
+    TIMERS_FIELD_NUMBER: _ClassVar[int]
+    HAS_RUN_FIELD_NUMBER: _ClassVar[int]
+    host_counter: int
+    voffset: int
+    poffset: int
+    cntvct: int
+    cntpct: int
+    cnthctl_el2: int
+    traps_cntpct: bool
+    traps_ptimer: bool
+    uses_cntpoff: bool
+    trap_count: int
+    timers: _containers.RepeatedCompositeFieldContainer[TimerInfo]
+    has_run: bool
+    def __init__(self, host_counter: _Optional[int] = ..., voffset: _Optional[int] = ..., poffset: _Optional[int] = ..., cntvct: _Optional[int] = ..., cntpct: _Optional[int] = ..., cnthctl_el2: _Optional[int] = ..., traps_cntpct: _Optional[bool] = ..., traps_ptimer: _Optional[bool] = ..., uses_cntpoff: _Optional[bool] = ..., trap_count: _Optional[int] = ..., timers: _Optional[_Iterable[_Union[TimerInfo, _Mapping]]] = ..., has_run: _Optional[bool] = ...) -> None: ...
