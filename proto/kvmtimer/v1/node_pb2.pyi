@@ -364,12 +364,14 @@ class GuestOp(_message.Message):
     def __init__(self, read: _Optional[_Union[SysReg, str]] = ..., write: _Optional[_Union[SysRegWrite, _Mapping]] = ..., wait_ticks: _Optional[int] = ...) -> None: ...
 
 class GuestOpResult(_message.Message):
-    __slots__ = ("value", "trapped")
+    __slots__ = ("value", "trapped", "undefined")
     VALUE_FIELD_NUMBER: _ClassVar[int]
     TRAPPED_FIELD_NUMBER: _ClassVar[int]
+    UNDEFINED_FIELD_NUMBER: _ClassVar[int]
     value: int
     trapped: bool
-    def __init__(self, value: _Optional[int] = ..., trapped: _Optional[bool] = ...) -> None: ...
+    undefined: bool
+    def __init__(self, value: _Optional[int] = ..., trapped: _Optional[bool] = ..., undefined: _Optional[bool] = ...) -> None: ...
 
 class IrqLine(_message.Message):
     __slots__ = ("timer", "intid", "level")

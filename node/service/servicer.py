@@ -1,0 +1,158 @@
+"""Thin grpc.aio servicer for kvmtimer.v1.Node: convert, call the core, convert back."""
+
+from __future__ import annotations
+
+import asyncio
+
+from kvmtimer.v1 import node_pb2 as pb
+from kvmtimer.v1 import node_pb2_grpc as pb_grpc
+
+from node.core.features import ClockMode
+from node.core.host import Host, validate_ops
+from node.core.vcpu import AccessKind, AccessResult
+from node.service import convert
+from node.service.errors import Ctx, rpc
+
+
+class NodeServicer(pb_grpc.NodeServicer):
+    """Every method is one KVM ioctl (or VMM action) on the injected Host."""
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+
+    @rpc
+    async def GetHostInfo(self, request: pb.GetHostInfoRequest, context: Ctx) -> pb.HostInfo:
+        return convert.host_info(self.host)
+
+    @rpc
+    async def CheckExtension(
+        self, request: pb.CheckExtensionRequest, context: Ctx
+    ) -> pb.CheckExtensionResponse:
+        return pb.CheckExtensionResponse(value=self.host.check_extension(request.cap))
+
+    @rpc
+    async def EnableCap(self, request: pb.EnableCapRequest, context: Ctx) -> pb.EnableCapResponse:
+        self.host.vm(request.vm_id).enable_cap(request.cap, list(request.args))
+        return pb.EnableCapResponse()
+
+    @rpc
+    async def CreateVm(self, request: pb.CreateVmRequest, context: Ctx) -> pb.CreateVmResponse:
+        vm = self.host.create_vm(request.vm_id, userspace_irqchip=request.userspace_irqchip)
+        return pb.CreateVmResponse(vm_id=vm.vm_id)
+
+    @rpc
+    async def DestroyVm(self, request: pb.DestroyVmRequest, context: Ctx) -> pb.DestroyVmResponse:
+        self.host.destroy_vm(request.vm_id)
+        return pb.DestroyVmResponse()
+
+    @rpc
+    async def ListVms(self, request: pb.ListVmsRequest, context: Ctx) -> pb.ListVmsResponse:
+        return pb.ListVmsResponse(vms=[convert.vm_summary(vm) for vm in self.host.vms.values()])
+
+    @rpc
+    async def CreateVcpu(self, request: pb.CreateVcpuRequest, context: Ctx) -> pb.CreateVcpuResponse:
+        self.host.vm(request.vm_id).create_vcpu(request.vcpu_index)
+        return pb.CreateVcpuResponse()
+
+    @rpc
+    async def ResetVcpu(self, request: pb.ResetVcpuRequest, context: Ctx) -> pb.ResetVcpuResponse:
+        self.host.vm(request.vm_id).reset_vcpu(request.vcpu_index)
+        return pb.ResetVcpuResponse()
+
+    @rpc
+    async def GetOneReg(self, request: pb.GetOneRegRequest, context: Ctx) -> pb.GetOneRegResponse:
+        value = self.host.vm(request.vm_id).get_one_reg(request.vcpu_index, request.reg_id)
+        return pb.GetOneRegResponse(value=value)
+
+    @rpc
+    async def SetOneReg(self, request: pb.SetOneRegRequest, context: Ctx) -> pb.SetOneRegResponse:
+        self.host.vm(request.vm_id).set_one_reg(request.vcpu_index, request.reg_id, request.value)
+        return pb.SetOneRegResponse()
+
+    @rpc
+    async def GetRegList(self, request: pb.GetRegListRequest, context: Ctx) -> pb.GetRegListResponse:
+        return pb.GetRegListResponse(reg_ids=self.host.vm(request.vm_id).reg_list(request.vcpu_index))
+
+    @rpc
+    async def GetRegs(self, request: pb.GetRegsRequest, context: Ctx) -> pb.GetRegsResponse:
+        entries = [(r.vcpu_index, r.reg_id) for r in request.regs]
+        values = self.host.vm(request.vm_id).get_regs(entries)
+        return pb.GetRegsResponse(
+            regs=[
+                pb.RegValue(vcpu_index=i, reg_id=reg, value=v)
+                for (i, reg), v in zip(entries, values, strict=True)
+            ]
+        )
+
+    @rpc
+    async def SetRegs(self, request: pb.SetRegsRequest, context: Ctx) -> pb.SetRegsResponse:
+        self.host.vm(request.vm_id).set_regs([(r.vcpu_index, r.reg_id, r.value) for r in request.regs])
+        return pb.SetRegsResponse()
+
+    @rpc
+    async def HasDeviceAttr(self, request: pb.DeviceAttrRequest, context: Ctx) -> pb.HasDeviceAttrResponse:
+        self.host.vm(request.vm_id).has_attr(request.vcpu_index, request.group, request.attr)
+        return pb.HasDeviceAttrResponse()
+
+    @rpc
+    async def GetDeviceAttr(self, request: pb.DeviceAttrRequest, context: Ctx) -> pb.GetDeviceAttrResponse:
+        value = self.host.vm(request.vm_id).get_attr(request.vcpu_index, request.group, request.attr)
+        return pb.GetDeviceAttrResponse(value=value)
+
+    @rpc
+    async def SetDeviceAttr(self, request: pb.SetDeviceAttrRequest, context: Ctx) -> pb.SetDeviceAttrResponse:
+        vm = self.host.vm(request.vm_id)
+        vm.set_attr(request.vcpu_index, request.group, request.attr, request.value)
+        return pb.SetDeviceAttrResponse()
+
+    @rpc
+    async def SetCounterOffset(
+        self, request: pb.SetCounterOffsetRequest, context: Ctx
+    ) -> pb.SetCounterOffsetResponse:
+        self.host.vm(request.vm_id).set_counter_offset(request.counter_offset, request.reserved)
+        return pb.SetCounterOffsetResponse()
+
+    @rpc
+    async def GetClock(self, request: pb.GetClockRequest, context: Ctx) -> pb.GetClockResponse:
+        h, rt = self.host.get_clock()
+        return pb.GetClockResponse(host_counter=h, realtime_ns=rt, cntfrq_hz=self.host.features.cntfrq_hz)
+
+    @rpc
+    async def RunVcpu(self, request: pb.RunVcpuRequest, context: Ctx) -> pb.RunVcpuResponse:
+        ops = convert.guest_ops_from_pb(request.ops)
+        if self.host.clock_mode is ClockMode.SIMULATED:
+            return convert.run_result_to_pb(self.host.run_vcpu(request.vm_id, request.vcpu_index, ops))
+        # Realtime: waits really sleep, with the vCPU held inside KVM_RUN meanwhile.
+        vm = self.host.vm(request.vm_id)
+        validate_ops(ops)
+        vcpu = vm.enter_run(request.vcpu_index)
+        results: list[AccessResult] = []
+        try:
+            for op in ops:
+                if op.kind is AccessKind.WAIT:
+                    await asyncio.sleep(self.host.counter.ns_until(op.value) / 1e9)
+                    results.append(AccessResult(self.host.counter.read()))
+                else:
+                    results.append(self.host.execute(vm, vcpu.index, op))
+        finally:
+            vm.exit_run(vcpu)
+        return convert.run_result_to_pb(self.host.run_result(vm, vcpu.index, tuple(results)))
+
+    @rpc
+    async def PauseVm(self, request: pb.PauseVmRequest, context: Ctx) -> pb.PauseVmResponse:
+        self.host.vm(request.vm_id).pause()
+        return pb.PauseVmResponse()
+
+    @rpc
+    async def ResumeVm(self, request: pb.ResumeVmRequest, context: Ctx) -> pb.ResumeVmResponse:
+        self.host.vm(request.vm_id).resume()
+        return pb.ResumeVmResponse()
+
+    @rpc
+    async def StepClock(self, request: pb.StepClockRequest, context: Ctx) -> pb.StepClockResponse:
+        h = self.host.step_clock(request.delta_ticks)
+        return pb.StepClockResponse(host_counter=h, realtime_ns=self.host.counter.clock.realtime_ns())
+
+    @rpc
+    async def GetVcpuState(self, request: pb.GetVcpuStateRequest, context: Ctx) -> pb.VcpuStateInfo:
+        return convert.vcpu_state(self.host.vm(request.vm_id), request.vcpu_index)
