@@ -60,7 +60,7 @@ async def in_process_node(
     try:
         yield InProcessNode(host, server, port, channel, node_pb2_grpc.NodeStub(channel))
     finally:
-        await channel.close()
+        await channel.close(None)
         await server.stop(grace=None)
 
 
