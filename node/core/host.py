@@ -13,7 +13,7 @@ from node.core.features import ClockMode, HostFeatures
 from node.core.regs import Cap
 from node.core.state import VmState
 from node.core.vcpu import AccessKind, AccessResult, GuestOp
-from node.core.vm import IrqLevel, Vm
+from node.core.vm import IrqLevel, Vm, check_u64
 
 VmId = NewType("VmId", str)
 NodeId = NewType("NodeId", str)
@@ -101,9 +101,27 @@ class Host:
         return self.counter.sample()
 
     def step_clock(self, delta_ticks: int) -> int:
+        """Advance a simulated host by `delta_ticks`, delivering guest timer interrupts on the way."""
         if self.clock_mode is not ClockMode.SIMULATED:
             raise WrongClockMode("StepClock needs a node in simulated clock mode")
-        return self.counter.step(delta_ticks)
+        check_u64(delta_ticks, "delta_ticks")
+        remaining = delta_ticks
+        self.run_due_events()
+        while (ticks := self.ticks_until_next_event()) is not None and ticks <= remaining:
+            self.counter.step(ticks)
+            remaining -= ticks
+            self.run_due_events()
+        return self.counter.step(remaining)
+
+    def ticks_until_next_event(self) -> int | None:
+        """Host ticks until some running guest takes a timer interrupt; None if no guest waits."""
+        h = self.counter.read()
+        waits = [t for vm in self.vms.values() if (t := vm.ticks_until_next_irq(h)) is not None]
+        return min(waits, default=None)
+
+    def run_due_events(self) -> int:
+        """Deliver every guest timer interrupt due now; returns how many were taken."""
+        return sum(vm.deliver_due_irqs() for vm in self.vms.values())
 
     def run_vcpu(self, vm_id: str, index: int, ops: Sequence[GuestOp]) -> RunResult:
         """One KVM_RUN executing `ops` in order; WAIT steps the simulated clock.

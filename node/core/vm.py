@@ -44,6 +44,7 @@ from node.core.timer import (
     read_ctl,
     should_fire,
     store_ctl,
+    ticks_until_fire,
     tval_read,
     tval_write,
 )
@@ -55,6 +56,7 @@ from node.core.vcpu import (
     SysReg,
     Vcpu,
 )
+from node.core.workload import Workload, WorkloadSpec, WorkloadState, load_workload, save_workload
 
 _TIMER_REGS: dict[int, tuple[TimerId, str]] = {
     OneReg.TIMER_CTL: (TimerId.VTIMER, "ctl"),
@@ -106,6 +108,7 @@ class Vm:
         self.ppis_frozen = False  # KVM_ARCH_FLAG_TIMER_PPIS_IMMUTABLE
         self.running = False  # resumed by the VMM (vCPUs inside KVM_RUN)
         self.vcpus: dict[int, Vcpu] = {}
+        self.workload: Workload | None = None  # the guest's program, when one runs
         self._traps = compute_traps(features, 0)
 
     # --- offsets -------------------------------------------------------------
@@ -337,6 +340,8 @@ class Vm:
         self.ppis_frozen = True
 
     def pause(self) -> None:
+        if self.running and self.workload is not None:
+            self.workload.on_pause(self)
         self.running = False
 
     def resume(self) -> None:
@@ -347,6 +352,66 @@ class Vm:
         for vcpu in self.vcpus.values():
             vcpu.has_run = True
         self.running = True
+        if self.workload is not None:
+            self.workload.on_resume(self)
+
+    # --- guest workload ------------------------------------------------------
+
+    def start_workload(self, spec: WorkloadSpec) -> None:
+        """The guest starts its periodic-timer program on every vCPU (VM paused, vCPUs exist)."""
+        self._check_workload_change()
+        if not self.vcpus:
+            raise InvalidArgument(f"vm {self.vm_id!r} has no vcpus to run a workload on")
+        self.workload = Workload.start(self, spec)
+
+    def save_workload(self) -> WorkloadState | None:
+        return save_workload(self.workload) if self.workload is not None else None
+
+    def load_workload(self, state: WorkloadState) -> None:
+        """Install migrated guest memory (VM paused)."""
+        self._check_workload_change()
+        self.workload = load_workload(state, self)
+
+    def _check_workload_change(self) -> None:
+        if self.running:
+            raise Busy(f"vm {self.vm_id!r} is running: pause it first")
+
+    def ticks_until_next_irq(self, h: int) -> int | None:
+        """Host ticks until the workload's next timer interrupt (0 = due now); None if none."""
+        if not self.running or self.workload is None:
+            return None
+        best: int | None = None
+        for index, w in self.workload.vcpus.items():
+            vcpu = self.vcpus[index]
+            for timer_id, _ in self.workload.timers(w):
+                ctx = vcpu.timers[timer_id]
+                ticks = ticks_until_fire(ctx.ctl, ctx.cval, self._timer_now(timer_id, h))
+                if ticks is not None and (best is None or ticks < best):
+                    best = ticks
+        return best
+
+    def deliver_due_irqs(self) -> int:
+        """Take every timer interrupt whose line is high now, until none is; returns how many."""
+        if not self.running or self.workload is None:
+            return 0
+        taken = 0
+        while True:
+            h = self.counter.read()
+            due = [
+                (index, timer_id)
+                for index, w in self.workload.vcpus.items()
+                for timer_id, _ in self.workload.timers(w)
+                if should_fire(
+                    self.vcpus[index].timers[timer_id].ctl,
+                    self.vcpus[index].timers[timer_id].cval,
+                    self._timer_now(timer_id, h),
+                )
+            ]
+            if not due:
+                return taken
+            for index, timer_id in due:
+                self.workload.on_irq(self, self.vcpus[index], timer_id)
+            taken += len(due)
 
     # --- KVM_RUN -------------------------------------------------------------
 
