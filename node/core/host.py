@@ -148,7 +148,7 @@ class Host:
         if op.kind is AccessKind.WRITE:
             assert op.reg is not None
             return vm.guest_write(vcpu, op.reg, op.value)
-        return AccessResult(self.counter.step(op.value))
+        return AccessResult(self.step_clock(op.value))
 
     def run_result(self, vm: Vm, index: int, results: tuple[AccessResult, ...]) -> RunResult:
         h = self.counter.read()

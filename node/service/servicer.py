@@ -7,10 +7,12 @@ import asyncio
 from kvmtimer.v1 import node_pb2 as pb
 from kvmtimer.v1 import node_pb2_grpc as pb_grpc
 
+from node.core.errors import Busy
 from node.core.features import ClockMode
 from node.core.host import Host, validate_ops
 from node.core.vcpu import AccessKind, AccessResult
 from node.service import convert
+from node.service.driver import WorkloadDriver
 from node.service.errors import Ctx, rpc
 
 
@@ -19,6 +21,17 @@ class NodeServicer(pb_grpc.NodeServicer):
 
     def __init__(self, host: Host) -> None:
         self.host = host
+        self._driver = WorkloadDriver(host) if host.clock_mode is ClockMode.REALTIME else None
+        self._driver_started = False
+
+    def _guests_changed(self) -> None:
+        """Deliver interrupts due right now and let a realtime driver re-plan its sleep."""
+        self.host.run_due_events()
+        if self._driver is not None:
+            if not self._driver_started:
+                self._driver.start()
+                self._driver_started = True
+            self._driver.kick()
 
     @rpc
     async def GetHostInfo(self, request: pb.GetHostInfoRequest, context: Ctx) -> pb.HostInfo:
@@ -67,6 +80,7 @@ class NodeServicer(pb_grpc.NodeServicer):
     @rpc
     async def SetOneReg(self, request: pb.SetOneRegRequest, context: Ctx) -> pb.SetOneRegResponse:
         self.host.vm(request.vm_id).set_one_reg(request.vcpu_index, request.reg_id, request.value)
+        self._guests_changed()
         return pb.SetOneRegResponse()
 
     @rpc
@@ -146,6 +160,7 @@ class NodeServicer(pb_grpc.NodeServicer):
     @rpc
     async def ResumeVm(self, request: pb.ResumeVmRequest, context: Ctx) -> pb.ResumeVmResponse:
         self.host.vm(request.vm_id).resume()
+        self._guests_changed()
         return pb.ResumeVmResponse()
 
     @rpc
@@ -156,3 +171,29 @@ class NodeServicer(pb_grpc.NodeServicer):
     @rpc
     async def GetVcpuState(self, request: pb.GetVcpuStateRequest, context: Ctx) -> pb.VcpuStateInfo:
         return convert.vcpu_state(self.host.vm(request.vm_id), request.vcpu_index)
+
+    @rpc
+    async def StartWorkload(self, request: pb.StartWorkloadRequest, context: Ctx) -> pb.StartWorkloadResponse:
+        self.host.vm(request.vm_id).start_workload(convert.workload_spec_from_pb(request.spec))
+        return pb.StartWorkloadResponse()
+
+    @rpc
+    async def GetGuestObservations(
+        self, request: pb.GetGuestObservationsRequest, context: Ctx
+    ) -> pb.GuestObservations:
+        self.host.run_due_events()
+        return convert.observations(self.host.vm(request.vm_id), request.include_samples)
+
+    @rpc
+    async def SaveWorkload(self, request: pb.SaveWorkloadRequest, context: Ctx) -> pb.WorkloadState:
+        vm = self.host.vm(request.vm_id)
+        if vm.running:
+            raise Busy(f"vm {vm.vm_id!r} is running: pause it before saving guest memory")
+        state = vm.save_workload()
+        return convert.workload_state_to_pb(state) if state is not None else pb.WorkloadState()
+
+    @rpc
+    async def LoadWorkload(self, request: pb.LoadWorkloadRequest, context: Ctx) -> pb.LoadWorkloadResponse:
+        vm = self.host.vm(request.vm_id)
+        vm.load_workload(convert.workload_state_from_pb(request.state))
+        return pb.LoadWorkloadResponse()

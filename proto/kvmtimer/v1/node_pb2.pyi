@@ -41,6 +41,15 @@ class TimerId(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TIMER_ID_PTIMER: _ClassVar[TimerId]
     TIMER_ID_HVTIMER: _ClassVar[TimerId]
     TIMER_ID_HPTIMER: _ClassVar[TimerId]
+
+class SampleCause(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SAMPLE_CAUSE_UNSPECIFIED: _ClassVar[SampleCause]
+    SAMPLE_CAUSE_START: _ClassVar[SampleCause]
+    SAMPLE_CAUSE_VTIMER_IRQ: _ClassVar[SampleCause]
+    SAMPLE_CAUSE_PTIMER_IRQ: _ClassVar[SampleCause]
+    SAMPLE_CAUSE_PAUSE: _ClassVar[SampleCause]
+    SAMPLE_CAUSE_RESUME: _ClassVar[SampleCause]
 API_PROFILE_UNSPECIFIED: ApiProfile
 API_PROFILE_BY_VALUE: ApiProfile
 API_PROFILE_VCPU_OFFSETS: ApiProfile
@@ -64,6 +73,168 @@ TIMER_ID_VTIMER: TimerId
 TIMER_ID_PTIMER: TimerId
 TIMER_ID_HVTIMER: TimerId
 TIMER_ID_HPTIMER: TimerId
+SAMPLE_CAUSE_UNSPECIFIED: SampleCause
+SAMPLE_CAUSE_START: SampleCause
+SAMPLE_CAUSE_VTIMER_IRQ: SampleCause
+SAMPLE_CAUSE_PTIMER_IRQ: SampleCause
+SAMPLE_CAUSE_PAUSE: SampleCause
+SAMPLE_CAUSE_RESUME: SampleCause
+
+class WorkloadSpec(_message.Message):
+    __slots__ = ("period_ticks", "use_ptimer")
+    PERIOD_TICKS_FIELD_NUMBER: _ClassVar[int]
+    USE_PTIMER_FIELD_NUMBER: _ClassVar[int]
+    period_ticks: int
+    use_ptimer: bool
+    def __init__(self, period_ticks: _Optional[int] = ..., use_ptimer: _Optional[bool] = ...) -> None: ...
+
+class StartWorkloadRequest(_message.Message):
+    __slots__ = ("vm_id", "spec")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    spec: WorkloadSpec
+    def __init__(self, vm_id: _Optional[str] = ..., spec: _Optional[_Union[WorkloadSpec, _Mapping]] = ...) -> None: ...
+
+class StartWorkloadResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CounterSample(_message.Message):
+    __slots__ = ("cntvct", "cntpct", "realtime_ns", "cause")
+    CNTVCT_FIELD_NUMBER: _ClassVar[int]
+    CNTPCT_FIELD_NUMBER: _ClassVar[int]
+    REALTIME_NS_FIELD_NUMBER: _ClassVar[int]
+    CAUSE_FIELD_NUMBER: _ClassVar[int]
+    cntvct: int
+    cntpct: int
+    realtime_ns: int
+    cause: SampleCause
+    def __init__(self, cntvct: _Optional[int] = ..., cntpct: _Optional[int] = ..., realtime_ns: _Optional[int] = ..., cause: _Optional[_Union[SampleCause, str]] = ...) -> None: ...
+
+class TimerStatsState(_message.Message):
+    __slots__ = ("first_deadline", "next_deadline", "received", "max_lateness_ticks", "total_lateness_ticks")
+    FIRST_DEADLINE_FIELD_NUMBER: _ClassVar[int]
+    NEXT_DEADLINE_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    MAX_LATENESS_TICKS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_LATENESS_TICKS_FIELD_NUMBER: _ClassVar[int]
+    first_deadline: int
+    next_deadline: int
+    received: int
+    max_lateness_ticks: int
+    total_lateness_ticks: int
+    def __init__(self, first_deadline: _Optional[int] = ..., next_deadline: _Optional[int] = ..., received: _Optional[int] = ..., max_lateness_ticks: _Optional[int] = ..., total_lateness_ticks: _Optional[int] = ...) -> None: ...
+
+class VcpuWorkloadState(_message.Message):
+    __slots__ = ("vcpu_index", "vtimer", "ptimer", "reads", "last_cntvct", "last_cntpct", "min_step_v", "min_step_p", "pause_sample", "last_jump_error_ticks", "last_stop_ns", "samples")
+    VCPU_INDEX_FIELD_NUMBER: _ClassVar[int]
+    VTIMER_FIELD_NUMBER: _ClassVar[int]
+    PTIMER_FIELD_NUMBER: _ClassVar[int]
+    READS_FIELD_NUMBER: _ClassVar[int]
+    LAST_CNTVCT_FIELD_NUMBER: _ClassVar[int]
+    LAST_CNTPCT_FIELD_NUMBER: _ClassVar[int]
+    MIN_STEP_V_FIELD_NUMBER: _ClassVar[int]
+    MIN_STEP_P_FIELD_NUMBER: _ClassVar[int]
+    PAUSE_SAMPLE_FIELD_NUMBER: _ClassVar[int]
+    LAST_JUMP_ERROR_TICKS_FIELD_NUMBER: _ClassVar[int]
+    LAST_STOP_NS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    vcpu_index: int
+    vtimer: TimerStatsState
+    ptimer: TimerStatsState
+    reads: int
+    last_cntvct: int
+    last_cntpct: int
+    min_step_v: int
+    min_step_p: int
+    pause_sample: CounterSample
+    last_jump_error_ticks: int
+    last_stop_ns: int
+    samples: _containers.RepeatedCompositeFieldContainer[CounterSample]
+    def __init__(self, vcpu_index: _Optional[int] = ..., vtimer: _Optional[_Union[TimerStatsState, _Mapping]] = ..., ptimer: _Optional[_Union[TimerStatsState, _Mapping]] = ..., reads: _Optional[int] = ..., last_cntvct: _Optional[int] = ..., last_cntpct: _Optional[int] = ..., min_step_v: _Optional[int] = ..., min_step_p: _Optional[int] = ..., pause_sample: _Optional[_Union[CounterSample, _Mapping]] = ..., last_jump_error_ticks: _Optional[int] = ..., last_stop_ns: _Optional[int] = ..., samples: _Optional[_Iterable[_Union[CounterSample, _Mapping]]] = ...) -> None: ...
+
+class WorkloadState(_message.Message):
+    __slots__ = ("spec", "cntfrq_hz", "vcpus")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    CNTFRQ_HZ_FIELD_NUMBER: _ClassVar[int]
+    VCPUS_FIELD_NUMBER: _ClassVar[int]
+    spec: WorkloadSpec
+    cntfrq_hz: int
+    vcpus: _containers.RepeatedCompositeFieldContainer[VcpuWorkloadState]
+    def __init__(self, spec: _Optional[_Union[WorkloadSpec, _Mapping]] = ..., cntfrq_hz: _Optional[int] = ..., vcpus: _Optional[_Iterable[_Union[VcpuWorkloadState, _Mapping]]] = ...) -> None: ...
+
+class SaveWorkloadRequest(_message.Message):
+    __slots__ = ("vm_id",)
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    def __init__(self, vm_id: _Optional[str] = ...) -> None: ...
+
+class LoadWorkloadRequest(_message.Message):
+    __slots__ = ("vm_id", "state")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    state: WorkloadState
+    def __init__(self, vm_id: _Optional[str] = ..., state: _Optional[_Union[WorkloadState, _Mapping]] = ...) -> None: ...
+
+class LoadWorkloadResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetGuestObservationsRequest(_message.Message):
+    __slots__ = ("vm_id", "include_samples")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    include_samples: bool
+    def __init__(self, vm_id: _Optional[str] = ..., include_samples: _Optional[bool] = ...) -> None: ...
+
+class VcpuObservations(_message.Message):
+    __slots__ = ("vcpu_index", "reads", "min_step_v", "min_step_p", "vtimer_received", "vtimer_expected", "ptimer_received", "ptimer_expected", "max_lateness_ticks", "last_jump_error_ticks", "last_stop_ns", "samples", "trap_count", "cntvct")
+    VCPU_INDEX_FIELD_NUMBER: _ClassVar[int]
+    READS_FIELD_NUMBER: _ClassVar[int]
+    MIN_STEP_V_FIELD_NUMBER: _ClassVar[int]
+    MIN_STEP_P_FIELD_NUMBER: _ClassVar[int]
+    VTIMER_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    VTIMER_EXPECTED_FIELD_NUMBER: _ClassVar[int]
+    PTIMER_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    PTIMER_EXPECTED_FIELD_NUMBER: _ClassVar[int]
+    MAX_LATENESS_TICKS_FIELD_NUMBER: _ClassVar[int]
+    LAST_JUMP_ERROR_TICKS_FIELD_NUMBER: _ClassVar[int]
+    LAST_STOP_NS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    TRAP_COUNT_FIELD_NUMBER: _ClassVar[int]
+    CNTVCT_FIELD_NUMBER: _ClassVar[int]
+    vcpu_index: int
+    reads: int
+    min_step_v: int
+    min_step_p: int
+    vtimer_received: int
+    vtimer_expected: int
+    ptimer_received: int
+    ptimer_expected: int
+    max_lateness_ticks: int
+    last_jump_error_ticks: int
+    last_stop_ns: int
+    samples: _containers.RepeatedCompositeFieldContainer[CounterSample]
+    trap_count: int
+    cntvct: int
+    def __init__(self, vcpu_index: _Optional[int] = ..., reads: _Optional[int] = ..., min_step_v: _Optional[int] = ..., min_step_p: _Optional[int] = ..., vtimer_received: _Optional[int] = ..., vtimer_expected: _Optional[int] = ..., ptimer_received: _Optional[int] = ..., ptimer_expected: _Optional[int] = ..., max_lateness_ticks: _Optional[int] = ..., last_jump_error_ticks: _Optional[int] = ..., last_stop_ns: _Optional[int] = ..., samples: _Optional[_Iterable[_Union[CounterSample, _Mapping]]] = ..., trap_count: _Optional[int] = ..., cntvct: _Optional[int] = ...) -> None: ...
+
+class GuestObservations(_message.Message):
+    __slots__ = ("vm_id", "running", "spec", "vcpus", "host_counter")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    VCPUS_FIELD_NUMBER: _ClassVar[int]
+    HOST_COUNTER_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    running: bool
+    spec: WorkloadSpec
+    vcpus: _containers.RepeatedCompositeFieldContainer[VcpuObservations]
+    host_counter: int
+    def __init__(self, vm_id: _Optional[str] = ..., running: _Optional[bool] = ..., spec: _Optional[_Union[WorkloadSpec, _Mapping]] = ..., vcpus: _Optional[_Iterable[_Union[VcpuObservations, _Mapping]]] = ..., host_counter: _Optional[int] = ...) -> None: ...
 
 class GetHostInfoRequest(_message.Message):
     __slots__ = ()

@@ -149,6 +149,26 @@ class NodeStub:
                 request_serializer=kvmtimer_dot_v1_dot_node__pb2.GetVcpuStateRequest.SerializeToString,
                 response_deserializer=kvmtimer_dot_v1_dot_node__pb2.VcpuStateInfo.FromString,
                 _registered_method=True)
+        self.StartWorkload = channel.unary_unary(
+                '/kvmtimer.v1.Node/StartWorkload',
+                request_serializer=kvmtimer_dot_v1_dot_node__pb2.StartWorkloadRequest.SerializeToString,
+                response_deserializer=kvmtimer_dot_v1_dot_node__pb2.StartWorkloadResponse.FromString,
+                _registered_method=True)
+        self.GetGuestObservations = channel.unary_unary(
+                '/kvmtimer.v1.Node/GetGuestObservations',
+                request_serializer=kvmtimer_dot_v1_dot_node__pb2.GetGuestObservationsRequest.SerializeToString,
+                response_deserializer=kvmtimer_dot_v1_dot_node__pb2.GuestObservations.FromString,
+                _registered_method=True)
+        self.SaveWorkload = channel.unary_unary(
+                '/kvmtimer.v1.Node/SaveWorkload',
+                request_serializer=kvmtimer_dot_v1_dot_node__pb2.SaveWorkloadRequest.SerializeToString,
+                response_deserializer=kvmtimer_dot_v1_dot_node__pb2.WorkloadState.FromString,
+                _registered_method=True)
+        self.LoadWorkload = channel.unary_unary(
+                '/kvmtimer.v1.Node/LoadWorkload',
+                request_serializer=kvmtimer_dot_v1_dot_node__pb2.LoadWorkloadRequest.SerializeToString,
+                response_deserializer=kvmtimer_dot_v1_dot_node__pb2.LoadWorkloadResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServicer:
@@ -312,6 +332,35 @@ class NodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartWorkload(self, request, context):
+        """Guest workloads. The guest program arms its timers on every vCPU (VM paused);
+        it runs while the VM is resumed (realtime: by itself; simulated: on StepClock).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetGuestObservations(self, request, context):
+        """What the guest observed: counter steps, interrupts received vs expected, lateness.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SaveWorkload(self, request, context):
+        """Guest memory of the workload, for migration: save on the source, load on the
+        destination (VM paused). EBUSY while resumed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LoadWorkload(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -429,6 +478,26 @@ def add_NodeServicer_to_server(servicer, server):
                     servicer.GetVcpuState,
                     request_deserializer=kvmtimer_dot_v1_dot_node__pb2.GetVcpuStateRequest.FromString,
                     response_serializer=kvmtimer_dot_v1_dot_node__pb2.VcpuStateInfo.SerializeToString,
+            ),
+            'StartWorkload': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartWorkload,
+                    request_deserializer=kvmtimer_dot_v1_dot_node__pb2.StartWorkloadRequest.FromString,
+                    response_serializer=kvmtimer_dot_v1_dot_node__pb2.StartWorkloadResponse.SerializeToString,
+            ),
+            'GetGuestObservations': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetGuestObservations,
+                    request_deserializer=kvmtimer_dot_v1_dot_node__pb2.GetGuestObservationsRequest.FromString,
+                    response_serializer=kvmtimer_dot_v1_dot_node__pb2.GuestObservations.SerializeToString,
+            ),
+            'SaveWorkload': grpc.unary_unary_rpc_method_handler(
+                    servicer.SaveWorkload,
+                    request_deserializer=kvmtimer_dot_v1_dot_node__pb2.SaveWorkloadRequest.FromString,
+                    response_serializer=kvmtimer_dot_v1_dot_node__pb2.WorkloadState.SerializeToString,
+            ),
+            'LoadWorkload': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadWorkload,
+                    request_deserializer=kvmtimer_dot_v1_dot_node__pb2.LoadWorkloadRequest.FromString,
+                    response_serializer=kvmtimer_dot_v1_dot_node__pb2.LoadWorkloadResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1052,6 +1121,114 @@ class Node:
             '/kvmtimer.v1.Node/GetVcpuState',
             kvmtimer_dot_v1_dot_node__pb2.GetVcpuStateRequest.SerializeToString,
             kvmtimer_dot_v1_dot_node__pb2.VcpuStateInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartWorkload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvmtimer.v1.Node/StartWorkload',
+            kvmtimer_dot_v1_dot_node__pb2.StartWorkloadRequest.SerializeToString,
+            kvmtimer_dot_v1_dot_node__pb2.StartWorkloadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetGuestObservations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvmtimer.v1.Node/GetGuestObservations',
+            kvmtimer_dot_v1_dot_node__pb2.GetGuestObservationsRequest.SerializeToString,
+            kvmtimer_dot_v1_dot_node__pb2.GuestObservations.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SaveWorkload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvmtimer.v1.Node/SaveWorkload',
+            kvmtimer_dot_v1_dot_node__pb2.SaveWorkloadRequest.SerializeToString,
+            kvmtimer_dot_v1_dot_node__pb2.WorkloadState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadWorkload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvmtimer.v1.Node/LoadWorkload',
+            kvmtimer_dot_v1_dot_node__pb2.LoadWorkloadRequest.SerializeToString,
+            kvmtimer_dot_v1_dot_node__pb2.LoadWorkloadResponse.FromString,
             options,
             channel_credentials,
             insecure,
