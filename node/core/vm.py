@@ -197,7 +197,9 @@ class Vm:
     def get_one_reg(self, index: int, reg_id: int) -> int:
         vcpu = self.vcpu(index)
         self._check_reg(reg_id, write=False)
-        h = self.counter.read()
+        return self._read_reg(vcpu, reg_id, self.counter.read())
+
+    def _read_reg(self, vcpu: Vcpu, reg_id: int, h: int) -> int:
         if reg_id == OneReg.TIMER_OFFSET:
             return (self.voffset - self.poffset) & U64_MASK
         timer_id, field = _TIMER_REGS[reg_id]
@@ -235,12 +237,19 @@ class Vm:
         else:
             self._set_offsets(self.voffset, self.counter.read() - value)
 
-    def get_regs(self, entries: Sequence[tuple[int, int]]) -> list[int]:
-        """Batched GET_ONE_REG: all values are read at one host counter sample."""
+    def get_regs(self, entries: Sequence[tuple[int, int]]) -> tuple[list[int], int, int]:
+        """Batched GET_ONE_REG, all read at one (host counter, realtime) sample.
+
+        Returns (values, host_counter, realtime_ns): with the sample a VMM can
+        turn counter values into offsets exactly.
+        """
+        vcpus = []
         for index, reg_id in entries:
-            self.vcpu(index)
+            vcpus.append(self.vcpu(index))
             self._check_reg(reg_id, write=False)
-        return [self.get_one_reg(index, reg_id) for index, reg_id in entries]
+        h, realtime_ns = self.counter.sample()
+        values = [self._read_reg(vcpu, reg_id, h) for vcpu, (_, reg_id) in zip(vcpus, entries, strict=True)]
+        return values, h, realtime_ns
 
     def set_regs(self, entries: Sequence[tuple[int, int, int]]) -> None:
         """Batched SET_ONE_REG: every entry is validated first; then all are applied in order."""

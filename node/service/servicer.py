@@ -90,12 +90,14 @@ class NodeServicer(pb_grpc.NodeServicer):
     @rpc
     async def GetRegs(self, request: pb.GetRegsRequest, context: Ctx) -> pb.GetRegsResponse:
         entries = [(r.vcpu_index, r.reg_id) for r in request.regs]
-        values = self.host.vm(request.vm_id).get_regs(entries)
+        values, h, realtime_ns = self.host.vm(request.vm_id).get_regs(entries)
         return pb.GetRegsResponse(
             regs=[
                 pb.RegValue(vcpu_index=i, reg_id=reg, value=v)
                 for (i, reg), v in zip(entries, values, strict=True)
-            ]
+            ],
+            host_counter=h,
+            realtime_ns=realtime_ns,
         )
 
     @rpc

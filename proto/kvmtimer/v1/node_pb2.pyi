@@ -431,10 +431,14 @@ class GetRegsRequest(_message.Message):
     def __init__(self, vm_id: _Optional[str] = ..., regs: _Optional[_Iterable[_Union[RegValue, _Mapping]]] = ...) -> None: ...
 
 class GetRegsResponse(_message.Message):
-    __slots__ = ("regs",)
+    __slots__ = ("regs", "host_counter", "realtime_ns")
     REGS_FIELD_NUMBER: _ClassVar[int]
+    HOST_COUNTER_FIELD_NUMBER: _ClassVar[int]
+    REALTIME_NS_FIELD_NUMBER: _ClassVar[int]
     regs: _containers.RepeatedCompositeFieldContainer[RegValue]
-    def __init__(self, regs: _Optional[_Iterable[_Union[RegValue, _Mapping]]] = ...) -> None: ...
+    host_counter: int
+    realtime_ns: int
+    def __init__(self, regs: _Optional[_Iterable[_Union[RegValue, _Mapping]]] = ..., host_counter: _Optional[int] = ..., realtime_ns: _Optional[int] = ...) -> None: ...
 
 class SetRegsRequest(_message.Message):
     __slots__ = ("vm_id", "regs")
