@@ -7,13 +7,13 @@ import asyncio
 from kvmtimer.v1 import node_pb2 as pb
 from kvmtimer.v1 import node_pb2_grpc as pb_grpc
 
-from node.core.errors import Busy
+from node.core.errors import BadRequest, Busy, EmulatorError
 from node.core.features import ClockMode
 from node.core.host import Host, validate_ops
 from node.core.vcpu import AccessKind, AccessResult
 from node.service import convert
 from node.service.driver import WorkloadDriver
-from node.service.errors import Ctx, rpc
+from node.service.errors import Ctx, rpc, status_for, trailing_metadata_for
 
 
 class NodeServicer(pb_grpc.NodeServicer):
@@ -157,13 +157,15 @@ class NodeServicer(pb_grpc.NodeServicer):
     @rpc
     async def PauseVm(self, request: pb.PauseVmRequest, context: Ctx) -> pb.PauseVmResponse:
         self.host.vm(request.vm_id).pause()
-        return pb.PauseVmResponse()
+        h, rt = self.host.get_clock()
+        return pb.PauseVmResponse(host_counter=h, realtime_ns=rt)
 
     @rpc
     async def ResumeVm(self, request: pb.ResumeVmRequest, context: Ctx) -> pb.ResumeVmResponse:
         self.host.vm(request.vm_id).resume()
+        h, rt = self.host.get_clock()
         self._guests_changed()
-        return pb.ResumeVmResponse()
+        return pb.ResumeVmResponse(host_counter=h, realtime_ns=rt)
 
     @rpc
     async def StepClock(self, request: pb.StepClockRequest, context: Ctx) -> pb.StepClockResponse:
@@ -199,3 +201,44 @@ class NodeServicer(pb_grpc.NodeServicer):
         vm = self.host.vm(request.vm_id)
         vm.load_workload(convert.workload_state_from_pb(request.state))
         return pb.LoadWorkloadResponse()
+
+    @rpc
+    async def Batch(self, request: pb.BatchRequest, context: Ctx) -> pb.BatchResponse:
+        results = []
+        for n, call in enumerate(request.calls):
+            kind = call.WhichOneof("call")
+            if kind is None:
+                raise BadRequest(f"batch call {n} is empty")
+            handler = getattr(self, _BATCH_HANDLERS[kind]).__wrapped__
+            try:
+                response = await handler(self, getattr(call, kind), context)
+            except EmulatorError as err:
+                await context.abort(
+                    status_for(err),
+                    f"batch call {n} ({kind}): {err.message}",
+                    (*trailing_metadata_for(err), ("batch-index", str(n))),
+                )
+            results.append(pb.BatchResult(**{kind: response}))
+        return pb.BatchResponse(results=results)
+
+
+# BatchCall oneof field -> servicer method.
+_BATCH_HANDLERS = {
+    "pause_vm": "PauseVm",
+    "resume_vm": "ResumeVm",
+    "get_regs": "GetRegs",
+    "set_regs": "SetRegs",
+    "set_counter_offset": "SetCounterOffset",
+    "set_device_attr": "SetDeviceAttr",
+    "get_device_attr": "GetDeviceAttr",
+    "enable_cap": "EnableCap",
+    "save_workload": "SaveWorkload",
+    "load_workload": "LoadWorkload",
+    "get_vcpu_state": "GetVcpuState",
+    "get_clock": "GetClock",
+    "create_vm": "CreateVm",
+    "create_vcpu": "CreateVcpu",
+    "destroy_vm": "DestroyVm",
+    "start_workload": "StartWorkload",
+    "get_guest_observations": "GetGuestObservations",
+}

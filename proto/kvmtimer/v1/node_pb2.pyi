@@ -80,6 +80,94 @@ SAMPLE_CAUSE_PTIMER_IRQ: SampleCause
 SAMPLE_CAUSE_PAUSE: SampleCause
 SAMPLE_CAUSE_RESUME: SampleCause
 
+class BatchCall(_message.Message):
+    __slots__ = ("pause_vm", "resume_vm", "get_regs", "set_regs", "set_counter_offset", "set_device_attr", "get_device_attr", "enable_cap", "save_workload", "load_workload", "get_vcpu_state", "get_clock", "create_vm", "create_vcpu", "destroy_vm", "start_workload", "get_guest_observations")
+    PAUSE_VM_FIELD_NUMBER: _ClassVar[int]
+    RESUME_VM_FIELD_NUMBER: _ClassVar[int]
+    GET_REGS_FIELD_NUMBER: _ClassVar[int]
+    SET_REGS_FIELD_NUMBER: _ClassVar[int]
+    SET_COUNTER_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    SET_DEVICE_ATTR_FIELD_NUMBER: _ClassVar[int]
+    GET_DEVICE_ATTR_FIELD_NUMBER: _ClassVar[int]
+    ENABLE_CAP_FIELD_NUMBER: _ClassVar[int]
+    SAVE_WORKLOAD_FIELD_NUMBER: _ClassVar[int]
+    LOAD_WORKLOAD_FIELD_NUMBER: _ClassVar[int]
+    GET_VCPU_STATE_FIELD_NUMBER: _ClassVar[int]
+    GET_CLOCK_FIELD_NUMBER: _ClassVar[int]
+    CREATE_VM_FIELD_NUMBER: _ClassVar[int]
+    CREATE_VCPU_FIELD_NUMBER: _ClassVar[int]
+    DESTROY_VM_FIELD_NUMBER: _ClassVar[int]
+    START_WORKLOAD_FIELD_NUMBER: _ClassVar[int]
+    GET_GUEST_OBSERVATIONS_FIELD_NUMBER: _ClassVar[int]
+    pause_vm: PauseVmRequest
+    resume_vm: ResumeVmRequest
+    get_regs: GetRegsRequest
+    set_regs: SetRegsRequest
+    set_counter_offset: SetCounterOffsetRequest
+    set_device_attr: SetDeviceAttrRequest
+    get_device_attr: DeviceAttrRequest
+    enable_cap: EnableCapRequest
+    save_workload: SaveWorkloadRequest
+    load_workload: LoadWorkloadRequest
+    get_vcpu_state: GetVcpuStateRequest
+    get_clock: GetClockRequest
+    create_vm: CreateVmRequest
+    create_vcpu: CreateVcpuRequest
+    destroy_vm: DestroyVmRequest
+    start_workload: StartWorkloadRequest
+    get_guest_observations: GetGuestObservationsRequest
+    def __init__(self, pause_vm: _Optional[_Union[PauseVmRequest, _Mapping]] = ..., resume_vm: _Optional[_Union[ResumeVmRequest, _Mapping]] = ..., get_regs: _Optional[_Union[GetRegsRequest, _Mapping]] = ..., set_regs: _Optional[_Union[SetRegsRequest, _Mapping]] = ..., set_counter_offset: _Optional[_Union[SetCounterOffsetRequest, _Mapping]] = ..., set_device_attr: _Optional[_Union[SetDeviceAttrRequest, _Mapping]] = ..., get_device_attr: _Optional[_Union[DeviceAttrRequest, _Mapping]] = ..., enable_cap: _Optional[_Union[EnableCapRequest, _Mapping]] = ..., save_workload: _Optional[_Union[SaveWorkloadRequest, _Mapping]] = ..., load_workload: _Optional[_Union[LoadWorkloadRequest, _Mapping]] = ..., get_vcpu_state: _Optional[_Union[GetVcpuStateRequest, _Mapping]] = ..., get_clock: _Optional[_Union[GetClockRequest, _Mapping]] = ..., create_vm: _Optional[_Union[CreateVmRequest, _Mapping]] = ..., create_vcpu: _Optional[_Union[CreateVcpuRequest, _Mapping]] = ..., destroy_vm: _Optional[_Union[DestroyVmRequest, _Mapping]] = ..., start_workload: _Optional[_Union[StartWorkloadRequest, _Mapping]] = ..., get_guest_observations: _Optional[_Union[GetGuestObservationsRequest, _Mapping]] = ...) -> None: ...
+
+class BatchResult(_message.Message):
+    __slots__ = ("pause_vm", "resume_vm", "get_regs", "set_regs", "set_counter_offset", "set_device_attr", "get_device_attr", "enable_cap", "save_workload", "load_workload", "get_vcpu_state", "get_clock", "create_vm", "create_vcpu", "destroy_vm", "start_workload", "get_guest_observations")
+    PAUSE_VM_FIELD_NUMBER: _ClassVar[int]
+    RESUME_VM_FIELD_NUMBER: _ClassVar[int]
+    GET_REGS_FIELD_NUMBER: _ClassVar[int]
+    SET_REGS_FIELD_NUMBER: _ClassVar[int]
+    SET_COUNTER_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    SET_DEVICE_ATTR_FIELD_NUMBER: _ClassVar[int]
+    GET_DEVICE_ATTR_FIELD_NUMBER: _ClassVar[int]
+    ENABLE_CAP_FIELD_NUMBER: _ClassVar[int]
+    SAVE_WORKLOAD_FIELD_NUMBER: _ClassVar[int]
+    LOAD_WORKLOAD_FIELD_NUMBER: _ClassVar[int]
+    GET_VCPU_STATE_FIELD_NUMBER: _ClassVar[int]
+    GET_CLOCK_FIELD_NUMBER: _ClassVar[int]
+    CREATE_VM_FIELD_NUMBER: _ClassVar[int]
+    CREATE_VCPU_FIELD_NUMBER: _ClassVar[int]
+    DESTROY_VM_FIELD_NUMBER: _ClassVar[int]
+    START_WORKLOAD_FIELD_NUMBER: _ClassVar[int]
+    GET_GUEST_OBSERVATIONS_FIELD_NUMBER: _ClassVar[int]
+    pause_vm: PauseVmResponse
+    resume_vm: ResumeVmResponse
+    get_regs: GetRegsResponse
+    set_regs: SetRegsResponse
+    set_counter_offset: SetCounterOffsetResponse
+    set_device_attr: SetDeviceAttrResponse
+    get_device_attr: GetDeviceAttrResponse
+    enable_cap: EnableCapResponse
+    save_workload: WorkloadState
+    load_workload: LoadWorkloadResponse
+    get_vcpu_state: VcpuStateInfo
+    get_clock: GetClockResponse
+    create_vm: CreateVmResponse
+    create_vcpu: CreateVcpuResponse
+    destroy_vm: DestroyVmResponse
+    start_workload: StartWorkloadResponse
+    get_guest_observations: GuestObservations
+    def __init__(self, pause_vm: _Optional[_Union[PauseVmResponse, _Mapping]] = ..., resume_vm: _Optional[_Union[ResumeVmResponse, _Mapping]] = ..., get_regs: _Optional[_Union[GetRegsResponse, _Mapping]] = ..., set_regs: _Optional[_Union[SetRegsResponse, _Mapping]] = ..., set_counter_offset: _Optional[_Union[SetCounterOffsetResponse, _Mapping]] = ..., set_device_attr: _Optional[_Union[SetDeviceAttrResponse, _Mapping]] = ..., get_device_attr: _Optional[_Union[GetDeviceAttrResponse, _Mapping]] = ..., enable_cap: _Optional[_Union[EnableCapResponse, _Mapping]] = ..., save_workload: _Optional[_Union[WorkloadState, _Mapping]] = ..., load_workload: _Optional[_Union[LoadWorkloadResponse, _Mapping]] = ..., get_vcpu_state: _Optional[_Union[VcpuStateInfo, _Mapping]] = ..., get_clock: _Optional[_Union[GetClockResponse, _Mapping]] = ..., create_vm: _Optional[_Union[CreateVmResponse, _Mapping]] = ..., create_vcpu: _Optional[_Union[CreateVcpuResponse, _Mapping]] = ..., destroy_vm: _Optional[_Union[DestroyVmResponse, _Mapping]] = ..., start_workload: _Optional[_Union[StartWorkloadResponse, _Mapping]] = ..., get_guest_observations: _Optional[_Union[GuestObservations, _Mapping]] = ...) -> None: ...
+
+class BatchRequest(_message.Message):
+    __slots__ = ("calls",)
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    calls: _containers.RepeatedCompositeFieldContainer[BatchCall]
+    def __init__(self, calls: _Optional[_Iterable[_Union[BatchCall, _Mapping]]] = ...) -> None: ...
+
+class BatchResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[BatchResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[BatchResult, _Mapping]]] = ...) -> None: ...
+
 class WorkloadSpec(_message.Message):
     __slots__ = ("period_ticks", "use_ptimer")
     PERIOD_TICKS_FIELD_NUMBER: _ClassVar[int]
@@ -587,8 +675,12 @@ class PauseVmRequest(_message.Message):
     def __init__(self, vm_id: _Optional[str] = ...) -> None: ...
 
 class PauseVmResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("host_counter", "realtime_ns")
+    HOST_COUNTER_FIELD_NUMBER: _ClassVar[int]
+    REALTIME_NS_FIELD_NUMBER: _ClassVar[int]
+    host_counter: int
+    realtime_ns: int
+    def __init__(self, host_counter: _Optional[int] = ..., realtime_ns: _Optional[int] = ...) -> None: ...
 
 class ResumeVmRequest(_message.Message):
     __slots__ = ("vm_id",)
@@ -597,8 +689,12 @@ class ResumeVmRequest(_message.Message):
     def __init__(self, vm_id: _Optional[str] = ...) -> None: ...
 
 class ResumeVmResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("host_counter", "realtime_ns")
+    HOST_COUNTER_FIELD_NUMBER: _ClassVar[int]
+    REALTIME_NS_FIELD_NUMBER: _ClassVar[int]
+    host_counter: int
+    realtime_ns: int
+    def __init__(self, host_counter: _Optional[int] = ..., realtime_ns: _Optional[int] = ...) -> None: ...
 
 class StepClockRequest(_message.Message):
     __slots__ = ("delta_ticks",)

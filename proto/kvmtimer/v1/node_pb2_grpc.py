@@ -169,6 +169,11 @@ class NodeStub:
                 request_serializer=kvmtimer_dot_v1_dot_node__pb2.LoadWorkloadRequest.SerializeToString,
                 response_deserializer=kvmtimer_dot_v1_dot_node__pb2.LoadWorkloadResponse.FromString,
                 _registered_method=True)
+        self.Batch = channel.unary_unary(
+                '/kvmtimer.v1.Node/Batch',
+                request_serializer=kvmtimer_dot_v1_dot_node__pb2.BatchRequest.SerializeToString,
+                response_deserializer=kvmtimer_dot_v1_dot_node__pb2.BatchResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServicer:
@@ -361,6 +366,16 @@ class NodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Batch(self, request, context):
+        """Several calls executed in order on this host in one round trip, the way a VMM
+        process on the host issues ioctls back to back. Stops at the first failure, which
+        becomes the RPC's status (with `kvm-errno`, and `batch-index` = the failing call's
+        position); calls before it stay applied, calls after it are not made.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -498,6 +513,11 @@ def add_NodeServicer_to_server(servicer, server):
                     servicer.LoadWorkload,
                     request_deserializer=kvmtimer_dot_v1_dot_node__pb2.LoadWorkloadRequest.FromString,
                     response_serializer=kvmtimer_dot_v1_dot_node__pb2.LoadWorkloadResponse.SerializeToString,
+            ),
+            'Batch': grpc.unary_unary_rpc_method_handler(
+                    servicer.Batch,
+                    request_deserializer=kvmtimer_dot_v1_dot_node__pb2.BatchRequest.FromString,
+                    response_serializer=kvmtimer_dot_v1_dot_node__pb2.BatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1229,6 +1249,33 @@ class Node:
             '/kvmtimer.v1.Node/LoadWorkload',
             kvmtimer_dot_v1_dot_node__pb2.LoadWorkloadRequest.SerializeToString,
             kvmtimer_dot_v1_dot_node__pb2.LoadWorkloadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Batch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvmtimer.v1.Node/Batch',
+            kvmtimer_dot_v1_dot_node__pb2.BatchRequest.SerializeToString,
+            kvmtimer_dot_v1_dot_node__pb2.BatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

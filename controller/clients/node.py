@@ -1,0 +1,141 @@
+"""Async client for one node: every grpc error becomes a NodeCallError (domain error)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from kvmtimer.v1 import node_pb2 as pb
+from kvmtimer.v1 import node_pb2_grpc
+
+from controller.core.errors import NodeCallError
+from controller.core.migration import RegWrite
+from node.core.regs import KVM_ARM_VCPU_TIMER_CTRL, KVM_ARM_VCPU_TIMER_PHYS_OFFSET
+
+DEFAULT_TIMEOUT_S = 5.0
+
+
+def errno_from(err: grpc.aio.AioRpcError) -> str | None:
+    """The node's `kvm-errno` trailing metadata, if any."""
+    metadata: Any = err.trailing_metadata() or ()
+    for key, value in metadata:
+        if key == "kvm-errno":
+            return str(value)
+    return None
+
+
+class NodeClient:
+    """The VMM side of one node's ioctl surface."""
+
+    def __init__(self, node_id: str, address: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        self.node_id = node_id
+        self.address = address
+        self.timeout_s = timeout_s
+        self.channel = grpc.aio.insecure_channel(address)
+        self.stub = node_pb2_grpc.NodeStub(self.channel)
+        self.health = health_pb2_grpc.HealthStub(self.channel)
+
+    async def close(self) -> None:
+        await self.channel.close(None)
+
+    async def _call(self, rpc: str, request: Any, timeout_s: float | None = None) -> Any:
+        try:
+            return await getattr(self.stub, rpc)(request, timeout=timeout_s or self.timeout_s)
+        except grpc.aio.AioRpcError as err:
+            errno_name = errno_from(err)
+            raise NodeCallError(self.node_id, rpc, err.code().name, errno_name, err.details() or "") from None
+
+    async def check_health(self, timeout_s: float = 1.0) -> bool:
+        try:
+            resp = await self.health.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
+        except grpc.aio.AioRpcError:
+            return False
+        return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
+
+    async def host_info(self) -> pb.HostInfo:
+        result: pb.HostInfo = await self._call("GetHostInfo", pb.GetHostInfoRequest())
+        return result
+
+    async def get_clock(self) -> tuple[int, int]:
+        resp = await self._call("GetClock", pb.GetClockRequest())
+        return int(resp.host_counter), int(resp.realtime_ns)
+
+    async def create_vm(self, vm_id: str) -> str:
+        resp = await self._call("CreateVm", pb.CreateVmRequest(vm_id=vm_id))
+        return str(resp.vm_id)
+
+    async def destroy_vm(self, vm_id: str) -> None:
+        await self._call("DestroyVm", pb.DestroyVmRequest(vm_id=vm_id))
+
+    async def create_vcpu(self, vm_id: str, index: int) -> None:
+        await self._call("CreateVcpu", pb.CreateVcpuRequest(vm_id=vm_id, vcpu_index=index))
+
+    async def enable_cap(self, vm_id: str, cap: int) -> None:
+        await self._call("EnableCap", pb.EnableCapRequest(vm_id=vm_id, cap=cap))
+
+    async def set_counter_offset(self, vm_id: str, offset: int) -> None:
+        await self._call("SetCounterOffset", pb.SetCounterOffsetRequest(vm_id=vm_id, counter_offset=offset))
+
+    async def get_attr(self, vm_id: str, attr: int, vcpu: int = 0) -> int:
+        req = pb.DeviceAttrRequest(vm_id=vm_id, vcpu_index=vcpu, group=KVM_ARM_VCPU_TIMER_CTRL, attr=attr)
+        resp = await self._call("GetDeviceAttr", req)
+        return int(resp.value)
+
+    async def set_attr(self, vm_id: str, attr: int, value: int, vcpu: int = 0) -> None:
+        req = pb.SetDeviceAttrRequest(
+            vm_id=vm_id, vcpu_index=vcpu, group=KVM_ARM_VCPU_TIMER_CTRL, attr=attr, value=value
+        )
+        await self._call("SetDeviceAttr", req)
+
+    async def set_phys_offset(self, vm_id: str, value: int) -> None:
+        await self.set_attr(vm_id, KVM_ARM_VCPU_TIMER_PHYS_OFFSET, value)
+
+    async def get_regs(self, vm_id: str, entries: Sequence[tuple[int, int]]) -> tuple[list[int], int, int]:
+        """Values in request order, plus the (host counter, realtime) they were read at."""
+        req = pb.GetRegsRequest(vm_id=vm_id, regs=[pb.RegValue(vcpu_index=i, reg_id=r) for i, r in entries])
+        resp = await self._call("GetRegs", req)
+        return [int(r.value) for r in resp.regs], int(resp.host_counter), int(resp.realtime_ns)
+
+    async def set_regs(self, vm_id: str, writes: Sequence[RegWrite]) -> None:
+        if not writes:
+            return
+        req = pb.SetRegsRequest(
+            vm_id=vm_id,
+            regs=[pb.RegValue(vcpu_index=w.vcpu_index, reg_id=w.reg_id, value=w.value) for w in writes],
+        )
+        await self._call("SetRegs", req)
+
+    async def pause(self, vm_id: str) -> None:
+        await self._call("PauseVm", pb.PauseVmRequest(vm_id=vm_id))
+
+    async def resume(self, vm_id: str) -> None:
+        await self._call("ResumeVm", pb.ResumeVmRequest(vm_id=vm_id))
+
+    async def vcpu_state(self, vm_id: str, index: int) -> pb.VcpuStateInfo:
+        result: pb.VcpuStateInfo = await self._call(
+            "GetVcpuState", pb.GetVcpuStateRequest(vm_id=vm_id, vcpu_index=index)
+        )
+        return result
+
+    async def start_workload(self, vm_id: str, spec: pb.WorkloadSpec) -> None:
+        await self._call("StartWorkload", pb.StartWorkloadRequest(vm_id=vm_id, spec=spec))
+
+    async def save_workload(self, vm_id: str) -> pb.WorkloadState:
+        result: pb.WorkloadState = await self._call("SaveWorkload", pb.SaveWorkloadRequest(vm_id=vm_id))
+        return result
+
+    async def load_workload(self, vm_id: str, state: pb.WorkloadState) -> None:
+        await self._call("LoadWorkload", pb.LoadWorkloadRequest(vm_id=vm_id, state=state))
+
+    async def observations(self, vm_id: str, include_samples: bool = False) -> pb.GuestObservations:
+        result: pb.GuestObservations = await self._call(
+            "GetGuestObservations",
+            pb.GetGuestObservationsRequest(vm_id=vm_id, include_samples=include_samples),
+        )
+        return result
+
+    async def step_clock(self, delta_ticks: int) -> int:
+        resp = await self._call("StepClock", pb.StepClockRequest(delta_ticks=delta_ticks))
+        return int(resp.host_counter)

@@ -1,0 +1,67 @@
+"""Fan-out hub: one publisher, many subscribers, each with a bounded buffer.
+
+A slow subscriber never blocks the publisher: when its buffer is full the
+newest item is dropped and counted on that subscription.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+DEFAULT_BUFFER = 1024
+
+
+@dataclass(eq=False)
+class Subscription(Generic[T]):
+    """One subscriber's queue and its drop count."""
+
+    queue: asyncio.Queue[T | None]
+    dropped: int = 0
+    closed: bool = field(default=False)
+
+
+class Hub(Generic[T]):
+    def __init__(self, buffer: int = DEFAULT_BUFFER) -> None:
+        self._buffer = buffer
+        self._subs: set[Subscription[T]] = set()
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subs)
+
+    def publish(self, item: T) -> None:
+        for sub in self._subs:
+            try:
+                sub.queue.put_nowait(item)
+            except asyncio.QueueFull:
+                sub.dropped += 1
+
+    def subscribe(self) -> Subscription[T]:
+        sub: Subscription[T] = Subscription(asyncio.Queue(self._buffer))
+        self._subs.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription[T]) -> None:
+        self._subs.discard(sub)
+        sub.closed = True
+
+    def close(self) -> None:
+        """End every subscription's stream."""
+        for sub in list(self._subs):
+            try:
+                sub.queue.put_nowait(None)
+            except asyncio.QueueFull:
+                _ = sub.queue.get_nowait()
+                sub.queue.put_nowait(None)
+
+    async def stream(self, sub: Subscription[T]) -> AsyncIterator[T]:
+        """Items of one subscription until the hub closes; unsubscribes on exit."""
+        try:
+            while (item := await sub.queue.get()) is not None:
+                yield item
+        finally:
+            self.unsubscribe(sub)
