@@ -139,3 +139,8 @@ class NodeClient:
     async def step_clock(self, delta_ticks: int) -> int:
         resp = await self._call("StepClock", pb.StepClockRequest(delta_ticks=delta_ticks))
         return int(resp.host_counter)
+
+    async def batch(self, calls: Sequence[pb.BatchCall]) -> list[pb.BatchResult]:
+        """Run calls back to back on the node in one round trip (stops at the first failure)."""
+        resp = await self._call("Batch", pb.BatchRequest(calls=calls))
+        return list(resp.results)

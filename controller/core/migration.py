@@ -263,8 +263,8 @@ class MigrationRecord:
     applied_as: str = ""
     started_ns: int = 0
     target_ready_ns: int | None = None
-    paused_ns: int | None = None
-    resumed_ns: int | None = None
+    paused_realtime_ns: int | None = None  # node realtime when the source stopped
+    resumed_realtime_ns: int | None = None  # node realtime when the destination continued
     ended_ns: int | None = None
     created_realtime_ns: int = 0
     finished_realtime_ns: int = 0
@@ -300,7 +300,8 @@ class MigrationRecord:
         return _us(self.started_ns, self.target_ready_ns)
 
     def downtime_us(self) -> int:
-        return _us(self.paused_ns, self.resumed_ns)
+        """Source stopped -> destination continued, as the nodes' clocks saw it."""
+        return _us(self.paused_realtime_ns, self.resumed_realtime_ns)
 
     def total_time_us(self) -> int:
         return _us(self.started_ns, self.ended_ns)

@@ -528,7 +528,9 @@ class Vm:
                 f"snapshot counter runs at {state.cntfrq_hz} Hz, this host at {features.cntfrq_hz} Hz"
             )
         vm = cls(state.vm_id, features, counter, userspace_irqchip=state.userspace_irqchip)
-        vm.counter_offset_set = state.counter_offset_set
+        # Flags of a kernel API this host lacks are dropped: a pre-6.4 kernel never
+        # ignores TIMER_CNT writes nor skips the offset reset at vCPU creation.
+        vm.counter_offset_set = state.counter_offset_set and features.has_counter_offset_cap
         vm.vtimer_offset_enabled = state.vtimer_offset_enabled and features.has_vcpu_offsets
         vm.ppis = list(state.ppis)
         for vs in state.vcpus:

@@ -1,0 +1,112 @@
+"""Thin grpc.aio servicer for kvmtimer.v1.Controller over a Cluster."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from kvmtimer.v1 import controller_pb2 as cpb
+from kvmtimer.v1 import controller_pb2_grpc as cpb_grpc
+
+from controller.core.errors import ControllerError, InvalidArgument
+from controller.service import convert
+from controller.service.cluster import Cluster
+from controller.service.errors import Ctx, rpc, status_for
+
+
+class ControllerServicer(cpb_grpc.ControllerServicer):
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+
+    @rpc
+    async def RegisterNode(self, request: cpb.RegisterNodeRequest, context: Ctx) -> cpb.NodeStatus:
+        node = await self.cluster.register_node(request.node_id, request.address)
+        return convert.node_status(node, *self.cluster.load(node.node_id))
+
+    @rpc
+    async def ListNodes(self, request: cpb.ListNodesRequest, context: Ctx) -> cpb.ListNodesResponse:
+        c = self.cluster
+        return cpb.ListNodesResponse(
+            nodes=[
+                convert.node_status(n, *c.load(n.node_id))
+                for n in sorted(c.nodes.values(), key=lambda n: n.node_id)
+            ]
+        )
+
+    @rpc
+    async def CreateGuest(self, request: cpb.CreateGuestRequest, context: Ctx) -> cpb.Guest:
+        spec = convert.workload_from_request(request.workload)
+        guest = await self.cluster.create_guest(request.guest_id, request.vcpus or 1, spec, request.node_id)
+        return convert.guest_to_pb(guest)
+
+    @rpc
+    async def ListGuests(self, request: cpb.ListGuestsRequest, context: Ctx) -> cpb.ListGuestsResponse:
+        guests = sorted(self.cluster.guests.values(), key=lambda g: g.guest_id)
+        return cpb.ListGuestsResponse(guests=[convert.guest_to_pb(g) for g in guests])
+
+    @rpc
+    async def GetGuest(self, request: cpb.GetGuestRequest, context: Ctx) -> cpb.Guest:
+        guest = self.cluster.guest(request.guest_id)
+        try:
+            obs = await self.cluster.observations(guest)
+        except ControllerError:
+            obs = None  # node unreachable: the record is still worth returning
+        return convert.guest_to_pb(guest, obs)
+
+    @rpc
+    async def DestroyGuest(self, request: cpb.DestroyGuestRequest, context: Ctx) -> cpb.DestroyGuestResponse:
+        await self.cluster.destroy_guest(request.guest_id)
+        return cpb.DestroyGuestResponse()
+
+    @rpc
+    async def Migrate(self, request: cpb.MigrateRequest, context: Ctx) -> cpb.Migration:
+        if not request.guest_id:
+            raise InvalidArgument("guest_id is required")
+        record = await self.cluster.migrate(
+            request.guest_id,
+            request.destination,
+            convert.method_from_pb(request.method),
+            request.migration_id,
+            wait=request.wait,
+        )
+        return convert.migration_to_pb(record)
+
+    @rpc
+    async def CancelMigration(self, request: cpb.CancelMigrationRequest, context: Ctx) -> cpb.Migration:
+        return convert.migration_to_pb(await self.cluster.cancel(request.migration_id))
+
+    @rpc
+    async def GetMigration(self, request: cpb.GetMigrationRequest, context: Ctx) -> cpb.Migration:
+        return convert.migration_to_pb(self.cluster.migration(request.migration_id))
+
+    @rpc
+    async def ListMigrations(
+        self, request: cpb.ListMigrationsRequest, context: Ctx
+    ) -> cpb.ListMigrationsResponse:
+        records = [
+            m
+            for m in self.cluster.migrations.values()
+            if not request.guest_id or m.guest_id == request.guest_id
+        ]
+        return cpb.ListMigrationsResponse(migrations=[convert.migration_to_pb(m) for m in records])
+
+    async def WatchMigrations(
+        self, request: cpb.WatchMigrationsRequest, context: Ctx
+    ) -> AsyncIterator[cpb.MigrationEvent]:
+        hub = self.cluster.events
+        sub = hub.subscribe()
+        try:
+            if request.include_existing:
+                for m in list(self.cluster.migrations.values()):
+                    yield cpb.MigrationEvent(
+                        migration=convert.migration_to_pb(m), realtime_ns=m.created_realtime_ns
+                    )
+            async for event in hub.stream(sub):
+                yield cpb.MigrationEvent(
+                    migration=convert.migration_to_pb(event.migration),
+                    step=event.step,
+                    realtime_ns=event.realtime_ns,
+                )
+        except ControllerError as err:
+            await context.abort(status_for(err), err.message)
+        finally:
+            hub.unsubscribe(sub)

@@ -1,0 +1,66 @@
+"""An in-process simulated cluster: node servers sharing one ManualClock, and a Cluster."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+from controller.core.migration import Limits, MigrationRecord
+from controller.service.cluster import Cluster
+from node.core.clock import NS_PER_S, ManualClock
+from node.core.features import HostFeatures
+from node.core.host import Host
+from node.core.world import advance_hosts
+from tests.support.nodes import InProcessNode, in_process_node
+
+CNTFRQ = 25_000_000
+DAY_TICKS = 86_400 * CNTFRQ
+
+
+@dataclass
+class SimCluster:
+    """Nodes by id, their shared clock, and the controller's Cluster."""
+
+    clock: ManualClock
+    nodes: dict[str, InProcessNode]
+    cluster: Cluster
+    transfer_delay_ns: int = 0  # simulated time a migration's state transfer takes
+    transfers: list[str] = field(default_factory=list)
+
+    @property
+    def hosts(self) -> list[Host]:
+        return [n.host for n in self.nodes.values()]
+
+    def advance_s(self, seconds: float) -> None:
+        advance_hosts(self.hosts, self.clock, int(seconds * NS_PER_S))
+
+    def advance_ns(self, ns: int) -> None:
+        advance_hosts(self.hosts, self.clock, ns)
+
+    async def transfer_hook(self, record: MigrationRecord) -> None:
+        self.transfers.append(record.migration_id)
+        if self.transfer_delay_ns:
+            self.advance_ns(self.transfer_delay_ns)
+
+
+@contextlib.asynccontextmanager
+async def sim_cluster(
+    specs: Sequence[tuple[str, HostFeatures]], *, limits: Limits | None = None
+) -> AsyncIterator[SimCluster]:
+    """Start one in-process node per (node_id, features), each booted a different number of days ago."""
+    clock = ManualClock()
+    async with contextlib.AsyncExitStack() as stack:
+        nodes = {}
+        for n, (node_id, features) in enumerate(specs):
+            nodes[node_id] = await stack.enter_async_context(
+                in_process_node(features, node_id=node_id, clock=clock, counter_base=(3 + 7 * n) * DAY_TICKS)
+            )
+        sim = SimCluster(clock, nodes, Cluster(limits=limits, health_interval_s=0))
+        sim.cluster.transfer_hook = sim.transfer_hook
+        for node_id, node in nodes.items():
+            await sim.cluster.register_node(node_id, node.address)
+        try:
+            yield sim
+        finally:
+            await sim.cluster.stop()
