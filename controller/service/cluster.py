@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import time
 from collections.abc import Awaitable, Callable
@@ -60,7 +61,7 @@ TransferHook = Callable[[MigrationRecord], Awaitable[None]]
 class MigrationEventRecord:
     """A phase transition or step, as published to watchers."""
 
-    migration: MigrationRecord  # the record (live object: convert at once)
+    migration: MigrationRecord  # a copy of the record at that moment
     step: str  # step name, or "" for a phase change
     realtime_ns: int  # when it happened
 
@@ -101,9 +102,13 @@ class Cluster:
             self._health_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_task
-        for task in list(self._tasks.values()):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(asyncio.shield(task), timeout=10)
+        # In-flight migrations get a few seconds to finish (or roll back) on their own.
+        tasks = list(self._tasks.values())
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=5.0)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
         self.events.close()
         for client in self.clients.values():
             await client.close()
@@ -356,7 +361,9 @@ class Cluster:
         return record
 
     def _publish(self, record: MigrationRecord, step: str = "") -> None:
-        self.events.publish(MigrationEventRecord(record, step, time.time_ns()))
+        # Watchers get the record as it is now, not the live object.
+        frozen = dataclasses.replace(record, steps=list(record.steps))
+        self.events.publish(MigrationEventRecord(frozen, step, time.time_ns()))
 
     def _advance(self, record: MigrationRecord, phase: Phase) -> None:
         record.advance(phase)
@@ -645,13 +652,15 @@ class _Migrator:
             return
         self.c._step(self.r, Step.ROLLBACK)
         if self.dst_vm is not None:
-            with contextlib.suppress(NodeCallError):
+            try:
                 await dst.destroy_vm(self.dst_vm)
+            except Exception as err:
+                log.warning("rollback_destroy_failed", migration_id=self.r.migration_id, error=repr(err))
         if self.src_paused:
             try:
                 await src.resume(self.guest.vm_id)
-            except NodeCallError as err:
-                log.error("rollback_resume_failed", migration_id=self.r.migration_id, error=err.message)
+            except Exception as err:
+                log.error("rollback_resume_failed", migration_id=self.r.migration_id, error=repr(err))
         log.info("migration_rolled_back", migration_id=self.r.migration_id, cause=repr(cause))
 
 

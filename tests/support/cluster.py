@@ -6,8 +6,12 @@ import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
+import grpc
+from kvmtimer.v1 import controller_pb2_grpc
+
 from controller.core.migration import Limits, MigrationRecord
 from controller.service.cluster import Cluster
+from controller.service.server import build_server, mark_serving
 from node.core.clock import NS_PER_S, ManualClock
 from node.core.features import HostFeatures
 from node.core.host import Host
@@ -64,3 +68,17 @@ async def sim_cluster(
             yield sim
         finally:
             await sim.cluster.stop()
+
+
+@contextlib.asynccontextmanager
+async def controller_stub(cluster: Cluster) -> AsyncIterator[controller_pb2_grpc.ControllerStub]:
+    """Serve `cluster` on an ephemeral loopback port; yield a connected Controller stub."""
+    server, port, health_servicer = build_server(cluster)
+    await server.start()
+    await mark_serving(health_servicer)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield controller_pb2_grpc.ControllerStub(channel)
+    finally:
+        await channel.close(None)
+        await server.stop(grace=None)
