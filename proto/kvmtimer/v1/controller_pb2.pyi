@@ -40,6 +40,36 @@ MIGRATION_PHASE_RUNNING: MigrationPhase
 MIGRATION_PHASE_SUCCEEDED: MigrationPhase
 MIGRATION_PHASE_FAILED: MigrationPhase
 
+class WatchClusterTelemetryRequest(_message.Message):
+    __slots__ = ("node_ids", "guest_ids", "events_only")
+    NODE_IDS_FIELD_NUMBER: _ClassVar[int]
+    GUEST_IDS_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_ONLY_FIELD_NUMBER: _ClassVar[int]
+    node_ids: _containers.RepeatedScalarFieldContainer[str]
+    guest_ids: _containers.RepeatedScalarFieldContainer[str]
+    events_only: bool
+    def __init__(self, node_ids: _Optional[_Iterable[str]] = ..., guest_ids: _Optional[_Iterable[str]] = ..., events_only: _Optional[bool] = ...) -> None: ...
+
+class NodeHealthEvent(_message.Message):
+    __slots__ = ("node", "realtime_ns")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    REALTIME_NS_FIELD_NUMBER: _ClassVar[int]
+    node: NodeStatus
+    realtime_ns: int
+    def __init__(self, node: _Optional[_Union[NodeStatus, _Mapping]] = ..., realtime_ns: _Optional[int] = ...) -> None: ...
+
+class ClusterTelemetry(_message.Message):
+    __slots__ = ("samples", "migration", "node", "dropped")
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    MIGRATION_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    samples: _node_pb2.TelemetryBatch
+    migration: MigrationEvent
+    node: NodeHealthEvent
+    dropped: int
+    def __init__(self, samples: _Optional[_Union[_node_pb2.TelemetryBatch, _Mapping]] = ..., migration: _Optional[_Union[MigrationEvent, _Mapping]] = ..., node: _Optional[_Union[NodeHealthEvent, _Mapping]] = ..., dropped: _Optional[int] = ...) -> None: ...
+
 class RegisterNodeRequest(_message.Message):
     __slots__ = ("node_id", "address")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]

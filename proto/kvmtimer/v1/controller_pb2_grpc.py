@@ -89,6 +89,11 @@ class ControllerStub:
                 request_serializer=kvmtimer_dot_v1_dot_controller__pb2.WatchMigrationsRequest.SerializeToString,
                 response_deserializer=kvmtimer_dot_v1_dot_controller__pb2.MigrationEvent.FromString,
                 _registered_method=True)
+        self.WatchTelemetry = channel.unary_stream(
+                '/kvmtimer.v1.Controller/WatchTelemetry',
+                request_serializer=kvmtimer_dot_v1_dot_controller__pb2.WatchClusterTelemetryRequest.SerializeToString,
+                response_deserializer=kvmtimer_dot_v1_dot_controller__pb2.ClusterTelemetry.FromString,
+                _registered_method=True)
 
 
 class ControllerServicer:
@@ -167,6 +172,14 @@ class ControllerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchTelemetry(self, request, context):
+        """The whole cluster's telemetry: vCPU sample batches from every node, migration
+        events and node health, optionally filtered. Bounded buffer; drops are counted.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControllerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -224,6 +237,11 @@ def add_ControllerServicer_to_server(servicer, server):
                     servicer.WatchMigrations,
                     request_deserializer=kvmtimer_dot_v1_dot_controller__pb2.WatchMigrationsRequest.FromString,
                     response_serializer=kvmtimer_dot_v1_dot_controller__pb2.MigrationEvent.SerializeToString,
+            ),
+            'WatchTelemetry': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchTelemetry,
+                    request_deserializer=kvmtimer_dot_v1_dot_controller__pb2.WatchClusterTelemetryRequest.FromString,
+                    response_serializer=kvmtimer_dot_v1_dot_controller__pb2.ClusterTelemetry.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -523,6 +541,33 @@ class Controller:
             '/kvmtimer.v1.Controller/WatchMigrations',
             kvmtimer_dot_v1_dot_controller__pb2.WatchMigrationsRequest.SerializeToString,
             kvmtimer_dot_v1_dot_controller__pb2.MigrationEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchTelemetry(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/kvmtimer.v1.Controller/WatchTelemetry',
+            kvmtimer_dot_v1_dot_controller__pb2.WatchClusterTelemetryRequest.SerializeToString,
+            kvmtimer_dot_v1_dot_controller__pb2.ClusterTelemetry.FromString,
             options,
             channel_credentials,
             insecure,

@@ -80,6 +80,72 @@ SAMPLE_CAUSE_PTIMER_IRQ: SampleCause
 SAMPLE_CAUSE_PAUSE: SampleCause
 SAMPLE_CAUSE_RESUME: SampleCause
 
+class WatchTelemetryRequest(_message.Message):
+    __slots__ = ("rate_hz", "vm_ids", "max_batch")
+    RATE_HZ_FIELD_NUMBER: _ClassVar[int]
+    VM_IDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
+    rate_hz: float
+    vm_ids: _containers.RepeatedScalarFieldContainer[str]
+    max_batch: int
+    def __init__(self, rate_hz: _Optional[float] = ..., vm_ids: _Optional[_Iterable[str]] = ..., max_batch: _Optional[int] = ...) -> None: ...
+
+class TelemetrySample(_message.Message):
+    __slots__ = ("node_id", "vm_id", "vcpu_index", "realtime_ns", "host_counter", "cntvct", "cntpct", "voffset", "poffset", "uses_cntpoff", "traps_cntpct", "traps_ptimer", "trap_count", "vtimer_ctl", "vtimer_cval", "vtimer_level", "ptimer_ctl", "ptimer_cval", "ptimer_level", "guest_id", "running")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    VCPU_INDEX_FIELD_NUMBER: _ClassVar[int]
+    REALTIME_NS_FIELD_NUMBER: _ClassVar[int]
+    HOST_COUNTER_FIELD_NUMBER: _ClassVar[int]
+    CNTVCT_FIELD_NUMBER: _ClassVar[int]
+    CNTPCT_FIELD_NUMBER: _ClassVar[int]
+    VOFFSET_FIELD_NUMBER: _ClassVar[int]
+    POFFSET_FIELD_NUMBER: _ClassVar[int]
+    USES_CNTPOFF_FIELD_NUMBER: _ClassVar[int]
+    TRAPS_CNTPCT_FIELD_NUMBER: _ClassVar[int]
+    TRAPS_PTIMER_FIELD_NUMBER: _ClassVar[int]
+    TRAP_COUNT_FIELD_NUMBER: _ClassVar[int]
+    VTIMER_CTL_FIELD_NUMBER: _ClassVar[int]
+    VTIMER_CVAL_FIELD_NUMBER: _ClassVar[int]
+    VTIMER_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    PTIMER_CTL_FIELD_NUMBER: _ClassVar[int]
+    PTIMER_CVAL_FIELD_NUMBER: _ClassVar[int]
+    PTIMER_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    GUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    vm_id: str
+    vcpu_index: int
+    realtime_ns: int
+    host_counter: int
+    cntvct: int
+    cntpct: int
+    voffset: int
+    poffset: int
+    uses_cntpoff: bool
+    traps_cntpct: bool
+    traps_ptimer: bool
+    trap_count: int
+    vtimer_ctl: int
+    vtimer_cval: int
+    vtimer_level: bool
+    ptimer_ctl: int
+    ptimer_cval: int
+    ptimer_level: bool
+    guest_id: str
+    running: bool
+    def __init__(self, node_id: _Optional[str] = ..., vm_id: _Optional[str] = ..., vcpu_index: _Optional[int] = ..., realtime_ns: _Optional[int] = ..., host_counter: _Optional[int] = ..., cntvct: _Optional[int] = ..., cntpct: _Optional[int] = ..., voffset: _Optional[int] = ..., poffset: _Optional[int] = ..., uses_cntpoff: _Optional[bool] = ..., traps_cntpct: _Optional[bool] = ..., traps_ptimer: _Optional[bool] = ..., trap_count: _Optional[int] = ..., vtimer_ctl: _Optional[int] = ..., vtimer_cval: _Optional[int] = ..., vtimer_level: _Optional[bool] = ..., ptimer_ctl: _Optional[int] = ..., ptimer_cval: _Optional[int] = ..., ptimer_level: _Optional[bool] = ..., guest_id: _Optional[str] = ..., running: _Optional[bool] = ...) -> None: ...
+
+class TelemetryBatch(_message.Message):
+    __slots__ = ("samples", "dropped", "sequence")
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    samples: _containers.RepeatedCompositeFieldContainer[TelemetrySample]
+    dropped: int
+    sequence: int
+    def __init__(self, samples: _Optional[_Iterable[_Union[TelemetrySample, _Mapping]]] = ..., dropped: _Optional[int] = ..., sequence: _Optional[int] = ...) -> None: ...
+
 class BatchCall(_message.Message):
     __slots__ = ("pause_vm", "resume_vm", "get_regs", "set_regs", "set_counter_offset", "set_device_attr", "get_device_attr", "enable_cap", "save_workload", "load_workload", "get_vcpu_state", "get_clock", "create_vm", "create_vcpu", "destroy_vm", "start_workload", "get_guest_observations")
     PAUSE_VM_FIELD_NUMBER: _ClassVar[int]

@@ -174,6 +174,11 @@ class NodeStub:
                 request_serializer=kvmtimer_dot_v1_dot_node__pb2.BatchRequest.SerializeToString,
                 response_deserializer=kvmtimer_dot_v1_dot_node__pb2.BatchResponse.FromString,
                 _registered_method=True)
+        self.WatchTelemetry = channel.unary_stream(
+                '/kvmtimer.v1.Node/WatchTelemetry',
+                request_serializer=kvmtimer_dot_v1_dot_node__pb2.WatchTelemetryRequest.SerializeToString,
+                response_deserializer=kvmtimer_dot_v1_dot_node__pb2.TelemetryBatch.FromString,
+                _registered_method=True)
 
 
 class NodeServicer:
@@ -376,6 +381,15 @@ class NodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchTelemetry(self, request, context):
+        """Per-vCPU telemetry of this node's VMs, sampled at rate_hz and sent in batches. A
+        slow client never blocks the node: its buffer is bounded and drops are counted
+        (`dropped` in every batch).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -518,6 +532,11 @@ def add_NodeServicer_to_server(servicer, server):
                     servicer.Batch,
                     request_deserializer=kvmtimer_dot_v1_dot_node__pb2.BatchRequest.FromString,
                     response_serializer=kvmtimer_dot_v1_dot_node__pb2.BatchResponse.SerializeToString,
+            ),
+            'WatchTelemetry': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchTelemetry,
+                    request_deserializer=kvmtimer_dot_v1_dot_node__pb2.WatchTelemetryRequest.FromString,
+                    response_serializer=kvmtimer_dot_v1_dot_node__pb2.TelemetryBatch.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1276,6 +1295,33 @@ class Node:
             '/kvmtimer.v1.Node/Batch',
             kvmtimer_dot_v1_dot_node__pb2.BatchRequest.SerializeToString,
             kvmtimer_dot_v1_dot_node__pb2.BatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchTelemetry(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/kvmtimer.v1.Node/WatchTelemetry',
+            kvmtimer_dot_v1_dot_node__pb2.WatchTelemetryRequest.SerializeToString,
+            kvmtimer_dot_v1_dot_node__pb2.TelemetryBatch.FromString,
             options,
             channel_credentials,
             insecure,
