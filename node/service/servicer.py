@@ -91,14 +91,12 @@ class NodeServicer(pb_grpc.NodeServicer):
     async def GetRegs(self, request: pb.GetRegsRequest, context: Ctx) -> pb.GetRegsResponse:
         entries = [(r.vcpu_index, r.reg_id) for r in request.regs]
         values, h, realtime_ns = self.host.vm(request.vm_id).get_regs(entries)
-        return pb.GetRegsResponse(
-            regs=[
-                pb.RegValue(vcpu_index=i, reg_id=reg, value=v)
-                for (i, reg), v in zip(entries, values, strict=True)
-            ],
-            host_counter=h,
-            realtime_ns=realtime_ns,
-        )
+        response = pb.GetRegsResponse(host_counter=h, realtime_ns=realtime_ns)
+        # RepeatedCompositeField.add() is ~1.5x faster than a list of RegValue(...) (bench).
+        add = response.regs.add
+        for (i, reg), v in zip(entries, values, strict=True):
+            add(vcpu_index=i, reg_id=reg, value=v)
+        return response
 
     @rpc
     async def SetRegs(self, request: pb.SetRegsRequest, context: Ctx) -> pb.SetRegsResponse:
