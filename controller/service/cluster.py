@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
+from kvmtimer.v1 import controller_pb2 as cpb
 from kvmtimer.v1 import node_pb2 as pb
 
 from controller.clients.node import NodeClient
@@ -44,6 +45,7 @@ from controller.core.migration import (
 )
 from controller.core.model import GuestId, GuestRecord, MigrationId, NodeId, NodeRecord, node_load
 from controller.core.placement import place
+from controller.service import convert
 from controller.telemetry.hub import Hub
 from node.core.features import ApiProfile, ClockMode
 from node.core.regs import OneReg, TimerAttr
@@ -86,6 +88,9 @@ class Cluster:
         self.guests: dict[GuestId, GuestRecord] = {}
         self.migrations: dict[MigrationId, MigrationRecord] = {}
         self.events: Hub[MigrationEventRecord] = Hub()
+        # Everything observers stream (gRPC WatchTelemetry, MQTT): vCPU sample batches,
+        # migration events and node health, as protobuf items.
+        self.telemetry: Hub[cpb.ClusterTelemetry] = Hub()
         self._tasks: dict[MigrationId, asyncio.Task[None]] = {}
         self._slots = asyncio.Condition()
         self._health_task: asyncio.Task[None] | None = None
@@ -110,6 +115,7 @@ class Cluster:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         self.events.close()
+        self.telemetry.close()
         for client in self.clients.values():
             await client.close()
 
@@ -164,6 +170,15 @@ class Cluster:
             return
         node.healthy, node.last_error = ok, reason
         log.info("node_health_changed", node_id=node_id, healthy=ok, reason=reason)
+        self.publish_node(node)
+
+    def publish_node(self, node: NodeRecord) -> None:
+        """Tell telemetry observers about a node's (new) status."""
+        if self.telemetry.subscribers:
+            status = convert.node_status(node, *self.load(node.node_id))
+            self.telemetry.publish(
+                cpb.ClusterTelemetry(node=cpb.NodeHealthEvent(node=status, realtime_ns=time.time_ns()))
+            )
 
     async def _health_loop(self) -> None:
         while True:
@@ -363,7 +378,11 @@ class Cluster:
     def _publish(self, record: MigrationRecord, step: str = "") -> None:
         # Watchers get the record as it is now, not the live object.
         frozen = dataclasses.replace(record, steps=list(record.steps))
-        self.events.publish(MigrationEventRecord(frozen, step, time.time_ns()))
+        now = time.time_ns()
+        self.events.publish(MigrationEventRecord(frozen, step, now))
+        if self.telemetry.subscribers:
+            event = cpb.MigrationEvent(migration=convert.migration_to_pb(frozen), step=step, realtime_ns=now)
+            self.telemetry.publish(cpb.ClusterTelemetry(migration=event))
 
     def _advance(self, record: MigrationRecord, phase: Phase) -> None:
         record.advance(phase)
