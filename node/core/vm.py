@@ -378,6 +378,8 @@ class Vm:
         """The VMM enters KVM_RUN on every vCPU (first-run checks apply)."""
         if self.running:
             return
+        if any(v.in_run for v in self.vcpus.values()):
+            raise Busy(f"vm {self.vm_id!r} has a vcpu inside a client-driven KVM_RUN")
         self._first_run_checks()
         for vcpu in self.vcpus.values():
             vcpu.has_run = True
