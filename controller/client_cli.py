@@ -1,0 +1,305 @@
+"""Client commands of `kvmtimer`: talk to a running controller over gRPC.
+
+`kvmtimer nodes|guests|migrations` list the cluster, `create-guest` / `destroy-guest`
+manage guests, `migrate` moves one and waits for the end.
+
+Exit codes: 0 success; 1 the migration ran and FAILED; 2 bad usage or a refusal by the
+controller (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, ABORTED, ...); 3 the
+controller is unreachable (UNAVAILABLE, DEADLINE_EXCEEDED); 4 any other gRPC error.
+The reason (status code name and details) goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import grpc
+from kvmtimer.v1 import controller_pb2 as cpb
+from kvmtimer.v1 import controller_pb2_grpc as cpb_grpc
+from kvmtimer.v1 import node_pb2 as pb
+
+from controller import views
+
+ENV_CONTROLLER = "KVMTIMER_CONTROLLER"
+DEFAULT_CONTROLLER = "127.0.0.1:7070"
+DEFAULT_TIMEOUT_S = 10.0
+DEFAULT_MIGRATE_TIMEOUT_S = 300.0
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_REFUSED = 2
+EXIT_UNREACHABLE = 3
+EXIT_ERROR = 4
+EXIT_CODES_HELP = (
+    "exit codes of the client commands: 0 success, 1 migration FAILED, 2 bad usage or refused "
+    "by the controller, 3 controller unreachable, 4 other gRPC error (reason on stderr)"
+)
+
+UNREACHABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+REFUSAL_CODES = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
+
+Command = Callable[[argparse.Namespace, cpb_grpc.ControllerStub], int]
+
+
+def host_port(value: str) -> str:
+    """argparse type for HOST:PORT (port 0..65535; IPv6 hosts in brackets)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return value
+
+
+def exit_code_for(code: grpc.StatusCode) -> int:
+    if code in UNREACHABLE_CODES:
+        return EXIT_UNREACHABLE
+    if code in REFUSAL_CODES:
+        return EXIT_REFUSED
+    return EXIT_ERROR
+
+
+def error(command: str, message: str) -> None:
+    print(f"kvmtimer {command}: {message}", file=sys.stderr)
+
+
+@contextmanager
+def controller_stub(address: str) -> Iterator[cpb_grpc.ControllerStub]:
+    with grpc.insecure_channel(address) as channel:
+        yield cpb_grpc.ControllerStub(channel)
+
+
+def run_client(command: Command) -> Callable[[argparse.Namespace], int]:
+    """Open a channel to --controller, run the command, turn any gRPC error into an exit code."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            with controller_stub(args.controller) as stub:
+                return command(args, stub)
+        except grpc.RpcError as err:
+            if not isinstance(err, grpc.Call):
+                error(args.command, f"gRPC error: {err}")
+                return EXIT_ERROR
+            code = err.code()
+            where = f" (controller {args.controller})" if code in UNREACHABLE_CODES else ""
+            error(args.command, f"{code.name}: {err.details() or 'no details'}{where}")
+            return exit_code_for(code)
+
+    return run
+
+
+def timeout(args: argparse.Namespace, default: float = DEFAULT_TIMEOUT_S) -> float:
+    return float(args.timeout) if args.timeout is not None else default
+
+
+def json_mode(args: argparse.Namespace) -> bool:
+    return bool(args.output == "json")
+
+
+# --- commands ----------------------------------------------------------------
+
+
+def cmd_nodes(args: argparse.Namespace, stub: cpb_grpc.ControllerStub) -> int:
+    resp: cpb.ListNodesResponse = stub.ListNodes(cpb.ListNodesRequest(), timeout=timeout(args))
+    print(views.to_json(resp) if json_mode(args) else views.nodes_table(resp.nodes))
+    return EXIT_OK
+
+
+def cmd_guests(args: argparse.Namespace, stub: cpb_grpc.ControllerStub) -> int:
+    resp: cpb.ListGuestsResponse = stub.ListGuests(cpb.ListGuestsRequest(), timeout=timeout(args))
+    if args.observations:
+        detailed = cpb.ListGuestsResponse()
+        for g in resp.guests:
+            full: cpb.Guest = stub.GetGuest(cpb.GetGuestRequest(guest_id=g.guest_id), timeout=timeout(args))
+            detailed.guests.append(full)
+        resp = detailed
+    print(
+        views.to_json(resp)
+        if json_mode(args)
+        else views.guests_table(resp.guests, observations=args.observations)
+    )
+    return EXIT_OK
+
+
+def cmd_migrations(args: argparse.Namespace, stub: cpb_grpc.ControllerStub) -> int:
+    resp: cpb.ListMigrationsResponse = stub.ListMigrations(
+        cpb.ListMigrationsRequest(guest_id=args.guest or ""), timeout=timeout(args)
+    )
+    print(views.to_json(resp) if json_mode(args) else views.migrations_table(resp.migrations))
+    return EXIT_OK
+
+
+def default_period_ticks(args: argparse.Namespace, stub: cpb_grpc.ControllerStub) -> int | None:
+    """10 ms at the counter frequency of --node, or of every healthy node when they all agree."""
+    nodes: cpb.ListNodesResponse = stub.ListNodes(cpb.ListNodesRequest(), timeout=timeout(args))
+    frequencies = {n.cntfrq_hz for n in nodes.nodes if (n.node_id == args.node if args.node else n.healthy)}
+    return frequencies.pop() // 100 if len(frequencies) == 1 else None
+
+
+def cmd_create_guest(args: argparse.Namespace, stub: cpb_grpc.ControllerStub) -> int:
+    period = args.period_ticks
+    if period is None and args.ptimer:
+        # The controller's default workload (period 0) has no physical timer: pick the period here.
+        period = default_period_ticks(args, stub)
+        if period is None:
+            error(
+                args.command,
+                "cannot pick a default period (unknown node or mixed frequencies): give --period-ticks",
+            )
+            return EXIT_REFUSED
+    request = cpb.CreateGuestRequest(
+        guest_id=args.id or "",
+        vcpus=args.vcpus,
+        node_id=args.node or "",
+        workload=pb.WorkloadSpec(period_ticks=period or 0, use_ptimer=args.ptimer),
+    )
+    guest: cpb.Guest = stub.CreateGuest(request, timeout=timeout(args))
+    print(views.to_json(guest) if json_mode(args) else views.guests_table([guest]))
+    return EXIT_OK
+
+
+def cmd_destroy_guest(args: argparse.Namespace, stub: cpb_grpc.ControllerStub) -> int:
+    stub.DestroyGuest(cpb.DestroyGuestRequest(guest_id=args.guest), timeout=timeout(args))
+    if not json_mode(args):
+        print(f"guest {args.guest} destroyed")
+    else:
+        print("{}")
+    return EXIT_OK
+
+
+def cmd_migrate(args: argparse.Namespace, stub: cpb_grpc.ControllerStub) -> int:
+    request = cpb.MigrateRequest(
+        guest_id=args.guest,
+        destination=args.to or "",
+        method=views.method_value(args.method),
+        migration_id=args.id or "",
+        wait=True,
+    )
+    try:
+        record: cpb.Migration = stub.Migrate(request, timeout=timeout(args, DEFAULT_MIGRATE_TIMEOUT_S))
+    except KeyboardInterrupt:
+        error(
+            args.command, "interrupted; the migration goes on in the controller (see `kvmtimer migrations`)"
+        )
+        return 130
+    print(views.to_json(record) if json_mode(args) else views.migration_detail(record))
+    if record.phase == cpb.MIGRATION_PHASE_SUCCEEDED:
+        return EXIT_OK
+    phase = views.phase_name(record.phase)
+    error(args.command, f"migration {record.migration_id} ended {phase}: {record.reason or 'no reason'}")
+    return EXIT_FAILED
+
+
+# --- parser ------------------------------------------------------------------
+
+
+def _common(parser: argparse.ArgumentParser, *, output: bool = True) -> None:
+    parser.add_argument(
+        "--controller",
+        type=host_port,
+        default=os.environ.get(ENV_CONTROLLER) or DEFAULT_CONTROLLER,
+        help=f"controller HOST:PORT (default: ${ENV_CONTROLLER}, else {DEFAULT_CONTROLLER})",
+    )
+    parser.add_argument("--timeout", type=float, default=None, help="RPC deadline in seconds")
+    if output:
+        parser.add_argument(
+            "--output", "-o", choices=("table", "json"), default="table", help="table (default) or json"
+        )
+
+
+def _method(value: str) -> str:
+    name = value.upper().removeprefix("MIGRATION_METHOD_")
+    if name not in views.METHOD_NAMES:
+        raise argparse.ArgumentTypeError(
+            f"invalid method {value!r} (choose from {', '.join(views.METHOD_NAMES)})"
+        )
+    return name
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return number
+
+
+def add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register the client subcommands on the `kvmtimer` parser."""
+    p = sub.add_parser(
+        "nodes", help="list the controller's nodes", description="List the nodes: features, health, load."
+    )
+    _common(p)
+    p.set_defaults(func=run_client(cmd_nodes))
+
+    p = sub.add_parser("guests", help="list guests", description="List the guests and where they run.")
+    _common(p)
+    p.add_argument(
+        "--observations",
+        action="store_true",
+        help="also ask each guest's node what the guest observed (min counter step, interrupts)",
+    )
+    p.set_defaults(func=run_client(cmd_guests))
+
+    p = sub.add_parser("migrations", help="list migration records", description="List migration records.")
+    _common(p)
+    p.add_argument("--guest", help="only this guest's migrations")
+    p.set_defaults(func=run_client(cmd_migrations))
+
+    p = sub.add_parser(
+        "create-guest",
+        help="create and start a guest",
+        description="Create a guest (VM + vCPUs + timer workload) and start it.",
+    )
+    _common(p)
+    p.add_argument("--id", help="guest id (default: the controller picks one)")
+    p.add_argument("--vcpus", type=_positive_int, default=1, help="vCPU count (default 1)")
+    p.add_argument("--node", help="node to place it on (default: least loaded)")
+    p.add_argument(
+        "--period-ticks",
+        type=_positive_int,
+        default=None,
+        help="timer period in counter ticks (default: 10 ms at the node's frequency)",
+    )
+    p.add_argument("--ptimer", action="store_true", help="also arm the physical timer")
+    p.set_defaults(func=run_client(cmd_create_guest))
+
+    p = sub.add_parser("destroy-guest", help="destroy a guest", description="Destroy a guest and its VM.")
+    _common(p)
+    p.add_argument("guest", metavar="GUEST")
+    p.set_defaults(func=run_client(cmd_destroy_guest))
+
+    p = sub.add_parser(
+        "migrate",
+        help="live-migrate a guest and wait for the end",
+        description=(
+            "Live-migrate GUEST and wait until the migration ends; print its record. "
+            "Exit 0 when it SUCCEEDED, 1 when it FAILED (the guest stays on the source), "
+            "2 when the controller refused it, 3 when the controller is unreachable."
+        ),
+    )
+    _common(p)
+    p.add_argument("guest", metavar="GUEST")
+    p.add_argument("--to", metavar="NODE", help="destination node (default: the controller picks one)")
+    p.add_argument(
+        "--method",
+        type=_method,
+        default="AUTO",
+        metavar="{" + ",".join(views.METHOD_NAMES) + "}",
+        help="how guest time is carried over (default AUTO: the best both ends support)",
+    )
+    p.add_argument("--id", metavar="MIGRATION_ID", help="client-chosen id making the request idempotent")
+    p.set_defaults(func=run_client(cmd_migrate))

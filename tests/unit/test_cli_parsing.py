@@ -1,0 +1,305 @@
+"""The `kvmtimer` command line: parsing, help, exit codes and the pure parts of `kvmtimer up`.
+
+Edge cases: every subcommand's --help exits 0; a missing or unknown subcommand exits 2;
+--node ID=HOST:PORT (repeatable, malformed, missing id); HOST:PORT validation (no port,
+port out of range, IPv6); --method is case-insensitive and rejects unknown names;
+--controller defaults to $KVMTIMER_CONTROLLER, else 127.0.0.1:7070; `up` defaults and
+lower bounds; gRPC status -> exit code table; an unreachable controller gives exit 3
+with the status on stderr and no traceback; the node plan of `up` has every feature mix
+for any node count >= 3; physical-timer guests are never placed on BY_VALUE nodes;
+nearest-rank percentiles; table rendering; the summary's per-method accounting.
+"""
+
+from __future__ import annotations
+
+import random
+
+import grpc
+import pytest
+from kvmtimer.v1 import controller_pb2 as cpb
+from kvmtimer.v1 import node_pb2 as pb
+
+from controller import client_cli, up, views
+from controller.cli import build_parser, main
+from node.core.features import ApiProfile
+
+SUBCOMMANDS = (
+    "up",
+    "node",
+    "controller",
+    "nodes",
+    "guests",
+    "migrations",
+    "create-guest",
+    "destroy-guest",
+    "migrate",
+)
+
+
+@pytest.mark.parametrize(
+    "argv", [["--help"], *([c, "--help"] for c in SUBCOMMANDS)], ids=lambda a: " ".join(a)
+)
+def test_help_exits_0(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 0
+    assert "usage: kvmtimer" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [[], ["frobnicate"]])
+def test_missing_or_unknown_command_exits_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert "usage: kvmtimer" in capsys.readouterr().err
+
+
+def test_controller_arguments() -> None:
+    args = build_parser().parse_args(
+        ["controller", "--listen", "0.0.0.0:0", "--node", "a=127.0.0.1:5000", "--node", "b=[::1]:6000"]
+    )
+    assert args.listen == "0.0.0.0:0"
+    assert args.node == [("a", "127.0.0.1:5000"), ("b", "[::1]:6000")]
+    assert (args.max_parallel, args.max_outbound, args.health_interval) == (5, 2, 1.0)
+    args = build_parser().parse_args(["controller", "--max-parallel", "9", "--max-outbound", "3"])
+    assert (args.listen, args.node, args.max_parallel, args.max_outbound) == ("127.0.0.1:7070", [], 9, 3)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["controller", "--node", "127.0.0.1:5000"],  # no id
+        ["controller", "--node", "=127.0.0.1:5000"],  # empty id
+        ["controller", "--node", "a=localhost"],  # no port
+        ["controller", "--listen", "127.0.0.1:70000"],  # port out of range
+        ["controller", "--max-parallel", "0"],
+        ["nodes", "--controller", "nowhere"],
+        ["migrate", "g1", "--method", "TELEPORT"],
+        ["migrate"],  # GUEST is required
+        ["create-guest", "--vcpus", "0"],
+        ["up", "--nodes", "1"],
+        ["up", "--guests", "0"],
+        ["up", "--interval", "0"],
+        ["up", "--duration", "-1"],
+    ],
+    ids=lambda a: " ".join(a),
+)
+def test_bad_usage_exits_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "error:" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "spelling", ["vm_counter_offset", "VM_COUNTER_OFFSET", "MIGRATION_METHOD_VM_COUNTER_OFFSET"]
+)
+def test_method_is_case_insensitive(spelling: str) -> None:
+    args = build_parser().parse_args(["migrate", "g1", "--to", "b", "--method", spelling, "--id", "m1"])
+    assert (args.guest, args.to, args.method, args.id) == ("g1", "b", "VM_COUNTER_OFFSET", "m1")
+    assert views.method_value(args.method) == cpb.MIGRATION_METHOD_VM_COUNTER_OFFSET
+
+
+def test_migrate_defaults_to_auto() -> None:
+    args = build_parser().parse_args(["migrate", "g1"])
+    assert (args.to, args.method, args.id, args.output) == (None, "AUTO", None, "table")
+    assert views.method_value(args.method) == cpb.MIGRATION_METHOD_AUTO
+
+
+def test_controller_address_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(client_cli.ENV_CONTROLLER, raising=False)
+    assert build_parser().parse_args(["nodes"]).controller == "127.0.0.1:7070"
+    monkeypatch.setenv(client_cli.ENV_CONTROLLER, "10.0.0.7:9000")
+    assert build_parser().parse_args(["guests"]).controller == "10.0.0.7:9000"
+    # The flag wins over the environment.
+    assert build_parser().parse_args(["guests", "--controller", "h:1"]).controller == "h:1"
+
+
+def test_read_commands_take_output_json() -> None:
+    for command in ("nodes", "guests", "migrations", "migrate", "create-guest"):
+        argv = [command, "-o", "json"] + (["g1"] if command == "migrate" else [])
+        assert build_parser().parse_args(argv).output == "json"
+
+
+def test_create_guest_arguments() -> None:
+    args = build_parser().parse_args(
+        ["create-guest", "--id", "g9", "--vcpus", "4", "--node", "n2", "--period-ticks", "250000", "--ptimer"]
+    )
+    assert (args.id, args.vcpus, args.node, args.period_ticks, args.ptimer) == ("g9", 4, "n2", 250_000, True)
+
+
+def test_up_defaults() -> None:
+    args = build_parser().parse_args(["up"])
+    assert (args.duration, args.nodes, args.guests, args.interval, args.record) == (None, 4, 6, 1.0, None)
+    args = build_parser().parse_args(
+        ["up", "--duration", "6", "--nodes", "3", "--guests", "3", "--interval", "0.3", "--record", "r.jsonl"]
+    )
+    assert (args.duration, args.nodes, args.guests, args.interval, str(args.record)) == (
+        6.0,
+        3,
+        3,
+        0.3,
+        "r.jsonl",
+    )
+
+
+@pytest.mark.parametrize(
+    ("code", "exit_code"),
+    [
+        (grpc.StatusCode.INVALID_ARGUMENT, 2),
+        (grpc.StatusCode.NOT_FOUND, 2),
+        (grpc.StatusCode.FAILED_PRECONDITION, 2),
+        (grpc.StatusCode.ABORTED, 2),
+        (grpc.StatusCode.ALREADY_EXISTS, 2),
+        (grpc.StatusCode.UNAVAILABLE, 3),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, 3),
+        (grpc.StatusCode.INTERNAL, 4),
+        (grpc.StatusCode.UNKNOWN, 4),
+    ],
+)
+def test_exit_code_table(code: grpc.StatusCode, exit_code: int) -> None:
+    assert client_cli.exit_code_for(code) == exit_code
+
+
+def test_unreachable_controller_exits_3(capsys: pytest.CaptureFixture[str]) -> None:
+    # Port 1 on loopback: connection refused at once.
+    assert main(["nodes", "--controller", "127.0.0.1:1", "--timeout", "5"]) == 3
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("kvmtimer nodes: UNAVAILABLE: ")
+    assert "127.0.0.1:1" in captured.err
+    assert "Traceback" not in captured.err
+
+
+@pytest.mark.parametrize("count", range(3, 13))
+def test_up_node_plan_mixes_every_feature(count: int) -> None:
+    plans = up.node_plans(count)
+    assert [p.node_id for p in plans] == [f"node-{i}" for i in range(1, count + 1)]
+    assert {p.api_profile for p in plans} == set(ApiProfile)
+    hardware = {(p.ecv, p.vhe) for p in plans}
+    assert {(2, False), (2, True)} <= hardware  # ECV2 nVHE and ECV2 VHE (CNTPOFF)
+    assert any(p.ecv == 0 for p in plans)  # non-ECV
+    assert len({p.counter_base for p in plans}) == count  # each booted at a different time
+
+
+def test_up_node_argv() -> None:
+    plan = up.node_plans(2)[1]
+    argv = plan.argv()
+    assert argv[:3] == ["node", "--listen", "127.0.0.1:0"]
+    parsed = build_parser().parse_args(argv)
+    assert (parsed.node_id, parsed.ecv, parsed.vhe, parsed.api_profile, parsed.clock, parsed.cntfrq) == (
+        "node-2",
+        2,
+        True,
+        "VCPU_OFFSETS",
+        "realtime",
+        25_000_000,
+    )
+    assert parsed.counter_base == plan.counter_base
+
+
+def test_up_guests_use_ptimer_only_where_it_can_move() -> None:
+    nodes = up.node_plans(4)
+    guests = up.guest_plans(12, nodes, random.Random(7))
+    by_node = {n.node_id: n for n in nodes}
+    assert all(1 <= g.vcpus <= 4 for g in guests)
+    assert any(g.use_ptimer for g in guests)
+    for g in guests:
+        if g.use_ptimer:
+            assert by_node[g.node_id].api_profile is not ApiProfile.BY_VALUE
+
+
+def test_percentile_nearest_rank() -> None:
+    assert up.percentile([], 0.5) is None
+    assert up.percentile([3.0], 0.99) == 3.0
+    values = [float(v) for v in range(1, 101)]
+    assert up.percentile(values, 0.5) == 50.0
+    assert up.percentile(values, 0.99) == 99.0
+    assert up.percentile(list(reversed(values)), 1.0) == 100.0
+
+
+def test_table_pads_columns_and_marks_empty_cells() -> None:
+    text = views.table(("A", "LONG HEADER"), [("xyz", ""), ("", 7)])
+    assert text.split("\n") == ["A    LONG HEADER", "xyz  -", "-    7"]
+
+
+def _migration(
+    mid: str, method: int, phase: int, downtime_us: int, error: int | None, guest: str = "g1"
+) -> cpb.Migration:
+    m = cpb.Migration(
+        migration_id=mid,
+        guest_id=guest,
+        source="a",
+        destination="b",
+        method=method,  # type: ignore[arg-type]
+        phase=phase,  # type: ignore[arg-type]
+        downtime=downtime_us,
+    )
+    if error is not None:
+        m.counter_error_ticks = error
+    return m
+
+
+def test_summary_accounting() -> None:
+    args = build_parser().parse_args(["up"])
+    args.tty = False
+    demo = up.Demo(args, None, "127.0.0.1:1", random.Random(0))  # type: ignore[arg-type]
+    demo.refusals.append(up.Refusal("g2", "c", "FAILED_PRECONDITION", "physical timer"))
+    ok, failed = cpb.MIGRATION_PHASE_SUCCEEDED, cpb.MIGRATION_PHASE_FAILED
+    migrations = [
+        _migration("m1", cpb.MIGRATION_METHOD_VM_COUNTER_OFFSET, ok, 2_000, -3),
+        _migration("m2", cpb.MIGRATION_METHOD_VM_COUNTER_OFFSET, ok, 4_000, 5),
+        _migration("m3", cpb.MIGRATION_METHOD_BY_VALUE, ok, 10_000, -250_000),
+        _migration("m4", cpb.MIGRATION_METHOD_VCPU_OFFSETS, failed, 0, None),
+        _migration("m5", cpb.MIGRATION_METHOD_VCPU_OFFSETS, cpb.MIGRATION_PHASE_RUNNING, 0, None),
+    ]
+    obs = pb.GuestObservations(
+        vcpus=[
+            pb.VcpuObservations(
+                vcpu_index=0, min_step_v=12, min_step_p=9, vtimer_received=10, vtimer_expected=10
+            ),
+            pb.VcpuObservations(vcpu_index=1, min_step_v=4, vtimer_received=9, vtimer_expected=10),
+        ]
+    )
+    guest = cpb.Guest(guest_id="g1", node_id="b", vcpus=2, migrations=3, observations=obs)
+    summary = up.build_summary(demo, migrations, [guest], {"a": (10, 0), "b": (11, 0)})
+    assert summary["migrations"] == {"succeeded": 3, "failed": 1, "refused": 1}
+    assert summary["by_method"] == {
+        "BY_VALUE": {
+            "succeeded": 1,
+            "failed": 0,
+            "downtime_ms_p50": 10.0,
+            "downtime_ms_p99": 10.0,
+            "max_abs_counter_error_ticks": 250_000,
+        },
+        "VCPU_OFFSETS": {
+            "succeeded": 0,
+            "failed": 1,
+            "downtime_ms_p50": None,
+            "downtime_ms_p99": None,
+            "max_abs_counter_error_ticks": None,
+        },
+        "VM_COUNTER_OFFSET": {
+            "succeeded": 2,
+            "failed": 0,
+            "downtime_ms_p50": 2.0,
+            "downtime_ms_p99": 4.0,
+            "max_abs_counter_error_ticks": 5,
+        },
+    }
+    assert summary["refused_by_method"] == {"AUTO": 1}
+    assert summary["refused_by_code"] == {"FAILED_PRECONDITION": 1}
+    assert summary["max_abs_counter_error_ticks"] == {"offset_methods": 5, "by_value": 250_000}
+    assert summary["downtime_ms"] == {"p50": 4.0, "p99": 10.0, "max": 10.0}
+    rows = summary["guests"]
+    assert isinstance(rows, list) and len(rows) == 1
+    row = rows[0]
+    assert row["min_step"] == 4
+    assert (row["interrupts_received"], row["interrupts_expected"], row["max_timer_shortfall"]) == (19, 20, 1)
+    assert summary["all_min_steps_non_negative"] is True
+    assert summary["node_processes_stopped"] is True
+    text = up.summary_text(summary)
+    assert "3 succeeded, 1 failed, 1 refused" in text
+    assert "BY_VALUE 250000 ticks" in text
