@@ -713,7 +713,8 @@ async def run_up(args: argparse.Namespace, log_file: TextIO | None, record_file:
                 timeout=RPC_TIMEOUT_S,
             )
             print(
-                f"  guest {created.guest_id} on {created.node_id}: {created.vcpus} vCPUs, "
+                f"  guest {created.guest_id} on {created.node_id}: {created.vcpus} "
+                + ("vCPUs, " if created.vcpus > 1 else "vCPU, ")
                 + ("virtual + physical timers" if g.use_ptimer else "virtual timer")
             )
         await demo.refresh()
