@@ -194,6 +194,7 @@ class RestorePlan:
     counter_offset: int | None = None  # KVM_ARM_SET_COUNTER_OFFSET
     phys_offset: int | None = None  # KVM_ARM_VCPU_TIMER_PHYS_OFFSET (broadcast; set on vCPU 0)
     post_regs: tuple[RegWrite, ...] = ()  # one SetRegs batch after the attribute
+    counter_reference: int | None = None  # host counter at which `regs`' counter values hold
     offsets: DestinationOffsets | None = None  # the computed offsets (offset methods)
 
 
@@ -232,6 +233,7 @@ def plan_restore(
                 RegWrite(0, OneReg.PTIMER_CNT, offsets.cntpct),
             ),
             offsets=offsets,
+            counter_reference=dst_sample[0],
         )
     if method is Method.VCPU_OFFSETS:
         # P first (it moves the virtual total with it), then the guest's own CNTVOFF.

@@ -594,7 +594,10 @@ class _Migrator:
         restore = [
             pb.BatchCall(enable_cap=pb.EnableCapRequest(vm_id=dst_vm, cap=cap)) for cap in plan.enable_caps
         ]
-        restore.append(pb.BatchCall(set_regs=_set_regs(dst_vm, plan.regs)))
+        set_regs = _set_regs(dst_vm, plan.regs)
+        if plan.counter_reference is not None:
+            set_regs.counter_reference = plan.counter_reference
+        restore.append(pb.BatchCall(set_regs=set_regs))
         if plan.counter_offset is not None:
             restore.append(
                 pb.BatchCall(

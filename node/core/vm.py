@@ -67,6 +67,7 @@ _TIMER_REGS: dict[int, tuple[TimerId, str]] = {
     OneReg.PTIMER_CNT: (TimerId.PTIMER, "cnt"),
 }
 _EL1_TIMERS = (TimerId.VTIMER, TimerId.PTIMER)
+_COUNTER_REGS = frozenset({OneReg.TIMER_CNT, OneReg.PTIMER_CNT})
 _IRQ_ATTRS: dict[int, TimerId] = {
     TimerAttr.IRQ_VTIMER: TimerId.VTIMER,
     TimerAttr.IRQ_PTIMER: TimerId.PTIMER,
@@ -272,8 +273,21 @@ class Vm:
             append(ctx.cval if field == "cval" else read_ctl(ctx.ctl, ctx.cval, now[timer_id]))
         return values, h, realtime_ns
 
-    def set_regs(self, entries: Sequence[tuple[int, int, int]]) -> None:
-        """Batched SET_ONE_REG: every entry is validated first; then all are applied in order."""
+    def set_regs(self, entries: Sequence[tuple[int, int, int]], counter_reference: int | None = None) -> None:
+        """Batched SET_ONE_REG: every entry is validated first; then all are applied in order.
+
+        `counter_reference`: the TIMER_CNT/PTIMER_CNT values are what the guest counters
+        should read at that host counter value; each is advanced by the ticks elapsed since
+        then before it is written. That is what a VMM running on the host does when it
+        computes the value an instant before the ioctl, without the client's round trip.
+        """
+        if counter_reference is not None:
+            check_u64(counter_reference, "counter_reference")
+            elapsed = self.counter.read() - counter_reference
+            entries = [
+                (i, reg, (value + elapsed) & U64_MASK if reg in _COUNTER_REGS else value)
+                for i, reg, value in entries
+            ]
         vcpus = []
         for n, (index, reg_id, value) in enumerate(entries):
             try:

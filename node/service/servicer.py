@@ -100,7 +100,9 @@ class NodeServicer(pb_grpc.NodeServicer):
 
     @rpc
     async def SetRegs(self, request: pb.SetRegsRequest, context: Ctx) -> pb.SetRegsResponse:
-        self.host.vm(request.vm_id).set_regs([(r.vcpu_index, r.reg_id, r.value) for r in request.regs])
+        reference = request.counter_reference if request.HasField("counter_reference") else None
+        entries = [(r.vcpu_index, r.reg_id, r.value) for r in request.regs]
+        self.host.vm(request.vm_id).set_regs(entries, reference)
         return pb.SetRegsResponse()
 
     @rpc

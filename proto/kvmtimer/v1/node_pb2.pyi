@@ -595,12 +595,14 @@ class GetRegsResponse(_message.Message):
     def __init__(self, regs: _Optional[_Iterable[_Union[RegValue, _Mapping]]] = ..., host_counter: _Optional[int] = ..., realtime_ns: _Optional[int] = ...) -> None: ...
 
 class SetRegsRequest(_message.Message):
-    __slots__ = ("vm_id", "regs")
+    __slots__ = ("vm_id", "regs", "counter_reference")
     VM_ID_FIELD_NUMBER: _ClassVar[int]
     REGS_FIELD_NUMBER: _ClassVar[int]
+    COUNTER_REFERENCE_FIELD_NUMBER: _ClassVar[int]
     vm_id: str
     regs: _containers.RepeatedCompositeFieldContainer[RegValue]
-    def __init__(self, vm_id: _Optional[str] = ..., regs: _Optional[_Iterable[_Union[RegValue, _Mapping]]] = ...) -> None: ...
+    counter_reference: int
+    def __init__(self, vm_id: _Optional[str] = ..., regs: _Optional[_Iterable[_Union[RegValue, _Mapping]]] = ..., counter_reference: _Optional[int] = ...) -> None: ...
 
 class SetRegsResponse(_message.Message):
     __slots__ = ()

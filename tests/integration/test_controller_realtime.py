@@ -1,0 +1,52 @@
+"""Migrations between real node processes on the realtime clock.
+
+Edge cases covered:
+- a guest whose counters differ (created on a pre-6.4 kernel) moves to a 6.4+ host with by-value
+  counter writes computed against the destination sample: error stays within scheduling noise;
+- the offset ioctl and the series' controls keep the guest counter within scheduling noise too,
+  while BY_VALUE loses at least the downtime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from controller.core.migration import Method, Phase
+from controller.service.cluster import Cluster
+from node.core.workload import WorkloadSpec
+from tests.support.nodes import node_process
+
+NOISE_TICKS = 25_000  # 1 ms at 25 MHz: generous for a loaded 2-core machine
+
+
+@pytest.mark.asyncio
+async def test_realtime_migrations_keep_guest_time() -> None:
+    with (
+        node_process(["--node-id", "old", "--api-profile", "BY_VALUE"]) as old,
+        node_process(["--node-id", "new", "--ecv", "2", "--vhe"]) as new,
+        node_process(["--node-id", "series", "--api-profile", "VCPU_OFFSETS"]) as series,
+    ):
+        cluster = Cluster(health_interval_s=0)
+        try:
+            for name, proc in (("old", old), ("new", new), ("series", series)):
+                await cluster.register_node(name, proc.address)
+            await cluster.create_guest("g", 2, WorkloadSpec(250_000), "old")
+            await asyncio.sleep(0.1)
+            to_new = await cluster.migrate("g", "new", Method.AUTO, wait=True)
+            assert to_new.phase is Phase.SUCCEEDED, to_new.reason
+            assert to_new.applied_as.startswith("TIMER_CNT+PTIMER_CNT")
+            assert to_new.counter_error_ticks is not None and abs(to_new.counter_error_ticks) < NOISE_TICKS
+            to_series = await cluster.migrate("g", "series", Method.AUTO, wait=True)
+            assert to_series.method is Method.VCPU_OFFSETS
+            assert (
+                to_series.counter_error_ticks is not None and abs(to_series.counter_error_ticks) < NOISE_TICKS
+            )
+            back = await cluster.migrate("g", "old", Method.AUTO, wait=True)
+            assert back.method is Method.BY_VALUE
+            assert back.counter_error_ticks is not None
+            # By value the guest loses at least the time it was stopped.
+            assert back.counter_error_ticks <= -(back.downtime_us() * 25) + NOISE_TICKS
+        finally:
+            await cluster.stop()
