@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from controller import __main__ as controller_main
-from controller import client_cli, up
+from controller import certs, client_cli, up
 from node import __main__ as node_main
 
 
@@ -38,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     controller_main.add_controller_arguments(p)
     p.set_defaults(func=controller_main.run)
+
+    p = sub.add_parser("certs", help="generate a CA and mTLS certificates", description=certs.__doc__)
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    certs.add_certs_arguments(p)
+    p.set_defaults(func=certs.run)
 
     client_cli.add_client_commands(sub)
     return parser
