@@ -15,7 +15,10 @@ from node.core.errors import EmulatorError
 from node.core.features import ApiProfile, ClockMode, EcvLevel, HostFeatures
 from node.core.host import Host
 from node.logs import configure_logging
+from node.metrics_http import add_metrics_argument, start_metrics
+from node.service.metrics import node_registry
 from node.service.server import build_server, mark_not_serving, mark_serving
+from node.service.telemetry import TelemetryStreams
 
 log = structlog.get_logger("kvmtimer.node")
 
@@ -43,6 +46,7 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
         help="host counter at boot (default: derived from --node-id)",
     )
     parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
+    add_metrics_argument(parser)
 
 
 def default_counter_base(node_id: str, cntfrq_hz: int) -> int:
@@ -74,8 +78,14 @@ def host_from_args(args: argparse.Namespace) -> Host:
 
 async def serve(args: argparse.Namespace) -> None:
     host = host_from_args(args)
-    server, port, health_servicer = build_server(host, args.listen)
+    telemetry = TelemetryStreams()
+    server, port, health_servicer = build_server(host, args.listen, telemetry=telemetry)
     await server.start()
+    metrics = (
+        await start_metrics(node_registry(host, telemetry), args.metrics_listen)
+        if args.metrics_listen
+        else None
+    )
     await mark_serving(health_servicer)
     f = host.features
     log.info(
@@ -96,7 +106,10 @@ async def serve(args: argparse.Namespace) -> None:
     await stop.wait()
     log.info("node_stopping", node_id=host.node_id)
     await mark_not_serving(health_servicer)
+    telemetry.close()  # telemetry streams end cleanly instead of waiting out the grace period
     await server.stop(grace=2.0)
+    if metrics is not None:
+        await metrics.stop()
     log.info("node_stopped", node_id=host.node_id)
 
 

@@ -50,6 +50,8 @@ class Host:
         self.counter = HostCounter(clock, features.cntfrq_hz, counter_base)
         self.vms: dict[VmId, Vm] = {}
         self._ids = itertools.count(1)
+        self.retired_trap_count = 0  # traps taken by VMs since destroyed (host totals stay monotonic)
+        self.guest_interrupts = 0  # guest timer interrupts delivered on this host so far
 
     def check_extension(self, cap: int) -> int:
         """KVM_CHECK_EXTENSION: 1 if supported, else 0 (never an error)."""
@@ -85,7 +87,8 @@ class Host:
         return vm
 
     def destroy_vm(self, vm_id: str) -> None:
-        self.vm(vm_id)
+        vm = self.vm(vm_id)
+        self.retired_trap_count += sum(vcpu.trap_count for vcpu in vm.vcpus.values())
         del self.vms[VmId(vm_id)]
 
     def restore_vm(self, state: VmState, vm_id: str = "") -> Vm:
@@ -121,7 +124,9 @@ class Host:
 
     def run_due_events(self) -> int:
         """Deliver every guest timer interrupt due now; returns how many were taken."""
-        return sum(vm.deliver_due_irqs() for vm in self.vms.values())
+        taken = sum(vm.deliver_due_irqs() for vm in self.vms.values())
+        self.guest_interrupts += taken
+        return taken
 
     def run_vcpu(self, vm_id: str, index: int, ops: Sequence[GuestOp]) -> RunResult:
         """One KVM_RUN executing `ops` in order; WAIT steps the simulated clock.

@@ -6,8 +6,9 @@ trailing metadata key `kvm-errno` next to the mapped status code.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -65,6 +66,32 @@ def rpc(
     async def wrapper(self: S, request: Req, context: Ctx) -> Resp:
         try:
             return await method(self, request, context)
+        except EmulatorError as err:
+            await context.abort(status_for(err), err.message, trailing_metadata_for(err))
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("rpc_internal_error", rpc=method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}")
+
+    return wrapper
+
+
+def stream_rpc(
+    method: Callable[[S, Req, Ctx], AsyncGenerator[Resp, None]],
+) -> Callable[[S, Req, Ctx], AsyncIterator[Resp]]:
+    """`rpc` for server-streaming methods: the same mapping, before or after the first message.
+
+    `method` may validate eagerly and return a generator; the generator is always closed
+    (its `finally` runs) when the RPC ends, however it ends.
+    """
+
+    @functools.wraps(method)
+    async def wrapper(self: S, request: Req, context: Ctx) -> AsyncIterator[Resp]:
+        try:
+            async with contextlib.aclosing(method(self, request, context)) as stream:
+                async for item in stream:
+                    yield item
         except EmulatorError as err:
             await context.abort(status_for(err), err.message, trailing_metadata_for(err))
         except grpc.aio.AbortError:

@@ -10,16 +10,25 @@ from kvmtimer.v1 import node_pb2, node_pb2_grpc
 
 from node.core.host import Host
 from node.service.servicer import NodeServicer
+from node.service.telemetry import TelemetryStreams
 
 NODE_SERVICE = node_pb2.DESCRIPTOR.services_by_name["Node"].full_name
 
 
 def build_server(
-    host: Host, addr: str = "127.0.0.1:0", *, credentials: grpc.ServerCredentials | None = None
+    host: Host,
+    addr: str = "127.0.0.1:0",
+    *,
+    credentials: grpc.ServerCredentials | None = None,
+    telemetry: TelemetryStreams | None = None,
 ) -> tuple[grpc.aio.Server, int, HealthServicer]:
-    """A ready-to-start server for `host`; returns (server, bound port, health servicer)."""
+    """A ready-to-start server for `host`; returns (server, bound port, health servicer).
+
+    Pass `telemetry` to see the node's telemetry streams (metrics) and to end them
+    (`telemetry.close()`) before stopping the server.
+    """
     server = grpc.aio.server()
-    node_pb2_grpc.add_NodeServicer_to_server(NodeServicer(host), server)
+    node_pb2_grpc.add_NodeServicer_to_server(NodeServicer(host, telemetry), server)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((NODE_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

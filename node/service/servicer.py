@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncGenerator
 
 from kvmtimer.v1 import node_pb2 as pb
 from kvmtimer.v1 import node_pb2_grpc as pb_grpc
@@ -13,14 +14,16 @@ from node.core.host import Host, validate_ops
 from node.core.vcpu import AccessKind, AccessResult
 from node.service import convert
 from node.service.driver import WorkloadDriver
-from node.service.errors import Ctx, rpc, status_for, trailing_metadata_for
+from node.service.errors import Ctx, rpc, status_for, stream_rpc, trailing_metadata_for
+from node.service.telemetry import TelemetryStreams
 
 
 class NodeServicer(pb_grpc.NodeServicer):
     """Every method is one KVM ioctl (or VMM action) on the injected Host."""
 
-    def __init__(self, host: Host) -> None:
+    def __init__(self, host: Host, telemetry: TelemetryStreams | None = None) -> None:
         self.host = host
+        self.telemetry = telemetry if telemetry is not None else TelemetryStreams()
         self._driver = WorkloadDriver(host) if host.clock_mode is ClockMode.REALTIME else None
         self._driver_started = False
 
@@ -220,6 +223,13 @@ class NodeServicer(pb_grpc.NodeServicer):
                 )
             results.append(pb.BatchResult(**{kind: response}))
         return pb.BatchResponse(results=results)
+
+    @stream_rpc
+    def WatchTelemetry(
+        self, request: pb.WatchTelemetryRequest, context: Ctx
+    ) -> AsyncGenerator[pb.TelemetryBatch, None]:
+        stream = self.telemetry.open(self.host, request.rate_hz, request.vm_ids, request.max_batch)
+        return stream.batches()
 
 
 # BatchCall oneof field -> servicer method.

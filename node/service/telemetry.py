@@ -1,0 +1,249 @@
+"""Node telemetry streams: a sampler task per WatchTelemetry stream, a bounded buffer, batching.
+
+Policy:
+- Each stream has its own sampler task. It takes one round (every selected vCPU at
+  one host-counter instant, node.core.telemetry) every 1/rate_hz seconds of wall
+  time; on a simulated node the host counter still moves only when stepped.
+  A round that comes due while the sampler is late is skipped, not made up in a
+  burst (the samples' realtime_ns shows the real spacing).
+- The buffer between the sampler and the gRPC writer is bounded in samples. When a
+  round does not fit, the whole round is dropped without being sampled (a slow
+  client costs the node almost nothing) and counted in `dropped`, which every batch
+  of the stream reports. A round always fits into an empty buffer.
+- A batch is one sampling round, split into pieces of at most max_batch samples.
+  With max_batch set, rounds that queued up behind a slow write are merged (up to
+  max_batch samples) into one message, so a lagging client catches up in fewer writes.
+- `sequence` numbers the batches of a stream 0, 1, 2, ...; `dropped` is cumulative.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import AsyncGenerator, Sequence
+
+import structlog
+from kvmtimer.v1 import node_pb2 as pb
+
+from node.core.host import Host
+from node.core.telemetry import VcpuSample, check_rate_hz, count_vcpus, sample_vms, select_vms
+
+DEFAULT_BUFFER_SAMPLES = 16_384  # per stream, between the sampler and the gRPC writer
+_PART_CACHE_MAX = 65_536  # encoded per-vCPU parts kept by one encoder before it starts over
+
+log = structlog.get_logger("kvmtimer.node")
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+_SAMPLES_TAG = b"\x0a"  # TelemetryBatch.samples: field 1, length-delimited
+_LENGTHS = [_SAMPLES_TAG + _varint(n) for n in range(2048)]  # tag + length prefixes, precomputed
+
+
+class BatchEncoder:
+    """Builds TelemetryBatch messages from VcpuSample rows.
+
+    Policy: a row's fields split into a part shared by every vCPU of a VM in a round
+    (node, VM, instant, counters, offsets, trap configuration, running) and a per-vCPU
+    part (index, trap count, timer registers and lines) that rarely changes between
+    rounds. Each part is serialised by protobuf itself, the shared one once per VM and
+    round, the per-vCPU one only when its values change (cached); a sample's wire bytes
+    are the two concatenated (protobuf merges fields of concatenated messages), and the
+    batch is parsed once from the joined bytes. This costs about a third of building
+    each TelemetrySample field by field in Python.
+    """
+
+    def __init__(self) -> None:
+        self._parts: dict[tuple[object, ...], bytes] = {}
+
+    def encode(self, rows: Sequence[VcpuSample]) -> pb.TelemetryBatch:
+        pieces: list[bytes] = []
+        append = pieces.append
+        parts = self._parts
+        if len(parts) > _PART_CACHE_MAX:
+            parts.clear()
+        sample = pb.TelemetrySample
+        lengths = _LENGTHS
+        shared_key: tuple[object, ...] = ()
+        shared = b""
+        for row in rows:
+            key = row[0:2] + row[3:12] + row[19:20]
+            if key != shared_key:
+                shared_key = key
+                shared = sample(
+                    node_id=row.node_id,
+                    vm_id=row.vm_id,
+                    realtime_ns=row.realtime_ns,
+                    host_counter=row.host_counter,
+                    cntvct=row.cntvct,
+                    cntpct=row.cntpct,
+                    voffset=row.voffset,
+                    poffset=row.poffset,
+                    uses_cntpoff=row.uses_cntpoff,
+                    traps_cntpct=row.traps_cntpct,
+                    traps_ptimer=row.traps_ptimer,
+                    running=row.running,
+                ).SerializeToString()
+            vkey = row[2:3] + row[12:19]
+            part = parts.get(vkey)
+            if part is None:
+                part = parts[vkey] = sample(
+                    vcpu_index=row.vcpu_index,
+                    trap_count=row.trap_count,
+                    vtimer_ctl=row.vtimer_ctl,
+                    vtimer_cval=row.vtimer_cval,
+                    vtimer_level=row.vtimer_level,
+                    ptimer_ctl=row.ptimer_ctl,
+                    ptimer_cval=row.ptimer_cval,
+                    ptimer_level=row.ptimer_level,
+                ).SerializeToString()
+            size = len(shared) + len(part)
+            append(lengths[size] if size < len(lengths) else _SAMPLES_TAG + _varint(size))
+            append(shared)
+            append(part)
+        return pb.TelemetryBatch.FromString(b"".join(pieces))
+
+
+def sample_to_pb(row: VcpuSample) -> pb.TelemetrySample:
+    """The plain field-by-field conversion (reference for BatchEncoder)."""
+    return pb.TelemetrySample(**row._asdict())
+
+
+class TelemetryStream:
+    """One WatchTelemetry stream: its sampler task, bounded buffer and counters."""
+
+    def __init__(
+        self,
+        owner: TelemetryStreams,
+        host: Host,
+        vm_ids: tuple[str, ...],
+        rate_hz: float,
+        max_batch: int,
+        capacity: int,
+    ) -> None:
+        self._owner = owner
+        self._host = host
+        self._vm_ids = vm_ids
+        self.period_s = 1.0 / rate_hz
+        self.max_batch = max_batch
+        self.capacity = capacity
+        self.dropped = 0  # samples dropped because the client was slow
+        self.sequence = 0  # next batch's sequence number
+        self.rounds = 0  # sampling rounds taken (dropped ones included)
+        self._chunks: deque[list[VcpuSample]] = deque()
+        self._buffered = 0  # samples in _chunks
+        self._wake = asyncio.Event()
+        self._closed = False
+        self._encoder = BatchEncoder()
+        self.task: asyncio.Task[None] | None = None
+
+    def close(self) -> None:
+        """End the stream now (server stopping); buffered samples are discarded."""
+        self._closed = True
+        self._wake.set()
+
+    def sample_round(self) -> None:
+        """Take one round into the buffer, or count it as dropped when it does not fit."""
+        self.rounds += 1
+        vms = select_vms(self._host, self._vm_ids, skip_missing=True)
+        n = count_vcpus(vms)
+        if n == 0:
+            return
+        if self._buffered and self._buffered + n > self.capacity:
+            self.dropped += n
+            self._owner.dropped_total += n
+            return
+        rows = sample_vms(self._host, vms)
+        step = self.max_batch or len(rows)
+        for start in range(0, len(rows), step):
+            self._chunks.append(rows[start : start + step])
+        self._buffered += len(rows)
+        self._wake.set()
+
+    def take(self) -> list[VcpuSample]:
+        """The next batch's rows: one buffered chunk, merged with the following ones up to max_batch."""
+        rows = self._chunks.popleft()
+        if self.max_batch:
+            while self._chunks and len(rows) + len(self._chunks[0]) <= self.max_batch:
+                rows = rows + self._chunks.popleft()
+        self._buffered -= len(rows)
+        return rows
+
+    async def _sample_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_t = loop.time()
+        while not self._closed:
+            try:
+                self.sample_round()
+            except Exception:
+                log.exception("telemetry_sample_error", node_id=self._host.node_id)
+            next_t += self.period_s
+            delay = next_t - loop.time()
+            if delay < 0:
+                next_t -= delay  # late: skip the missed rounds rather than burst
+                delay = 0
+            await asyncio.sleep(delay)
+
+    async def batches(self) -> AsyncGenerator[pb.TelemetryBatch, None]:
+        """Batches until the stream is closed; the sampler task lives exactly as long."""
+        self._owner.add(self)
+        self.task = asyncio.create_task(self._sample_loop(), name=f"telemetry-{self._host.node_id}")
+        try:
+            while not self._closed:
+                if not self._chunks:
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                rows = self.take()
+                batch = self._encoder.encode(rows)
+                batch.dropped = self.dropped
+                batch.sequence = self.sequence
+                self.sequence += 1
+                self._owner.samples_total += len(rows)
+                yield batch
+        finally:
+            self._closed = True
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+            self._owner.discard(self)
+
+
+class TelemetryStreams:
+    """Every open telemetry stream of one node, and node-wide totals for metrics."""
+
+    def __init__(self, *, buffer_samples: int = DEFAULT_BUFFER_SAMPLES) -> None:
+        self.buffer_samples = buffer_samples  # per-stream buffer bound
+        self.dropped_total = 0  # samples dropped by all streams, ever
+        self.samples_total = 0  # samples sent by all streams, ever
+        self._streams: set[TelemetryStream] = set()
+
+    @property
+    def open_streams(self) -> int:
+        return len(self._streams)
+
+    def open(self, host: Host, rate_hz: float, vm_ids: Sequence[str], max_batch: int) -> TelemetryStream:
+        """Validate a request (BadRequest for the rate, VmNotFound for a VM); the stream is
+        counted as open while its `batches()` runs."""
+        rate = check_rate_hz(rate_hz)
+        select_vms(host, vm_ids)
+        return TelemetryStream(self, host, tuple(vm_ids), rate, max_batch, self.buffer_samples)
+
+    def add(self, stream: TelemetryStream) -> None:
+        self._streams.add(stream)
+
+    def discard(self, stream: TelemetryStream) -> None:
+        self._streams.discard(stream)
+
+    def close(self) -> None:
+        """End every open stream (the server is stopping)."""
+        for stream in list(self._streams):
+            stream.close()
