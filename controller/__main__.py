@@ -10,12 +10,15 @@ import time
 
 import structlog
 
+from controller import deploy
 from controller.client_cli import host_port
 from controller.core.errors import ControllerError, Unavailable
 from controller.core.migration import Limits
 from controller.service.cluster import Cluster
 from controller.service.server import build_server, mark_serving
+from node.config import defer_defaults, resolve_or_exit
 from node.logs import configure_logging
+from node.tls import TlsConfigError
 
 log = structlog.get_logger("kvmtimer.controller")
 
@@ -75,6 +78,8 @@ def add_controller_arguments(parser: argparse.ArgumentParser) -> None:
         help="keep retrying unreachable --node entries this many seconds (default 10)",
     )
     parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
+    deploy.add_deploy_arguments(parser)
+    defer_defaults(parser, "controller")  # keep last: options added below would be flag-only
 
 
 async def register_with_retry(cluster: Cluster, node_id: str, address: str, timeout_s: float) -> bool:
@@ -99,16 +104,30 @@ async def serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    try:
+        security = deploy.security(args)
+    except TlsConfigError as err:
+        log.error("controller_bad_config", listen=args.listen, error=str(err))
+        return 2
     cluster = Cluster(
         limits=Limits(parallel=args.max_parallel, outbound_per_node=args.max_outbound),
         health_interval_s=args.health_interval,
+        node_credentials=security.node_credentials,
+        node_server_name=args.tls_server_name,
     )
     try:
-        server, port, health_servicer = build_server(cluster, args.listen)
+        server, port, health_servicer = build_server(
+            cluster,
+            args.listen,
+            credentials=security.server.credentials,
+            interceptors=security.server.interceptors,
+        )
+        extras = deploy.Extras(args, cluster, health_servicer)
     except RuntimeError as err:  # grpc cannot bind the address
         log.error("controller_bad_config", listen=args.listen, error=str(err))
         return 2
     await server.start()
+    await extras.start()
     registering = asyncio.gather(
         *(
             register_with_retry(cluster, node_id, address, args.register_timeout)
@@ -129,6 +148,9 @@ async def serve(args: argparse.Namespace) -> int:
             unregistered=[node_id for (node_id, _), ok in zip(args.node, registered, strict=True) if not ok],
             max_parallel=args.max_parallel,
             max_outbound=args.max_outbound,
+            security=security.server.summary,
+            health_port=extras.health.port,
+            discover_dns=args.discover_dns,
         )
     await stopping
     registering.cancel()
@@ -139,6 +161,7 @@ async def serve(args: argparse.Namespace) -> int:
     )
     await health_servicer.enter_graceful_shutdown()
     # In-flight migrations finish (or roll back) first; the event hub closes, ending watch streams.
+    await extras.stop()
     await cluster.stop()
     await server.stop(grace=2.0)
     log.info("controller_stopped")
@@ -146,6 +169,7 @@ async def serve(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    args = resolve_or_exit(args, "kvmtimer controller")
     configure_logging(args.log_level)
     return asyncio.run(serve(args))
 

@@ -23,6 +23,7 @@ from kvmtimer.v1 import controller_pb2_grpc as cpb_grpc
 from kvmtimer.v1 import node_pb2 as pb
 
 from controller import views
+from node import config, tls
 
 ENV_CONTROLLER = "KVMTIMER_CONTROLLER"
 DEFAULT_CONTROLLER = "127.0.0.1:7070"
@@ -78,8 +79,11 @@ def error(command: str, message: str) -> None:
 
 
 @contextmanager
-def controller_stub(address: str) -> Iterator[cpb_grpc.ControllerStub]:
-    with grpc.insecure_channel(address) as channel:
+def controller_stub(
+    address: str, files: tls.TlsFiles | None = None, token: str | None = None, server_name: str | None = None
+) -> Iterator[cpb_grpc.ControllerStub]:
+    """A stub over mutual TLS when `files` is given, sending `token` as a bearer token."""
+    with tls.sync_channel(address, files, token, server_name=server_name) as channel:
         yield cpb_grpc.ControllerStub(channel)
 
 
@@ -87,8 +91,15 @@ def run_client(command: Command) -> Callable[[argparse.Namespace], int]:
     """Open a channel to --controller, run the command, turn any gRPC error into an exit code."""
 
     def run(args: argparse.Namespace) -> int:
+        args = config.resolve_or_exit(args, f"kvmtimer {args.command}")
         try:
-            with controller_stub(args.controller) as stub:
+            files = tls.tls_from_args(args)
+            tls.check_plaintext_allowed(args.controller, files, args.insecure, what="controller")
+        except tls.TlsConfigError as err:
+            error(args.command, str(err))
+            return EXIT_REFUSED
+        try:
+            with controller_stub(args.controller, files, args.token, args.tls_server_name) as stub:
                 return command(args, stub)
         except grpc.RpcError as err:
             if not isinstance(err, grpc.Call):
@@ -219,6 +230,12 @@ def _common(parser: argparse.ArgumentParser, *, output: bool = True) -> None:
         parser.add_argument(
             "--output", "-o", choices=("table", "json"), default="table", help="table (default) or json"
         )
+    tls.add_tls_arguments(parser, server=False)
+    parser.add_argument(
+        "--token", default=None, help="bearer token for the controller (prefer KVMTIMER_TOKEN)"
+    )
+    config.add_config_argument(parser)
+    config.defer_defaults(parser, "client")  # the options above; a command's own options stay flags
 
 
 def _method(value: str) -> str:

@@ -14,6 +14,7 @@ health loop reports it down.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import ipaddress
@@ -58,6 +59,15 @@ class DnsTarget:
 
     def __str__(self) -> str:
         return self.name if self.port is None else f"{self.name}:{self.port}"
+
+
+def target_arg(value: str) -> str:
+    """argparse type for --discover-dns."""
+    try:
+        DnsTarget.parse(value)
+    except DiscoveryError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return value
 
 
 def join_host_port(host: str, port: int) -> str:

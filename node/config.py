@@ -11,10 +11,12 @@ Every option of a command is also
   (`[node]`, `[controller]`, `[client]`), which wins; repeatable options take a list.
 
 How: `defer_defaults(parser, section)` runs last when a command's parser is built and replaces
-every default with a `Deferred` marker that remembers how to convert a value; `resolve(args)` runs
-first thing in the command and replaces each marker still there (no flag given) by the
-environment's value, else the file's, else the real default. Values from the environment and the
-file go through the option's own `type` and `choices`, so they are checked like flags.
+every default with a `Deferred` marker that remembers how to convert a value; right after that
+parser parsed (also as a subcommand), `resolve(args)` replaces each marker still there (no flag
+given) by the environment's value, else the file's, else the real default. Values from the
+environment and the file go through the option's own `type` and `choices`, so they are checked
+like flags, and an error exits 2 with the usage like a bad flag. Commands call `resolve_or_exit`
+again first thing (a no-op once resolved) for namespaces built some other way.
 """
 
 from __future__ import annotations
@@ -134,6 +136,29 @@ def defer_defaults(parser: argparse.ArgumentParser, section: str) -> None:
         if kind == "list":
             deferred[action.dest] = DeferredList(marker)
     parser.set_defaults(**deferred)
+    if not getattr(parser, "_kvmtimer_layered", False):
+        _resolve_when_parsed(parser)
+
+
+def _resolve_when_parsed(parser: argparse.ArgumentParser) -> None:
+    """Make `parser` (also as a subcommand's parser) resolve the markers right after parsing.
+
+    A bad environment or file value then fails like a bad flag: usage, the reason, exit 2.
+    """
+    original = parser.parse_known_args
+
+    def parse_known_args(
+        args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        ns, rest = original(args, namespace)
+        try:
+            resolve(ns)
+        except ConfigError as err:
+            parser.error(str(err))
+        return ns, rest
+
+    setattr(parser, "parse_known_args", parse_known_args)  # noqa: B010 (method on this instance)
+    setattr(parser, "_kvmtimer_layered", True)  # noqa: B010
 
 
 def deferred_options(parser: argparse.ArgumentParser) -> list[Deferred]:

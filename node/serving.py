@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
@@ -20,7 +19,7 @@ from grpc_health.v1._async import HealthServicer  # health.aio, which the stubs 
 
 from node import tls
 
-Interceptor = grpc.aio.ServerInterceptor[Any, Any]
+Interceptor = tls.ServerInterceptor
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,10 +24,20 @@ import ipaddress
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health
+
+# grpc's classes are generic only in its type stubs.
+if TYPE_CHECKING:
+    UnaryUnaryClientInterceptor = grpc.UnaryUnaryClientInterceptor[Any, Any]
+    UnaryStreamClientInterceptor = grpc.UnaryStreamClientInterceptor[Any, Any]
+    ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    UnaryUnaryClientInterceptor = grpc.UnaryUnaryClientInterceptor
+    UnaryStreamClientInterceptor = grpc.UnaryStreamClientInterceptor
+    ServerInterceptor = grpc.aio.ServerInterceptor
 
 HEALTH_PREFIX = f"/{health.SERVICE_NAME}/"
 AUTHORIZATION = "authorization"
@@ -129,10 +139,7 @@ def with_token(metadata: Sequence[tuple[str, str | bytes]] | None, token: str) -
     return [*(metadata or ()), (AUTHORIZATION, BEARER + token)]
 
 
-class _SyncTokenInterceptor(
-    grpc.UnaryUnaryClientInterceptor[Any, Any],
-    grpc.UnaryStreamClientInterceptor[Any, Any],
-):
+class _SyncTokenInterceptor(UnaryUnaryClientInterceptor, UnaryStreamClientInterceptor):
     """Adds `authorization: Bearer <token>` to every call of a blocking channel."""
 
     def __init__(self, token: str) -> None:
@@ -232,7 +239,7 @@ def peer_names(context: grpc.aio.ServicerContext[Any, Any]) -> set[str]:
     return names
 
 
-class PeerNameInterceptor(grpc.aio.ServerInterceptor[Any, Any]):
+class PeerNameInterceptor(ServerInterceptor):
     """Only clients whose certificate names one of `allowed` (CN or SAN) may call; else PERMISSION_DENIED.
 
     Precondition: the server uses mutual TLS (`server_credentials`). Without TLS there is no peer
@@ -262,7 +269,7 @@ class PeerNameInterceptor(grpc.aio.ServerInterceptor[Any, Any]):
         return _guard(handler, self._check)
 
 
-class BearerTokenInterceptor(grpc.aio.ServerInterceptor[Any, Any]):
+class BearerTokenInterceptor(ServerInterceptor):
     """Every call except health must carry `authorization: Bearer <token>`; else UNAUTHENTICATED."""
 
     def __init__(self, token: str) -> None:

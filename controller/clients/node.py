@@ -13,6 +13,7 @@ from kvmtimer.v1 import node_pb2_grpc
 from controller.core.errors import NodeCallError
 from controller.core.migration import RegWrite
 from node.core.regs import KVM_ARM_VCPU_TIMER_CTRL, KVM_ARM_VCPU_TIMER_PHYS_OFFSET
+from node.tls import aio_channel
 
 DEFAULT_TIMEOUT_S = 5.0
 
@@ -29,11 +30,20 @@ def errno_from(err: grpc.aio.AioRpcError) -> str | None:
 class NodeClient:
     """The VMM side of one node's ioctl surface."""
 
-    def __init__(self, node_id: str, address: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        address: str,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        credentials: grpc.ChannelCredentials | None = None,
+        server_name: str | None = None,
+    ) -> None:
+        """`credentials`: mutual TLS (None = plaintext); `server_name`: expected certificate name."""
         self.node_id = node_id
         self.address = address
         self.timeout_s = timeout_s
-        self.channel = grpc.aio.insecure_channel(address)
+        self.channel = aio_channel(address, credentials, server_name=server_name)
         self.stub = node_pb2_grpc.NodeStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
 

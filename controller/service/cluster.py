@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import grpc
 import structlog
 from kvmtimer.v1 import controller_pb2 as cpb
 from kvmtimer.v1 import node_pb2 as pb
@@ -78,7 +79,12 @@ class Cluster:
         node_timeout_s: float = 5.0,
         health_interval_s: float = 1.0,
         transfer_hook: TransferHook | None = None,
+        node_credentials: grpc.ChannelCredentials | None = None,
+        node_server_name: str | None = None,
     ) -> None:
+        """`node_credentials`: mutual TLS towards the nodes (None = plaintext)."""
+        self.node_credentials = node_credentials
+        self.node_server_name = node_server_name
         self.limits = limits or Limits()
         self.node_timeout_s = node_timeout_s
         self.health_interval_s = health_interval_s
@@ -121,19 +127,42 @@ class Cluster:
 
     # --- nodes ---------------------------------------------------------------
 
+    def connect(self, node_id: str, address: str) -> NodeClient:
+        """A client for the node at `address`, with the cluster's transport security."""
+        return NodeClient(
+            node_id,
+            address,
+            timeout_s=self.node_timeout_s,
+            credentials=self.node_credentials,
+            server_name=self.node_server_name,
+        )
+
     async def register_node(self, node_id: str, address: str) -> NodeRecord:
-        """Add (or re-address) a node; its features come from the node itself."""
+        """Add (or re-address) a node; its features come from the node itself.
+
+        Registering a known node again at the same address (self-registration repeats, DNS
+        discovery) keeps its connection, which in-flight migrations may be using.
+        """
         if not node_id or not address:
             raise InvalidArgument("node_id and address are required")
-        client = NodeClient(node_id, address, timeout_s=self.node_timeout_s)
+        existing = self.clients.get(NodeId(node_id))
+        reuse = existing is not None and existing.address == address
+        client = existing if existing is not None and reuse else self.connect(node_id, address)
         try:
             info = await client.host_info()
         except NodeCallError as err:
-            await client.close()
+            if not reuse:
+                await client.close()
             raise Unavailable(f"cannot reach node {node_id} at {address}: {err.detail or err.code}") from None
         if info.node_id != node_id:
-            await client.close()
+            if not reuse:
+                await client.close()
             raise InvalidArgument(f"the node at {address} calls itself {info.node_id!r}, not {node_id!r}")
+        known = self.nodes.get(NodeId(node_id))
+        if reuse and known is not None:
+            known.features = features_from_info(info)
+            self._set_health(known.node_id, True, "")
+            return known
         old = self.clients.pop(NodeId(node_id), None)
         if old is not None:
             await old.close()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer  # health.aio, which the stubs lack
@@ -15,9 +18,14 @@ CONTROLLER_SERVICE = controller_pb2.DESCRIPTOR.services_by_name["Controller"].fu
 
 
 def build_server(
-    cluster: Cluster, addr: str = "127.0.0.1:0", *, credentials: grpc.ServerCredentials | None = None
+    cluster: Cluster,
+    addr: str = "127.0.0.1:0",
+    *,
+    credentials: grpc.ServerCredentials | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
 ) -> tuple[grpc.aio.Server, int, HealthServicer]:
-    server = grpc.aio.server()
+    """`credentials`: mutual TLS (node.serving); `interceptors`: caller checks (bearer token)."""
+    server = grpc.aio.server(interceptors=interceptors)
     controller_pb2_grpc.add_ControllerServicer_to_server(ControllerServicer(cluster), server)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
