@@ -10,12 +10,14 @@ import time
 
 import structlog
 
+from controller.telemetry.mqtt import add_mqtt_arguments, settings_from_args
 from node.core.clock import Clock, ManualClock, SystemClock
 from node.core.errors import EmulatorError
 from node.core.features import ApiProfile, ClockMode, EcvLevel, HostFeatures
 from node.core.host import Host
 from node.logs import configure_logging
 from node.metrics_http import add_metrics_argument, start_metrics
+from node.mqtt import start_node_status
 from node.service.metrics import node_registry
 from node.service.server import build_server, mark_not_serving, mark_serving
 from node.service.telemetry import TelemetryStreams
@@ -46,6 +48,7 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
         help="host counter at boot (default: derived from --node-id)",
     )
     parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
+    add_mqtt_arguments(parser, what="this node's retained status (last will: offline)")
     add_metrics_argument(parser)
 
 
@@ -77,6 +80,7 @@ def host_from_args(args: argparse.Namespace) -> Host:
 
 
 async def serve(args: argparse.Namespace) -> None:
+    mqtt_settings = settings_from_args(args)  # ValueError: bad --mqtt options
     host = host_from_args(args)
     telemetry = TelemetryStreams()
     server, port, health_servicer = build_server(host, args.listen, telemetry=telemetry)
@@ -99,12 +103,15 @@ async def serve(args: argparse.Namespace) -> None:
         api_profile=f.api_profile.name,
         clock=args.clock,
     )
+    mqtt = await start_node_status(host, args.listen, port, mqtt_settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("node_stopping", node_id=host.node_id)
+    if mqtt is not None:
+        await mqtt.stop()  # retained `offline` (reason "stopped") before the node goes away
     await mark_not_serving(health_servicer)
     telemetry.close()  # telemetry streams end cleanly instead of waiting out the grace period
     await server.stop(grace=2.0)
@@ -119,6 +126,9 @@ def run(args: argparse.Namespace) -> int:
         asyncio.run(serve(args))
     except EmulatorError as err:
         log.error("node_bad_config", error=err.message)
+        return 2
+    except ValueError as err:  # --mqtt options
+        log.error("node_bad_config", error=str(err))
         return 2
     return 0
 

@@ -1,0 +1,219 @@
+"""Bridge: the controller's telemetry hub -> a Publisher, in the MQTT topic tree (schema.py).
+
+The bridge reads its own Hub subscription, so a slow or absent broker never slows the
+controller: the hub drops what the bridge cannot take (counted in `hub_dropped`), and the
+publisher drops what the broker cannot take (counted by the publisher).
+
+What it publishes:
+- migration events at once (QoS 1);
+- node statuses (retained) from node health events, and every `status_interval_s` for
+  nodes whose status (health, load) changed, via the `nodes` callback;
+- vCPU samples batched per vCPU, flushed every `flush_interval_s` (schema.SampleBuffer);
+- the controller's retained status ("online" with telemetry counters, refreshed every
+  `status_interval_s`; "offline" with reason "stopped" on stop()).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterable
+
+import structlog
+from kvmtimer.v1 import controller_pb2 as cpb
+
+from controller.telemetry import schema
+from controller.telemetry.hub import Hub, Subscription
+from controller.telemetry.publisher import OutMessage, Publisher
+from controller.telemetry.schema import SampleBuffer, Topics
+
+log = structlog.get_logger("kvmtimer.telemetry")
+
+DEFAULT_FLUSH_INTERVAL_S = 0.1
+DEFAULT_STATUS_INTERVAL_S = 5.0
+_TICK = object()  # no item before the next deadline
+
+NodesSnapshot = Callable[[], Iterable[cpb.NodeStatus]]
+StatsSource = Callable[[], dict[str, object]]
+
+
+class TelemetryBridge:
+    """Publishes a Hub of ClusterTelemetry items through a Publisher."""
+
+    def __init__(
+        self,
+        hub: Hub[cpb.ClusterTelemetry],
+        publisher: Publisher,
+        *,
+        topics: Topics,
+        controller_id: str,
+        address: str = "",
+        nodes: NodesSnapshot | None = None,
+        stats: StatsSource | None = None,
+        flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S,
+        status_interval_s: float = DEFAULT_STATUS_INTERVAL_S,
+        max_samples: int = schema.DEFAULT_MAX_SAMPLES,
+    ) -> None:
+        self.hub = hub
+        self.publisher = publisher
+        self.topics = topics
+        self.controller_id = controller_id
+        self.address = address
+        self.nodes = nodes
+        self.extra_stats = stats
+        self.flush_interval_s = flush_interval_s
+        self.status_interval_s = status_interval_s
+        self.samples = SampleBuffer(topics, max_samples)
+        self.items = 0  # telemetry items taken from the hub
+        self.samples_in = 0  # vCPU samples among them
+        self.messages_out = 0  # messages handed to the publisher
+        self._node_keys: dict[str, bytes] = {}
+        self._sub: Subscription[cpb.ClusterTelemetry] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def hub_dropped(self) -> int:
+        """Items the hub dropped because this bridge fell behind."""
+        return self._sub.dropped if self._sub is not None else 0
+
+    def stats(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "items": self.items,
+            "samples": self.samples_in,
+            "messages": self.messages_out,
+            "hub_dropped": self.hub_dropped,
+        }
+        if self.extra_stats is not None:
+            out |= self.extra_stats()
+        return out
+
+    def start(self) -> None:
+        """Subscribe now (nothing published from here on is missed) and start publishing."""
+        if self._task is None:
+            self._sub = self.hub.subscribe()
+            self._task = asyncio.create_task(self._run(), name="telemetry-bridge")
+
+    async def stop(self, timeout_s: float = 2.0) -> None:
+        """Publish what is buffered and the controller's `offline` status. The publisher
+        itself is left running (stop it afterwards to send everything)."""
+        task, sub = self._task, self._sub
+        if task is None or sub is None:
+            return
+        if not task.done():
+            # End the stream as Hub.close() would, for this subscription only.
+            try:
+                sub.queue.put_nowait(None)
+            except asyncio.QueueFull:
+                _ = sub.queue.get_nowait()
+                sub.queue.put_nowait(None)
+                sub.dropped += 1
+            try:
+                await asyncio.wait_for(asyncio.shield(task), timeout_s)
+            except TimeoutError:
+                task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await self._publish(self.samples.flush())
+        await self._publish(
+            [
+                schema.controller_status_message(
+                    self.topics,
+                    schema.controller_status_payload(
+                        schema.OFFLINE,
+                        controller_id=self.controller_id,
+                        address=self.address,
+                        reason="stopped",
+                        realtime_ns=time.time_ns(),
+                        stats=self.stats(),
+                    ),
+                )
+            ]
+        )
+
+    async def _publish(self, messages: Iterable[OutMessage]) -> None:
+        for m in messages:
+            await self.publisher.publish(m.topic, m.payload, m.qos, m.retain)
+            self.messages_out += 1
+
+    async def publish_status(self) -> None:
+        """The controller's `online` status, and every node whose status changed."""
+        await self._publish(
+            [
+                schema.controller_status_message(
+                    self.topics,
+                    schema.controller_status_payload(
+                        schema.ONLINE,
+                        controller_id=self.controller_id,
+                        address=self.address,
+                        realtime_ns=time.time_ns(),
+                        stats=self.stats(),
+                    ),
+                )
+            ]
+        )
+        if self.nodes is None:
+            return
+        now = time.time_ns()
+        changed = []
+        for node in self.nodes():
+            key = schema.status_key(node)
+            if self._node_keys.get(node.node_id) != key:
+                self._node_keys[node.node_id] = key
+                changed.append(
+                    schema.node_status_message(self.topics, node, source="controller", realtime_ns=now)
+                )
+        await self._publish(changed)
+
+    async def _handle(self, item: cpb.ClusterTelemetry) -> None:
+        self.items += 1
+        kind = item.WhichOneof("item")
+        if kind == "samples":
+            self.samples_in += len(item.samples.samples)
+        elif kind == "node":
+            self._node_keys[item.node.node.node_id] = schema.status_key(item.node.node)
+        await self._publish(schema.map_item(self.topics, item, self.samples))
+
+    async def _run(self) -> None:
+        assert self._sub is not None
+        queue = self._sub.queue
+        loop = asyncio.get_running_loop()
+        try:
+            await self.publish_status()
+        except Exception:
+            log.exception("telemetry_status_error")
+        next_status = loop.time() + self.status_interval_s
+        next_flush = math.inf
+        try:
+            while True:
+                timeout = max(0.0, min(next_status, next_flush) - loop.time())
+                item: object
+                try:
+                    item = await asyncio.wait_for(queue.get(), timeout)
+                except TimeoutError:
+                    item = _TICK
+                # Take whatever else is already waiting, in order, before looking at the clock.
+                items = [item]
+                while not queue.empty() and items[-1] is not None:
+                    items.append(queue.get_nowait())
+                try:
+                    for it in items:
+                        if it is None:
+                            return
+                        if isinstance(it, cpb.ClusterTelemetry):
+                            await self._handle(it)
+                    now = loop.time()
+                    if self.samples.pending and next_flush == math.inf:
+                        next_flush = now + self.flush_interval_s
+                    if now >= next_flush:
+                        next_flush = math.inf
+                        await self._publish(self.samples.flush())
+                    if now >= next_status:
+                        next_status = now + self.status_interval_s
+                        await self.publish_status()
+                except Exception:
+                    # One bad item must not end telemetry publishing.
+                    log.exception("telemetry_bridge_error")
+        finally:
+            self.hub.unsubscribe(self._sub)

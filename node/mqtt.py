@@ -1,0 +1,85 @@
+"""A node process's own MQTT status: `<prefix>/nodes/<node>/status`, retained.
+
+`online` (with features and load) while the process runs, republished when its load
+changes; `offline` (reason "stopped") on a clean stop; and the same topic as the MQTT
+last will (reason "connection lost"), so a killed node shows offline. The publisher
+reconnects on its own; the node never waits for the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+from kvmtimer.v1 import controller_pb2 as cpb
+
+from controller.telemetry import schema
+from controller.telemetry.mqtt import MqttPublisher, MqttSettings, client_id
+from node.core.host import Host
+from node.service.convert import host_info
+
+DEFAULT_REFRESH_S = 5.0
+
+
+class NodeStatusPublisher:
+    def __init__(
+        self, host: Host, address: str, settings: MqttSettings, *, refresh_s: float = DEFAULT_REFRESH_S
+    ) -> None:
+        self.host = host
+        self.address = address
+        self.refresh_s = refresh_s
+        self.topics = schema.Topics(settings.prefix)
+        will = schema.node_offline_message(self.topics, host.node_id, source="node", reason="connection lost")
+        self.publisher = MqttPublisher(settings, identifier=client_id("node", host.node_id), will=will)
+        self._task: asyncio.Task[None] | None = None
+        self._last: bytes | None = None
+
+    def _status(self) -> cpb.NodeStatus:
+        return schema.node_status_from_host_info(host_info(self.host), self.address)
+
+    async def publish_status(self) -> None:
+        """Publish `online` if anything but the time changed since the last one."""
+        status = self._status()
+        key = schema.status_key(status)
+        if key == self._last:
+            return
+        self._last = key
+        m = schema.node_status_message(self.topics, status, source="node", realtime_ns=time.time_ns())
+        await self.publisher.publish(m.topic, m.payload, m.qos, m.retain)
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_s)
+            await self.publish_status()
+
+    async def start(self) -> None:
+        self.publisher.start()
+        await self.publish_status()  # retained: sent as soon as the broker is reachable
+        self._task = asyncio.create_task(self._refresh_loop(), name="node-mqtt-status")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.publisher.stop(
+            [schema.node_offline_message(self.topics, self.host.node_id, source="node", reason="stopped")]
+        )
+
+
+def advertised_address(listen: str, port: int) -> str:
+    """HOST:PORT clients use to reach a server bound to `listen` (wildcards: 127.0.0.1)."""
+    host = listen.rpartition(":")[0]
+    return f"{'127.0.0.1' if host in ('', '0.0.0.0', '[::]') else host}:{port}"
+
+
+async def start_node_status(
+    host: Host, listen: str, port: int, settings: MqttSettings | None
+) -> NodeStatusPublisher | None:
+    """Start publishing the node's status (None without --mqtt). Never waits for the broker."""
+    if settings is None:
+        return None
+    status = NodeStatusPublisher(host, advertised_address(listen, port), settings)
+    await status.start()
+    return status
