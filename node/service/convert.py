@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import cast
+import dataclasses
+from collections.abc import Iterable, Sequence
+from typing import Any, cast
 
 from kvmtimer.v1 import node_pb2 as pb
 
@@ -172,46 +173,87 @@ def sample_from_pb(s: pb.CounterSample) -> Sample:
     return Sample(s.cntvct, s.cntpct, s.realtime_ns, cause)
 
 
-def _stats_to_pb(t: tuple[int, int, int, int, int]) -> pb.TimerStatsState:
-    return pb.TimerStatsState(
-        first_deadline=t[0],
-        next_deadline=t[1],
-        received=t[2],
-        max_lateness_ticks=t[3],
-        total_lateness_ticks=t[4],
-    )
+# The sample rings are the bulk of a migrating guest's state (MAX_SAMPLES readings per
+# vCPU) and they are converted inside the migration downtime, so the two loops below
+# avoid per-sample temporaries: messages are filled in place with `add()` (no copy into
+# the parent), causes come from a dict, and Samples are built through their slots.
+
+
+def _add_samples(field: Any, samples: Iterable[Sample]) -> None:
+    """Append readings to a repeated CounterSample field, filling each message in place."""
+    add = field.add
+    for s in samples:
+        m = add()
+        m.cntvct = s.cntvct
+        m.cntpct = s.cntpct
+        m.realtime_ns = s.realtime_ns
+        m.cause = s.cause
+
+
+_SAMPLE_CAUSES = {int(c): c for c in SampleCause}
+_SAMPLE_FIELDS = tuple(f.name for f in dataclasses.fields(Sample))
+# Sample is a frozen slots dataclass without __post_init__: setting its four slots through
+# their descriptors is what its generated __init__ does, at half the cost.
+assert _SAMPLE_FIELDS == ("cntvct", "cntpct", "realtime_ns", "cause") and not hasattr(Sample, "__post_init__")
+_SET_CNTVCT, _SET_CNTPCT, _SET_REALTIME, _SET_CAUSE = (getattr(Sample, f).__set__ for f in _SAMPLE_FIELDS)
+
+
+def _samples_from_pb(samples: Iterable[pb.CounterSample]) -> tuple[Sample, ...]:
+    causes, new = _SAMPLE_CAUSES, object.__new__
+    out = []
+    for s in samples:
+        cause = causes.get(s.cause)
+        if cause is None:
+            raise BadRequest(f"unknown sample cause {s.cause}")
+        sample = new(Sample)
+        _SET_CNTVCT(sample, s.cntvct)
+        _SET_CNTPCT(sample, s.cntpct)
+        _SET_REALTIME(sample, s.realtime_ns)
+        _SET_CAUSE(sample, cause)
+        out.append(sample)
+    return tuple(out)
+
+
+def _set_stats(msg: pb.TimerStatsState, t: tuple[int, int, int, int, int]) -> None:
+    msg.SetInParent()  # present even when every counter is still 0
+    (
+        msg.first_deadline,
+        msg.next_deadline,
+        msg.received,
+        msg.max_lateness_ticks,
+        msg.total_lateness_ticks,
+    ) = t
 
 
 def _stats_from_pb(t: pb.TimerStatsState) -> tuple[int, int, int, int, int]:
     return (t.first_deadline, t.next_deadline, t.received, t.max_lateness_ticks, t.total_lateness_ticks)
 
 
+_OPTIONAL_VCPU_STATE = (
+    "last_cntvct",
+    "last_cntpct",
+    "min_step_v",
+    "min_step_p",
+    "last_jump_error_ticks",
+    "last_stop_ns",
+)
+
+
 def workload_state_to_pb(state: WorkloadState) -> pb.WorkloadState:
-    vcpus = []
+    out = pb.WorkloadState(spec=workload_spec_to_pb(state.spec), cntfrq_hz=state.cntfrq_hz)
     for v in state.vcpus:
-        msg = pb.VcpuWorkloadState(
-            vcpu_index=v.index,
-            vtimer=_stats_to_pb(v.vtimer),
-            reads=v.reads,
-            samples=[sample_to_pb(s) for s in v.samples],
-        )
+        msg = out.vcpus.add(vcpu_index=v.index, reads=v.reads)
+        _set_stats(msg.vtimer, v.vtimer)
         if v.ptimer is not None:
-            msg.ptimer.CopyFrom(_stats_to_pb(v.ptimer))
-        for name in (
-            "last_cntvct",
-            "last_cntpct",
-            "min_step_v",
-            "min_step_p",
-            "last_jump_error_ticks",
-            "last_stop_ns",
-        ):
+            _set_stats(msg.ptimer, v.ptimer)
+        for name in _OPTIONAL_VCPU_STATE:
             value = getattr(v, name)
             if value is not None:
                 setattr(msg, name, value)
         if v.pause_sample is not None:
             msg.pause_sample.CopyFrom(sample_to_pb(v.pause_sample))
-        vcpus.append(msg)
-    return pb.WorkloadState(spec=workload_spec_to_pb(state.spec), cntfrq_hz=state.cntfrq_hz, vcpus=vcpus)
+        _add_samples(msg.samples, v.samples)
+    return out
 
 
 def _opt(msg: pb.VcpuWorkloadState, name: str) -> int | None:
@@ -237,7 +279,7 @@ def workload_state_from_pb(msg: pb.WorkloadState) -> WorkloadState:
                 pause_sample=sample_from_pb(v.pause_sample) if v.HasField("pause_sample") else None,
                 last_jump_error_ticks=_opt(v, "last_jump_error_ticks"),
                 last_stop_ns=_opt(v, "last_stop_ns"),
-                samples=tuple(sample_from_pb(s) for s in v.samples),
+                samples=_samples_from_pb(v.samples),
             )
             for v in msg.vcpus
         ),
@@ -273,6 +315,6 @@ def observations(vm: Vm, include_samples: bool) -> pb.GuestObservations:
             if value is not None:
                 setattr(o, name, value)
         if include_samples:
-            o.samples.extend(sample_to_pb(s) for s in w.samples)
+            _add_samples(o.samples, w.samples)
         out.vcpus.append(o)
     return out

@@ -207,7 +207,8 @@ class NodeServicer(pb_grpc.NodeServicer):
 
     @rpc
     async def Batch(self, request: pb.BatchRequest, context: Ctx) -> pb.BatchResponse:
-        results = []
+        out = pb.BatchResponse()
+        add_result = out.results.add
         for n, call in enumerate(request.calls):
             kind = call.WhichOneof("call")
             if kind is None:
@@ -221,8 +222,10 @@ class NodeServicer(pb_grpc.NodeServicer):
                     f"batch call {n} ({kind}): {err.message}",
                     (*trailing_metadata_for(err), ("batch-index", str(n))),
                 )
-            results.append(pb.BatchResult(**{kind: response}))
-        return pb.BatchResponse(results=results)
+            # One copy into the response in place (BatchResult(...) then BatchResponse(results=...)
+            # copied every result twice; a SaveWorkload result is the whole guest state).
+            getattr(add_result(), kind).CopyFrom(response)
+        return out
 
     @stream_rpc
     def WatchTelemetry(
