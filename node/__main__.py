@@ -11,6 +11,8 @@ import time
 import structlog
 
 from controller.telemetry.mqtt import add_mqtt_arguments, settings_from_args
+from node import deploy
+from node.config import defer_defaults, resolve_or_exit
 from node.core.clock import Clock, ManualClock, SystemClock
 from node.core.errors import EmulatorError
 from node.core.features import ApiProfile, ClockMode, EcvLevel, HostFeatures
@@ -21,6 +23,7 @@ from node.mqtt import start_node_status
 from node.service.metrics import node_registry
 from node.service.server import build_server, mark_not_serving, mark_serving
 from node.service.telemetry import TelemetryStreams
+from node.tls import TlsConfigError
 
 log = structlog.get_logger("kvmtimer.node")
 
@@ -50,6 +53,8 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
     add_mqtt_arguments(parser, what="this node's retained status (last will: offline)")
     add_metrics_argument(parser)
+    deploy.add_deploy_arguments(parser)
+    defer_defaults(parser, "node")  # keep last: options added below would be flag-only
 
 
 def default_counter_base(node_id: str, cntfrq_hz: int) -> int:
@@ -82,8 +87,16 @@ def host_from_args(args: argparse.Namespace) -> Host:
 async def serve(args: argparse.Namespace) -> None:
     mqtt_settings = settings_from_args(args)  # ValueError: bad --mqtt options
     host = host_from_args(args)
+    security = deploy.security(args)  # TlsConfigError: bad TLS options or plaintext off loopback
     telemetry = TelemetryStreams()
-    server, port, health_servicer = build_server(host, args.listen, telemetry=telemetry)
+    server, port, health_servicer = build_server(
+        host,
+        args.listen,
+        telemetry=telemetry,
+        credentials=security.credentials,
+        interceptors=security.interceptors,
+    )
+    extras = deploy.Extras(args, health_servicer, port, host.node_id)
     await server.start()
     metrics = (
         await start_metrics(node_registry(host, telemetry), args.metrics_listen)
@@ -91,6 +104,7 @@ async def serve(args: argparse.Namespace) -> None:
         else None
     )
     await mark_serving(health_servicer)
+    await extras.start()  # probe port, --register-with
     f = host.features
     log.info(
         "node_listening",
@@ -102,6 +116,9 @@ async def serve(args: argparse.Namespace) -> None:
         vhe=f.vhe,
         api_profile=f.api_profile.name,
         clock=args.clock,
+        security=security.summary,
+        health_port=extras.health.port,
+        advertise=extras.address,
     )
     mqtt = await start_node_status(host, args.listen, port, mqtt_settings)
     stop = asyncio.Event()
@@ -113,6 +130,7 @@ async def serve(args: argparse.Namespace) -> None:
     if mqtt is not None:
         await mqtt.stop()  # retained `offline` (reason "stopped") before the node goes away
     await mark_not_serving(health_servicer)
+    await extras.stop()
     telemetry.close()  # telemetry streams end cleanly instead of waiting out the grace period
     await server.stop(grace=2.0)
     if metrics is not None:
@@ -121,13 +139,14 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    args = resolve_or_exit(args, "kvmtimer node")
     configure_logging(args.log_level)
     try:
         asyncio.run(serve(args))
     except EmulatorError as err:
         log.error("node_bad_config", error=err.message)
         return 2
-    except ValueError as err:  # --mqtt options
+    except (ValueError, TlsConfigError) as err:  # --mqtt, --tls-* options
         log.error("node_bad_config", error=str(err))
         return 2
     return 0

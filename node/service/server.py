@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer  # health.aio, which the stubs lack
@@ -21,13 +24,15 @@ def build_server(
     *,
     credentials: grpc.ServerCredentials | None = None,
     telemetry: TelemetryStreams | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
 ) -> tuple[grpc.aio.Server, int, HealthServicer]:
     """A ready-to-start server for `host`; returns (server, bound port, health servicer).
 
     Pass `telemetry` to see the node's telemetry streams (metrics) and to end them
-    (`telemetry.close()`) before stopping the server.
+    (`telemetry.close()`) before stopping the server. `credentials`/`interceptors`: mutual TLS
+    and caller checks (node.serving).
     """
-    server = grpc.aio.server()
+    server = grpc.aio.server(interceptors=interceptors)
     node_pb2_grpc.add_NodeServicer_to_server(NodeServicer(host, telemetry), server)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

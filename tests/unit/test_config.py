@@ -194,7 +194,7 @@ def test_every_option_of_the_real_commands_is_layered() -> None:
 
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    for command in ("controller",):
+    for command in ("node", "controller"):
         p = sub.choices[command]
         flag_only = [
             a.option_strings[-1]

@@ -1,0 +1,69 @@
+"""`kvmtimer node` options for real deployments: mTLS, allowed callers, probe port, self-registration.
+
+Kept apart from node/__main__.py, which wires them in with a few lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+
+from grpc_health.v1._async import HealthServicer  # health.aio, which the stubs lack
+
+from node import config, registration, serving, tls
+
+
+def add_deploy_arguments(parser: argparse.ArgumentParser) -> None:
+    serving.add_server_arguments(parser, allow_default=tls.DEFAULT_NODE_CLIENTS)
+    registration.add_register_arguments(parser)
+    config.add_config_argument(parser)
+
+
+def security(args: argparse.Namespace) -> serving.ServerSecurity:
+    """Raises tls.TlsConfigError on inconsistent or unreadable TLS settings."""
+    if args.register_with:
+        files = tls.tls_from_args(args)
+        tls.check_plaintext_allowed(args.register_with, files, args.insecure, what="--register-with")
+    return serving.server_security(args, args.listen, allow_default=tls.DEFAULT_NODE_CLIENTS)
+
+
+class Extras:
+    """The probe port and the registration loop of one node process."""
+
+    def __init__(
+        self, args: argparse.Namespace, health_servicer: HealthServicer, port: int, node_id: str
+    ) -> None:
+        self.args = args
+        self.node_id = node_id
+        # Only registration needs it (the FQDN look-up may wait for DNS).
+        self.address = (
+            registration.advertise_address(args.listen, port, args.advertise) if args.register_with else None
+        )
+        self.health = serving.HealthPort(health_servicer, args.health_listen)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.health.start()
+        a = self.args
+        if a.register_with:
+            files = tls.tls_from_args(a)
+            self._task = asyncio.create_task(
+                registration.register_loop(
+                    a.register_with,
+                    self.node_id,
+                    self.address or "",
+                    credentials=tls.channel_credentials(files) if files is not None else None,
+                    server_name=a.tls_server_name,
+                    token=a.token,
+                    interval_s=a.register_interval,
+                ),
+                name="register-with-controller",
+            )
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.health.stop()
