@@ -54,7 +54,7 @@ class Security:
 
 def security(args: argparse.Namespace) -> Security:
     """Raises tls.TlsConfigError on inconsistent or unreadable TLS settings."""
-    server = serving.server_security(args, args.listen)
+    server = serving.server_security(args, args.listen, check_token=True)
     files = tls.tls_from_args(args)
     return Security(server, tls.channel_credentials(files) if files is not None else None)
 

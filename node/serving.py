@@ -62,9 +62,12 @@ def add_server_arguments(
 
 
 def server_security(
-    args: argparse.Namespace, listen: str, *, allow_default: Sequence[str] = ()
+    args: argparse.Namespace, listen: str, *, allow_default: Sequence[str] = (), check_token: bool = False
 ) -> ServerSecurity:
-    """Credentials and interceptors from the parsed options; raises tls.TlsConfigError."""
+    """Credentials and interceptors from the parsed options; raises tls.TlsConfigError.
+
+    `check_token`: require args.token from callers (a node's --token is what it presents instead).
+    """
     files = tls.tls_from_args(args)
     tls.check_plaintext_allowed(listen, files, bool(args.insecure), what="listen address")
     interceptors: list[Interceptor] = []
@@ -78,7 +81,7 @@ def server_security(
             parts.append("mtls")
     else:
         parts.append("plaintext")
-    token = getattr(args, "token", None)
+    token = getattr(args, "token", None) if check_token else None
     if token:
         interceptors.append(tls.BearerTokenInterceptor(token))
         parts.append("token")
