@@ -57,6 +57,7 @@ class Deferred:
     choices: tuple[Any, ...] | None  # the option's choices
     section: str  # the command's table in the config file
     help: str  # the option's help text (for the documentation table)
+    metavar: str = ""  # how the value is shown in the documentation table ("" for switches)
 
     @property
     def env(self) -> str:
@@ -98,6 +99,16 @@ def _kind(action: argparse.Action) -> str:
     return "value"
 
 
+def _metavar(action: argparse.Action, kind: str) -> str:
+    if kind == "switch":
+        return ""
+    if isinstance(action.metavar, str):
+        return action.metavar
+    if action.choices is not None:
+        return "|".join(map(str, action.choices))
+    return action.dest.upper()
+
+
 def add_config_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
@@ -132,6 +143,7 @@ def defer_defaults(parser: argparse.ArgumentParser, section: str) -> None:
             choices=tuple(action.choices) if action.choices is not None else None,
             section=section,
             help=action.help or "",
+            metavar=_metavar(action, kind),
         )
         if kind == "list":
             deferred[action.dest] = DeferredList(marker)

@@ -310,8 +310,10 @@ class BearerTokenInterceptor(ServerInterceptor):
 
 def add_tls_arguments(parser: argparse.ArgumentParser, *, server: bool) -> None:
     """--tls-cert/--tls-key/--tls-ca and --insecure (servers: listener; clients: connection)."""
-    side = "serve" if server else "connect with"
-    parser.add_argument("--tls-cert", default=None, metavar="FILE", help=f"PEM certificate to {side} (mTLS)")
+    side = "serve and connect with" if server else "connect with"
+    parser.add_argument(
+        "--tls-cert", default=None, metavar="FILE", help=f"PEM certificate to {side} (mutual TLS)"
+    )
     parser.add_argument("--tls-key", default=None, metavar="FILE", help="PEM private key of --tls-cert")
     parser.add_argument(
         "--tls-ca",
