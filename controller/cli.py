@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from controller import __main__ as controller_main
-from controller import certs, client_cli, up
+from controller import certs, client_cli, telemetry_cli, up
 from node import __main__ as node_main
 
 
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=certs.run)
 
     client_cli.add_client_commands(sub)
+    telemetry_cli.add_telemetry_commands(sub)
     return parser
 
 

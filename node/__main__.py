@@ -20,6 +20,7 @@ from node.core.host import Host
 from node.logs import configure_logging
 from node.metrics_http import add_metrics_argument, start_metrics
 from node.mqtt import start_node_status
+from node.registration import advertise_address
 from node.service.metrics import node_registry
 from node.service.server import build_server, mark_not_serving, mark_serving
 from node.service.telemetry import TelemetryStreams
@@ -120,7 +121,7 @@ async def serve(args: argparse.Namespace) -> None:
         health_port=extras.health.port,
         advertise=extras.address,
     )
-    mqtt = await start_node_status(host, args.listen, port, mqtt_settings)
+    mqtt = await start_node_status(host, advertise_address(args.listen, port, args.advertise), mqtt_settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -68,18 +68,14 @@ class NodeStatusPublisher:
         )
 
 
-def advertised_address(listen: str, port: int) -> str:
-    """HOST:PORT clients use to reach a server bound to `listen` (wildcards: 127.0.0.1)."""
-    host = listen.rpartition(":")[0]
-    return f"{'127.0.0.1' if host in ('', '0.0.0.0', '[::]') else host}:{port}"
-
-
 async def start_node_status(
-    host: Host, listen: str, port: int, settings: MqttSettings | None
+    host: Host, address: str, settings: MqttSettings | None
 ) -> NodeStatusPublisher | None:
-    """Start publishing the node's status (None without --mqtt). Never waits for the broker."""
+    """Start publishing the node's status (None without --mqtt). Never waits for the broker.
+
+    `address`: HOST:PORT clients dial (node.registration.advertise_address)."""
     if settings is None:
         return None
-    status = NodeStatusPublisher(host, advertised_address(listen, port), settings)
+    status = NodeStatusPublisher(host, address, settings)
     await status.start()
     return status

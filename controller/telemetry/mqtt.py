@@ -187,7 +187,8 @@ class MqttPublisher:
         self.stats = PublishStats()
         self._queue: asyncio.Queue[OutMessage] = asyncio.Queue(settings.queue_size)
         self._retained: dict[str, OutMessage] = {}  # last retained message per topic
-        self._connected = asyncio.Event()
+        self._connected = asyncio.Event()  # publish() queues (else drops)
+        self._ready = asyncio.Event()  # connected and the retained statuses re-sent
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._log = log.bind(broker=settings.url, client_id=identifier)
@@ -204,24 +205,22 @@ class MqttPublisher:
         return self._connected.is_set()
 
     async def wait_connected(self, timeout_s: float) -> bool:
-        """True once connected; False after `timeout_s` without a connection."""
+        """True once connected and the retained statuses are re-sent; False after `timeout_s`."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._connected.wait(), timeout_s)
-        return self._connected.is_set()
+            await asyncio.wait_for(self._ready.wait(), timeout_s)
+        return self._ready.is_set()
 
-    async def stop(self, final: list[OutMessage] | None = None, *, timeout_s: float = 2.0) -> None:
-        """Publish `final` (e.g. a retained `offline`), send what is queued (up to `timeout_s`),
-        disconnect cleanly (so the broker does not publish the will)."""
+    async def stop(self, final: list[OutMessage] | None = None) -> None:
+        """Publish `final` (e.g. a retained `offline`), send what is queued, disconnect cleanly
+        (so the broker does not publish the will). Bounded: a connection that is up (or comes
+        up meanwhile) gets `timeout_s` to send; a broker that is down is not waited for."""
         for m in final or []:
             await self.publish(m.topic, m.payload, m.qos, m.retain)
         if self._task is None:
             return
-        if self.connected:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._queue.join(), timeout_s)
         self._stop.set()
         try:
-            await asyncio.wait_for(asyncio.shield(self._task), self.settings.timeout_s + 1.0)
+            await asyncio.wait_for(asyncio.shield(self._task), 2 * self.settings.timeout_s + 1.0)
         except TimeoutError:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -287,6 +286,7 @@ class MqttPublisher:
                 self._log.exception("mqtt_connection_error", retry_in_s=round(delay, 3))
             finally:
                 self._connected.clear()
+                self._ready.clear()
                 self.stats.connected = False
                 self._drop_queued(DROP_DISCONNECTED)
             if self._stop.is_set():
@@ -300,30 +300,55 @@ class MqttPublisher:
         self._log.info("mqtt_stopped", **self.stats.as_dict())
 
     async def _connected_session(self, client: aiomqtt.Client) -> None:
-        """One connection's life: re-send retained statuses, then drain the queue until the
+        """One connection's life: re-send the retained statuses, then the queue, until the
         connection breaks (MqttError) or stop() is called (clean disconnect on return)."""
         self.stats.connects += 1
         self._log.info("mqtt_connected", connects=self.stats.connects)
-        for m in list(self._retained.values()):
-            await client.publish(m.topic, m.payload, m.qos, m.retain, timeout=self.settings.timeout_s)
-            self.stats.published += 1
+        # Connected from here on: what is published during the replay queues up behind it,
+        # so a status changed meanwhile (e.g. the final `offline`) is sent last and wins.
+        replay = list(self._retained.values())
         self.stats.connected = True
         self._connected.set()
-        sender = asyncio.create_task(self._send_loop(client), name=f"mqtt-send-{self.identifier}")
+        replayed = self._ready
+        sender = asyncio.create_task(
+            self._send_loop(client, replay, replayed), name=f"mqtt-send-{self.identifier}"
+        )
         watcher = asyncio.create_task(self._wait_disconnected(client), name=f"mqtt-watch-{self.identifier}")
         stopper = asyncio.create_task(self._stop.wait(), name=f"mqtt-stop-{self.identifier}")
         try:
-            await asyncio.wait({sender, watcher, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({sender, watcher, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if stopper in done and not (sender.done() or watcher.done()):
+                # A clean stop: send the replay and the queue (the final statuses) first.
+                drained = asyncio.create_task(self._drained(replayed))
+                await asyncio.wait(
+                    {drained, sender, watcher},
+                    timeout=self.settings.timeout_s,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                drained.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await drained
         finally:
             for task in (sender, watcher, stopper):
                 task.cancel()
             results = await asyncio.gather(sender, watcher, stopper, return_exceptions=True)
         self._connected.clear()
+        self._ready.clear()
         for result in results:
             if isinstance(result, aiomqtt.MqttError):
                 raise result
 
-    async def _send_loop(self, client: aiomqtt.Client) -> None:
+    async def _drained(self, replayed: asyncio.Event) -> None:
+        await replayed.wait()
+        await self._queue.join()
+
+    async def _send_loop(
+        self, client: aiomqtt.Client, replay: list[OutMessage], replayed: asyncio.Event
+    ) -> None:
+        for m in replay:
+            await client.publish(m.topic, m.payload, m.qos, m.retain, timeout=self.settings.timeout_s)
+            self.stats.published += 1
+        replayed.set()
         while True:
             m = await self._queue.get()
             try:

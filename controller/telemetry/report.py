@@ -8,21 +8,24 @@ guest the ideal counter advances exactly with real time from the guest's first s
 Offset methods carry guest time exactly (error stays flat); BY_VALUE writes the saved
 counter back, so guest time stalls and the error drops by the downtime at every such
 migration. The picture puts the two side by side: the left panel shows each guest's error
-with only its BY_VALUE jumps, the right panel with only its offset-method jumps (each jump
-is measured from the samples around the migration). Migrations are vertical lines in the
-guest's colour, annotated with the jump. Without samples (events or records only), the
-series is built from each migration's `counter_error_ticks` (the guest's own measurement).
+without its offset-method jumps, the right panel without its BY_VALUE jumps. A move shows in
+the samples as the guest's VM changing node; its jump is the error step between the last
+sample before and the first after, and its method comes from the migration record, matched
+by order and destination (node and controller clocks need not agree, so never by time).
+Migrations are vertical lines in the guest's colour, annotated with method and jump.
+Without samples (events or records only), each series is a step function of the
+migrations' `counter_error_ticks` (the guest's own measurement).
 
 The series computation is pure; render() imports matplotlib (Agg backend) lazily.
 """
 
 from __future__ import annotations
 
-import bisect
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from kvmtimer.v1 import controller_pb2 as cpb
 
@@ -38,82 +41,100 @@ METHOD_SHORT: dict[int, str] = {
 }
 
 
+BY_VALUE = "by_value"  # mark kinds
+OFFSET = "offset"
+UNKNOWN = "unknown"  # a move seen in the samples whose record is not in the input
+
+
+def method_kind(method: int | None) -> str:
+    if method is None:
+        return UNKNOWN
+    return OFFSET if method in OFFSET_METHODS else BY_VALUE
+
+
 @dataclass(frozen=True, slots=True)
 class Mark:
     """One finished migration of a guest, as drawn."""
 
-    migration_id: str
-    guest_id: str
-    method: int  # MigrationMethod actually used
-    start_ns: int  # when the source paused (or the record's creation time)
-    end_ns: int  # when the migration finished
-    jump_ticks: int  # error after minus error before (the guest's own figure if no samples)
-    cntfrq_hz: int
+    migration_id: str  # "" when the record is missing
+    guest_id: str  # the guest that moved
+    method: int | None  # MigrationMethod actually used (None: unknown)
+    at_ns: int  # where it is drawn, on the series' clock
+    jump_ticks: int  # error after minus error before (the guest's own figure without samples)
+    cntfrq_hz: int  # the guest's counter frequency
 
     @property
-    def by_value(self) -> bool:
-        return self.method not in OFFSET_METHODS
+    def kind(self) -> str:
+        return method_kind(self.method)
 
 
 @dataclass(slots=True)
 class GuestSeries:
-    """Error over time for one guest, split by method class."""
+    """Error over time for one guest, split by method kind."""
 
     guest_id: str
     cntfrq_hz: int
     from_samples: bool  # False: a step function from migration records
+    origin_ns: int  # time 0 of the x axis (samples and events may use different clocks)
     times_ns: list[int] = field(default_factory=list)
-    by_value_ticks: list[int] = field(default_factory=list)  # error with only BY_VALUE jumps
-    offset_ticks: list[int] = field(default_factory=list)  # error with only offset-method jumps
+    by_value_ticks: list[int] = field(default_factory=list)  # error without offset-method jumps
+    offset_ticks: list[int] = field(default_factory=list)  # error without BY_VALUE jumps
     marks: list[Mark] = field(default_factory=list)
 
 
 @dataclass(slots=True)
 class ReportData:
     guests: list[GuestSeries]
-    start_ns: int  # time origin of the plot
     samples: int  # samples used
-    migrations: int  # finished migrations drawn
+    migrations: int  # migrations drawn
 
     @property
     def empty(self) -> bool:
         return not self.guests
 
 
+class _Row(NamedTuple):
+    realtime_ns: int
+    cntvct: int
+    running: bool
+    node_id: str
+    vm_id: str
+
+
 @dataclass(slots=True)
 class _Collected:
-    samples: dict[str, list[tuple[int, int, bool, str]]] = field(default_factory=lambda: defaultdict(list))
+    samples: dict[str, list[_Row]] = field(default_factory=lambda: defaultdict(list))
     finals: dict[str, cpb.Migration] = field(default_factory=dict)  # terminal record by migration id
     paused_ns: dict[str, int] = field(default_factory=dict)  # "pause" step time by migration id
     cntfrq: dict[str, int] = field(default_factory=dict)  # by node id
     host_points: dict[str, list[tuple[int, int]]] = field(default_factory=lambda: defaultdict(list))
-    first_ns: int | None = None
+    first_sample_ns: int | None = None
+    first_event_ns: int | None = None
 
 
 def _collect(items: Iterable[cpb.ClusterTelemetry], guests: frozenset[str]) -> _Collected:
     c = _Collected()
-
-    def seen(ns: int) -> None:
-        if ns and (c.first_ns is None or ns < c.first_ns):
-            c.first_ns = ns
-
     for item in items:
         kind = item.WhichOneof("item")
         if kind == "samples":
             for s in item.samples.samples:
                 guest = s.guest_id or s.vm_id
-                seen(s.realtime_ns)
-                if len(c.host_points[s.node_id]) < 2 or s.realtime_ns > c.host_points[s.node_id][-1][0]:
-                    c.host_points[s.node_id].append((s.realtime_ns, s.host_counter))
+                if s.realtime_ns and (c.first_sample_ns is None or s.realtime_ns < c.first_sample_ns):
+                    c.first_sample_ns = s.realtime_ns
+                points = c.host_points[s.node_id]
+                if not points or s.realtime_ns > points[-1][0]:
+                    points.append((s.realtime_ns, s.host_counter))
                 if guests and guest not in guests:
                     continue
                 # One vCPU is enough: a guest's vCPUs share its counter.
                 if s.vcpu_index == 0:
-                    c.samples[guest].append((s.realtime_ns, s.cntvct, s.running, s.node_id))
+                    c.samples[guest].append(_Row(s.realtime_ns, s.cntvct, s.running, s.node_id, s.vm_id))
         elif kind == "migration":
             ev = item.migration
             m = ev.migration
-            seen(ev.realtime_ns or m.created_realtime_ns)
+            t = ev.realtime_ns or m.created_realtime_ns
+            if t and (c.first_event_ns is None or t < c.first_event_ns):
+                c.first_event_ns = t
             if ev.step == "pause":
                 c.paused_ns[m.migration_id] = ev.realtime_ns
             if m.phase in (cpb.MIGRATION_PHASE_SUCCEEDED, cpb.MIGRATION_PHASE_FAILED):
@@ -122,7 +143,6 @@ def _collect(items: Iterable[cpb.ClusterTelemetry], guests: frozenset[str]) -> _
             n = item.node.node
             if n.cntfrq_hz:
                 c.cntfrq[n.node_id] = n.cntfrq_hz
-            seen(item.node.realtime_ns)
     return c
 
 
@@ -151,82 +171,93 @@ def build_report(items: Iterable[cpb.ClusterTelemetry], guests: Iterable[str] = 
     for m in c.finals.values():
         if m.phase == cpb.MIGRATION_PHASE_SUCCEEDED and (not wanted or m.guest_id in wanted):
             finals_by_guest[m.guest_id].append(m)
-    names = sorted(set(c.samples) | set(finals_by_guest))
     out: list[GuestSeries] = []
     used_samples = 0
-    for guest in names:
+    for guest in sorted(set(c.samples) | set(finals_by_guest)):
         records = sorted(finals_by_guest.get(guest, []), key=lambda m: m.finished_realtime_ns)
         rows = sorted(c.samples.get(guest, []))
-        if any(r[2] for r in rows):
-            rows = [r for r in rows if r[2]]  # only while the guest runs
+        if any(r.running for r in rows):
+            rows = [r for r in rows if r.running]  # only while the guest runs
         if len(rows) >= 2:
-            series = _from_samples(guest, rows, records, c.paused_ns, cntfrq)
+            out.append(_from_samples(guest, rows, records, cntfrq(rows[0].node_id), c.first_sample_ns or 0))
             used_samples += len(rows)
         else:
             freq = cntfrq(records[0].source) if records else DEFAULT_CNTFRQ_HZ
-            series = _from_records(guest, records, c.paused_ns, freq, c.first_ns or 0)
-        out.append(series)
-    return ReportData(out, c.first_ns or 0, used_samples, sum(len(g.marks) for g in out))
+            out.append(_from_records(guest, records, c.paused_ns, freq, c.first_event_ns or 0))
+    return ReportData(out, used_samples, sum(len(g.marks) for g in out))
 
 
-def _mark(m: cpb.Migration, paused_ns: dict[str, int], jump: int, freq: int) -> Mark:
-    start = paused_ns.get(m.migration_id) or m.created_realtime_ns or m.finished_realtime_ns
-    return Mark(m.migration_id, m.guest_id, m.method, start, m.finished_realtime_ns, jump, freq)
+def _pair(moves: list[int], rows: list[_Row], records: list[cpb.Migration]) -> list[cpb.Migration | None]:
+    """The record of each move seen in the samples. Node and controller clocks need not agree,
+    so moves are matched by order (and destination), never by time."""
+    if len(moves) == len(records):
+        return list(records)
+    out: list[cpb.Migration | None] = []
+    j = 0
+    for i in moves:
+        found = next((k for k in range(j, len(records)) if records[k].destination == rows[i].node_id), None)
+        if found is None:
+            out.append(None)
+        else:
+            out.append(records[found])
+            j = found + 1
+    return out
 
 
 def _from_samples(
-    guest: str,
-    rows: list[tuple[int, int, bool, str]],
-    records: list[cpb.Migration],
-    paused_ns: dict[str, int],
-    cntfrq: Callable[[str], int],
+    guest: str, rows: list[_Row], records: list[cpb.Migration], freq: int, origin_ns: int
 ) -> GuestSeries:
-    freq = cntfrq(rows[0][3])
-    t0, v0 = rows[0][0], rows[0][1]
-    times = [r[0] for r in rows]
+    t0, v0 = rows[0].realtime_ns, rows[0].cntvct
     # Wrapping u64 arithmetic: a counter step is the signed 64-bit difference.
-    errors = [_signed64(r[1] - v0) - (r[0] - t0) * freq // NS_PER_S for r in rows]
-    marks: list[Mark] = []
-    for m in records:
-        start = paused_ns.get(m.migration_id) or m.created_realtime_ns
-        before = bisect.bisect_right(times, start) - 1
-        after = bisect.bisect_left(times, m.finished_realtime_ns)
-        if before >= 0 and after < len(times):
-            jump = errors[after] - errors[before]
-        else:
-            jump = m.counter_error_ticks if m.HasField("counter_error_ticks") else 0
-        marks.append(_mark(m, paused_ns, jump, freq))
-    series = GuestSeries(guest, freq, True, marks=marks)
-    for t, err in zip(times, errors, strict=True):
-        inside = [mk for mk in marks if mk.start_ns < t < mk.end_ns]
-        done = [mk for mk in marks if mk.end_ns <= t]
-        bv_jumps = sum(mk.jump_ticks for mk in done if mk.by_value)
-        off_jumps = sum(mk.jump_ticks for mk in done if not mk.by_value)
-        # A sample taken while a migration of one kind was in progress is left out of the
-        # other kind's panel (it may or may not include that jump yet).
-        series.times_ns.append(t)
-        series.by_value_ticks.append(err - off_jumps if not any(not mk.by_value for mk in inside) else _GAP)
-        series.offset_ticks.append(err - bv_jumps if not any(mk.by_value for mk in inside) else _GAP)
+    errors = [_signed64(r.cntvct - v0) - (r.realtime_ns - t0) * freq // NS_PER_S for r in rows]
+    # A move shows in the samples as the guest's VM (and node) changing.
+    moves = [
+        i
+        for i in range(1, len(rows))
+        if (rows[i].node_id, rows[i].vm_id) != (rows[i - 1].node_id, rows[i - 1].vm_id)
+    ]
+    series = GuestSeries(guest, freq, True, origin_ns)
+    for i, rec in zip(moves, _pair(moves, rows, records), strict=True):
+        series.marks.append(
+            Mark(
+                rec.migration_id if rec is not None else "",
+                guest,
+                rec.method if rec is not None else None,
+                (rows[i - 1].realtime_ns + rows[i].realtime_ns) // 2,
+                errors[i] - errors[i - 1],
+                freq,
+            )
+        )
+    jumps = dict(zip(moves, series.marks, strict=True))
+    bv = off = 0
+    for i, (row, err) in enumerate(zip(rows, errors, strict=True)):
+        mark = jumps.get(i)
+        if mark is not None:
+            if mark.kind == BY_VALUE:
+                bv += mark.jump_ticks
+            elif mark.kind == OFFSET:
+                off += mark.jump_ticks
+        series.times_ns.append(row.realtime_ns)
+        # Each panel shows the error without the other kind's jumps (unknown ones stay in both).
+        series.by_value_ticks.append(err - off)
+        series.offset_ticks.append(err - bv)
     return series
 
 
-_GAP = -(2**63)  # a point not drawn in that panel
-
-
 def _from_records(
-    guest: str, records: list[cpb.Migration], paused_ns: dict[str, int], freq: int, first_ns: int
+    guest: str, records: list[cpb.Migration], paused_ns: dict[str, int], freq: int, origin_ns: int
 ) -> GuestSeries:
-    series = GuestSeries(guest, freq, False)
+    series = GuestSeries(guest, freq, False, origin_ns)
     bv = off = 0
-    start = min([first_ns] + [m.created_realtime_ns for m in records if m.created_realtime_ns] or [first_ns])
-    series.times_ns.append(start)
+    series.times_ns.append(origin_ns)
     series.by_value_ticks.append(0)
     series.offset_ticks.append(0)
     for m in records:
         jump = m.counter_error_ticks if m.HasField("counter_error_ticks") else 0
-        mark = _mark(m, paused_ns, jump, freq)
+        at = paused_ns.get(m.migration_id) or m.finished_realtime_ns
+        mark = Mark(m.migration_id, guest, m.method, at, jump, freq)
         series.marks.append(mark)
-        if mark.by_value:
+        if mark.kind == BY_VALUE:
             bv += jump
         else:
             off += jump
@@ -252,13 +283,27 @@ def scale(ticks: int, freq: int, unit: str) -> float:
     return ticks * per_s / freq if per_s else float(ticks)
 
 
+def auto_unit(data: ReportData) -> str:
+    """ms when some error reaches 10 ms, else µs."""
+    worst_us = max(
+        (abs(scale(v, g.cntfrq_hz, "us")) for g in data.guests for v in (*g.by_value_ticks, *g.offset_ticks)),
+        default=0.0,
+    )
+    return "ms" if worst_us >= 10_000 else "us"
+
+
+def _migrations(n: int) -> str:
+    return f"{n} migration{'' if n == 1 else 's'}"
+
+
 def jump_label(mark: Mark, unit: str) -> str:
     if unit == "ticks":
         text = f"{mark.jump_ticks:+d}"
     else:
         us = scale(mark.jump_ticks, mark.cntfrq_hz, "us")
         text = f"{us / 1000:+.1f} ms" if abs(us) >= 1000 else f"{us:+.0f} µs"
-    return f"{METHOD_SHORT.get(mark.method, '?')} {text}"
+    method = METHOD_SHORT.get(mark.method, "?") if mark.method is not None else "?"
+    return f"{method} {text}"
 
 
 def render(
@@ -267,11 +312,13 @@ def render(
     *,
     width_px: int = 1400,
     height_px: int = 700,
-    unit: str = "us",
+    unit: str = "auto",
     title: str = "",
     dpi: int = 100,
 ) -> None:
-    """Draw `data` into a PNG of exactly width_px x height_px."""
+    """Draw `data` into a PNG of exactly width_px x height_px; `unit`: auto, us, ms or ticks."""
+    if unit == "auto":
+        unit = auto_unit(data)
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -282,20 +329,14 @@ def render(
         ax_bv, ax_off = axes
         colours = [f"C{i}" for i in range(10)]  # the default colour cycle
         unit_label = UNITS[unit][0]
-        for panel, by_value in ((ax_bv, True), (ax_off, False)):
+        for panel, kind in ((ax_bv, BY_VALUE), (ax_off, OFFSET)):
             annotated = 0
             for i, g in enumerate(data.guests):
                 colour = colours[i % len(colours)]
-                values = g.by_value_ticks if by_value else g.offset_ticks
-                xs = [
-                    (t - data.start_ns) / NS_PER_S
-                    for t, v in zip(g.times_ns, values, strict=True)
-                    if v != _GAP
-                ]
-                ys = [scale(v, g.cntfrq_hz, unit) for v in values if v != _GAP]
+                values = g.by_value_ticks if kind == BY_VALUE else g.offset_ticks
                 panel.plot(
-                    xs,
-                    ys,
+                    [(t - g.origin_ns) / NS_PER_S for t in g.times_ns],
+                    [scale(v, g.cntfrq_hz, unit) for v in values],
                     color=colour,
                     linewidth=1.2,
                     drawstyle="default" if g.from_samples else "steps-post",
@@ -303,10 +344,11 @@ def render(
                     label=g.guest_id,
                 )
                 for mark in g.marks:
-                    if mark.by_value != by_value:
+                    if mark.kind not in (kind, UNKNOWN):
                         continue
-                    x = (mark.start_ns - data.start_ns) / NS_PER_S
-                    panel.axvline(x, color=colour, linestyle=":", linewidth=0.9, alpha=0.8)
+                    x = (mark.at_ns - g.origin_ns) / NS_PER_S
+                    style = ":" if mark.kind == kind else "-."
+                    panel.axvline(x, color=colour, linestyle=style, linewidth=0.9, alpha=0.8)
                     if annotated < MAX_ANNOTATIONS:
                         annotated += 1
                         panel.annotate(
@@ -319,11 +361,11 @@ def render(
                             color=colour,
                             va="top",
                         )
-            count = sum(1 for g in data.guests for m in g.marks if m.by_value == by_value)
+            count = sum(1 for g in data.guests for m in g.marks if m.kind == kind)
             panel.set_title(
-                f"BY_VALUE: saved counter written back ({count} migrations)"
-                if by_value
-                else f"Offset methods: VCPU_OFFSETS / VM_COUNTER_OFFSET ({count} migrations)",
+                f"BY_VALUE: saved counter written back ({_migrations(count)})"
+                if kind == BY_VALUE
+                else f"Offset methods: VCPU_OFFSETS / VM_COUNTER_OFFSET ({_migrations(count)})",
                 fontsize=10,
             )
             panel.axhline(0.0, color="0.6", linewidth=0.6)
@@ -339,7 +381,7 @@ def render(
         fig.suptitle(
             title
             or (
-                f"Guest counter minus ideal time across {data.migrations} migrations "
+                f"Guest counter minus ideal time across {_migrations(data.migrations)} "
                 f"({'from samples' if data.samples else 'from migration records'})"
             ),
             fontsize=11,

@@ -31,7 +31,14 @@ from controller.core.migration import Method, Phase
 from controller.telemetry.bridge import TelemetryBridge
 from controller.telemetry.broker import embedded_broker
 from controller.telemetry.hub import Hub
-from controller.telemetry.mqtt import MqttSettings, MqttTelemetry, parse_mqtt_url, start_controller_telemetry
+from controller.telemetry.mqtt import (
+    MqttPublisher,
+    MqttSettings,
+    MqttTelemetry,
+    parse_mqtt_url,
+    start_controller_telemetry,
+)
+from controller.telemetry.publisher import OutMessage
 from controller.telemetry.schema import Topics
 from node.core.features import ApiProfile, EcvLevel, HostFeatures
 from node.core.workload import WorkloadSpec
@@ -341,11 +348,36 @@ async def test_killed_node_process_shows_offline(broker: Mosquitto) -> None:
 async def test_stopped_node_process_publishes_offline_stopped(broker: Mosquitto) -> None:
     args = ["--node-id", "node-s", "--clock", "simulated", "--mqtt", broker.url]
     async with subscriber(broker.port, "kvmtimer/nodes/node-s/status") as live:
-        with node_process(args):
+        with node_process(args) as node:
             await live.wait_for(lambda r: r.payload["status"] == "online")
-        # node_process SIGTERMs it: a clean stop says why.
+            started = time.monotonic()
+            node.proc.send_signal(signal.SIGTERM)
+            assert node.proc.wait(timeout=10) == 0
+            # Sending the final status does not wait out any timeout (5 s by default).
+            assert time.monotonic() - started < 3.0
+        # A clean stop says why.
         offline = await live.wait_for(lambda r: r.payload["status"] == "offline")
         assert offline.payload["reason"] == "stopped"
+
+
+@needs_mosquitto
+@pytest.mark.asyncio
+async def test_final_status_published_during_the_reconnect_replay_wins(broker: Mosquitto) -> None:
+    """stop() while the retained statuses are still being re-sent after a connect: the final
+    status must reach the broker after the replay, not be lost or overtaken by it."""
+    publisher = MqttPublisher(fast(broker.url), identifier="replay-test")
+    for i in range(300):
+        await publisher.publish(f"r/status/{i}", json.dumps({"status": "online", "i": i}).encode(), 1, True)
+    async with subscriber(broker.port, "r/status/#") as live:
+        publisher.start()
+        await live.wait_for(lambda r: r.topic == "r/status/0")  # the replay has begun
+        assert len(live.messages) < 300, "replay too fast to test the race"
+        final = OutMessage("r/status/299", json.dumps({"status": "offline"}).encode(), 1, True)
+        await publisher.stop([final])
+    async with subscriber(broker.port, "r/status/299") as late:
+        retained = await late.wait_for(lambda r: r.retain)
+        assert retained.payload == {"status": "offline"}
+    assert publisher.stats.dropped_total == 0
 
 
 @needs_mosquitto
