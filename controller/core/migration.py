@@ -153,16 +153,24 @@ class DestinationOffsets:
 
     voffset: int  # destination virtual offset
     poffset: int  # destination physical offset
-    elapsed_ticks: int  # real time credited to the guest
+    elapsed_ticks: int  # real time credited to the guest between the two samples
     cntvct: int  # guest CNTVCT at the destination sample
     cntpct: int  # guest CNTPCT at the destination sample
 
 
 def compute_destination_offsets(
-    src: SourceSnapshot, dst_host_counter: int, dst_realtime_ns: int
+    src: SourceSnapshot, dst_host_counter: int, dst_realtime_ns: int, *, now_realtime_ns: int | None = None
 ) -> DestinationOffsets:
-    """The idempotent offset computation (spec §4.2); negative elapsed time is clamped to 0."""
-    elapsed_ns = max(0, dst_realtime_ns - src.realtime_ns)
+    """The idempotent offset computation (spec §4.2), clamped so guest time never goes back.
+
+    The destination pair may have been sampled before the source's (any pair of the
+    destination gives the same offsets). `now_realtime_ns` is the destination's realtime
+    when the offsets are applied (default: the sample's): if that is still behind the
+    source's sample, the clocks are skewed and the guest is credited 0 elapsed time, as
+    of now — never negative time.
+    """
+    now_realtime_ns = dst_realtime_ns if now_realtime_ns is None else now_realtime_ns
+    elapsed_ns = dst_realtime_ns - src.realtime_ns + max(0, src.realtime_ns - now_realtime_ns)
     elapsed = elapsed_ns * src.cntfrq_hz // NS_PER_S
     cntvct = (src.cntvct + elapsed) & U64_MASK
     cntpct = (src.cntpct + elapsed) & U64_MASK
@@ -207,6 +215,8 @@ def plan_restore(
     src: SourceSnapshot,
     timer_regs: tuple[RegWrite, ...],
     dst_sample: tuple[int, int],
+    *,
+    dst_now_realtime_ns: int | None = None,
 ) -> RestorePlan:
     """How `method` is applied on this destination. Timer CVAL/CTL are copied verbatim
     (they live in the guest's counter domain, which the offsets preserve)."""
@@ -217,7 +227,7 @@ def plan_restore(
             counters.append(RegWrite(0, OneReg.PTIMER_CNT, src.cntpct))
         return RestorePlan("TIMER_CNT by value (saved at pause)", regs=(*timer_regs, *counters))
 
-    offsets = compute_destination_offsets(src, *dst_sample)
+    offsets = compute_destination_offsets(src, *dst_sample, now_realtime_ns=dst_now_realtime_ns)
     if method is Method.VM_COUNTER_OFFSET:
         if offsets.voffset == offsets.poffset:
             return RestorePlan(

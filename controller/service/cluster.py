@@ -547,12 +547,17 @@ class _Migrator:
                     pb.BatchCall(get_vcpu_state=pb.GetVcpuStateRequest(vm_id=vm, vcpu_index=i))
                     for i in range(n)
                 ),
+                # Pre-copy of the guest memory while the guest still runs (QEMU's RAM pre-copy):
+                # only what changes after this goes through the downtime window.
+                pb.BatchCall(save_workload=pb.SaveWorkloadRequest(vm_id=vm, live=True)),
             ]
         )
         ppis = {
             TimerId.VTIMER: before[0].get_device_attr.value,
             TimerId.PTIMER: before[1].get_device_attr.value,
         }
+        precopy = before.pop().save_workload
+        has_workload = precopy.HasField("spec")
         r.traps_before = sum(res.get_vcpu_state.trap_count for res in before[2:])
         r.source_traps_cntpct = before[2].get_vcpu_state.traps_cntpct
         dst_vm = f"{guest.guest_id}@{r.migration_id}"
@@ -565,8 +570,16 @@ class _Migrator:
             for t, v in ppis.items()
             if v != DEFAULT_PPI[t]
         ]
+        if has_workload:
+            prepare.append(pb.BatchCall(load_workload=pb.LoadWorkloadRequest(vm_id=dst_vm, state=precopy)))
+        # The destination's (H, realtime) pair: any pair gives the same offsets, so it is
+        # taken now, outside the downtime window.
+        prepare.append(pb.BatchCall(get_clock=pb.GetClockRequest()))
         self.dst_vm = dst_vm
-        await dst.batch(prepare)
+        prepared = await dst.batch(prepare)
+        dst_clock = prepared[-1].get_clock
+        dst_sample = (dst_clock.host_counter, dst_clock.realtime_ns)
+        sampled_ns = time.monotonic_ns()
         r.target_ready_ns = time.monotonic_ns()
         c._advance(r, Phase.TARGET_READY)
         self._check_cancel()
@@ -585,7 +598,13 @@ class _Migrator:
                         vm_id=vm, regs=[pb.RegValue(vcpu_index=i, reg_id=reg) for i, reg in entries]
                     )
                 ),
-                pb.BatchCall(save_workload=pb.SaveWorkloadRequest(vm_id=vm)),
+                pb.BatchCall(
+                    save_workload=pb.SaveWorkloadRequest(
+                        vm_id=vm,
+                        delta=has_workload,
+                        since_reads={v.vcpu_index: v.reads for v in precopy.vcpus},
+                    )
+                ),
             ]
         )
         r.paused_realtime_ns = snap[0].pause_vm.realtime_ns
@@ -612,10 +631,12 @@ class _Migrator:
         self._check_cancel()
 
         c._step(r, Step.RESTORE)
-        # The destination's (H, realtime) pair is taken after the source's, so a negative
-        # elapsed time can only mean clock skew, which is clamped (never backwards).
-        dst_sample = await dst.get_clock() if r.method is not Method.BY_VALUE else (0, 0)
-        plan = plan_restore(r.method, dst_node.features, snapshot, timer_regs, dst_sample)
+        # The destination's realtime now, extrapolated from its early sample: if it is still
+        # behind the source's, the clocks are skewed and the guest gets 0 elapsed time.
+        dst_now_rt = dst_sample[1] + (time.monotonic_ns() - sampled_ns)
+        plan = plan_restore(
+            r.method, dst_node.features, snapshot, timer_regs, dst_sample, dst_now_realtime_ns=dst_now_rt
+        )
         r.applied_as = plan.applied_as
         if plan.offsets is not None:
             r.destination_voffset, r.destination_poffset = plan.offsets.voffset, plan.offsets.poffset
@@ -645,9 +666,11 @@ class _Migrator:
             )
         if plan.post_regs:
             restore.append(pb.BatchCall(set_regs=_set_regs(dst_vm, plan.post_regs)))
-        if workload_state.HasField("spec"):
+        if has_workload:
             restore.append(
-                pb.BatchCall(load_workload=pb.LoadWorkloadRequest(vm_id=dst_vm, state=workload_state))
+                pb.BatchCall(
+                    load_workload=pb.LoadWorkloadRequest(vm_id=dst_vm, state=workload_state, merge=True)
+                )
             )
         self._check_cancel()
         # From here on the guest belongs to the destination: no more cancelling.

@@ -410,13 +410,24 @@ class Vm:
             raise InvalidArgument(f"vm {self.vm_id!r} has no vcpus to run a workload on")
         self.workload = Workload.start(self, spec)
 
-    def save_workload(self) -> WorkloadState | None:
-        return save_workload(self.workload) if self.workload is not None else None
+    def save_workload(
+        self, *, live: bool = False, since_reads: dict[int, int] | None = None
+    ) -> WorkloadState | None:
+        """Copy the guest memory. Paused VM, unless `live` (a pre-copy while the guest runs).
 
-    def load_workload(self, state: WorkloadState) -> None:
-        """Install migrated guest memory (VM paused)."""
+        `since_reads`: per vCPU, leave out the readings an earlier copy already had.
+        """
+        if self.running and not live:
+            raise Busy(f"vm {self.vm_id!r} is running: pause it before saving guest memory")
+        return save_workload(self.workload, since_reads) if self.workload is not None else None
+
+    def load_workload(self, state: WorkloadState, *, merge: bool = False) -> None:
+        """Install migrated guest memory (VM paused); `merge`: `state` is a delta on top of
+        the pre-copy loaded earlier."""
         self._check_workload_change()
-        self.workload = load_workload(state, self)
+        if merge and self.workload is None:
+            raise InvalidArgument(f"vm {self.vm_id!r} has no pre-copied workload to merge into")
+        self.workload = load_workload(state, self, self.workload if merge else None)
 
     def _check_workload_change(self) -> None:
         if self.running:

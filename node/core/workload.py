@@ -227,7 +227,18 @@ def _stats_tuple(s: TimerStats) -> tuple[int, int, int, int, int]:
     return (s.first_deadline, s.next_deadline, s.received, s.max_lateness_ticks, s.total_lateness_ticks)
 
 
-def save_workload(wl: Workload) -> WorkloadState:
+def _recent(w: VcpuWorkload, since_reads: int | None) -> tuple[Sample, ...]:
+    """The vCPU's readings numbered >= since_reads (all of the ring when None)."""
+    if since_reads is None:
+        return tuple(w.samples)
+    newer = max(0, w.reads - since_reads)
+    return tuple(w.samples)[-newer:] if newer else ()
+
+
+def save_workload(wl: Workload, since_reads: dict[int, int] | None = None) -> WorkloadState:
+    """Copy of the guest memory; with `since_reads` (per vCPU), only the readings taken
+    after that many reads (a pre-copy delta: everything else is complete)."""
+    since = since_reads or {}
     return WorkloadState(
         wl.spec,
         wl.cntfrq_hz,
@@ -244,15 +255,19 @@ def save_workload(wl: Workload) -> WorkloadState:
                 w.pause_sample,
                 w.last_jump_error_ticks,
                 w.last_stop_ns,
-                tuple(w.samples),
+                _recent(w, since.get(w.index) if since_reads is not None else None),
             )
             for w in sorted(wl.vcpus.values(), key=lambda w: w.index)
         ),
     )
 
 
-def load_workload(state: WorkloadState, vm: Vm) -> Workload:
-    """Recreate a workload in `vm` (whose vCPUs must match) from migrated guest memory."""
+def load_workload(state: WorkloadState, vm: Vm, base: Workload | None = None) -> Workload:
+    """Recreate a workload in `vm` (whose vCPUs must match) from migrated guest memory.
+
+    With `base` (an earlier pre-copy), `state` is a delta: its readings are appended to
+    the base's and every other field is taken from `state`.
+    """
     if state.cntfrq_hz != vm.features.cntfrq_hz:
         raise InvalidArgument(
             f"guest calibrated at {state.cntfrq_hz} Hz cannot run on a {vm.features.cntfrq_hz} Hz host"
@@ -266,6 +281,8 @@ def load_workload(state: WorkloadState, vm: Vm) -> Workload:
         w.reads, w.last_cntvct, w.last_cntpct = v.reads, v.last_cntvct, v.last_cntpct
         w.min_step_v, w.min_step_p, w.pause_sample = v.min_step_v, v.min_step_p, v.pause_sample
         w.last_jump_error_ticks, w.last_stop_ns = v.last_jump_error_ticks, v.last_stop_ns
+        if base is not None and v.index in base.vcpus:
+            w.samples.extend(base.vcpus[v.index].samples)
         w.samples.extend(v.samples)
         vcpus[v.index] = w
     return Workload(state.spec, state.cntfrq_hz, vcpus)

@@ -8,7 +8,7 @@ from collections.abc import AsyncGenerator
 from kvmtimer.v1 import node_pb2 as pb
 from kvmtimer.v1 import node_pb2_grpc as pb_grpc
 
-from node.core.errors import BadRequest, Busy, EmulatorError
+from node.core.errors import BadRequest, EmulatorError
 from node.core.features import ClockMode
 from node.core.host import Host, validate_ops
 from node.core.vcpu import AccessKind, AccessResult
@@ -194,15 +194,14 @@ class NodeServicer(pb_grpc.NodeServicer):
     @rpc
     async def SaveWorkload(self, request: pb.SaveWorkloadRequest, context: Ctx) -> pb.WorkloadState:
         vm = self.host.vm(request.vm_id)
-        if vm.running:
-            raise Busy(f"vm {vm.vm_id!r} is running: pause it before saving guest memory")
-        state = vm.save_workload()
+        since = dict(request.since_reads) if request.delta else None
+        state = vm.save_workload(live=request.live, since_reads=since)
         return convert.workload_state_to_pb(state) if state is not None else pb.WorkloadState()
 
     @rpc
     async def LoadWorkload(self, request: pb.LoadWorkloadRequest, context: Ctx) -> pb.LoadWorkloadResponse:
         vm = self.host.vm(request.vm_id)
-        vm.load_workload(convert.workload_state_from_pb(request.state))
+        vm.load_workload(convert.workload_state_from_pb(request.state), merge=request.merge)
         return pb.LoadWorkloadResponse()
 
     @rpc

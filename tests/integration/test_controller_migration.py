@@ -61,7 +61,8 @@ async def test_migration_matrix(src_kind: str, dst_kind: str, method: Method) ->
             assert record.counter_error_ticks == -paused_ticks
         else:
             assert record.counter_error_ticks == 0
-            assert record.elapsed_ticks == paused_ticks
+            # The destination pair was sampled before the pause (same simulated instant).
+            assert record.elapsed_ticks == 0
         # The source VM is gone; the guest runs on the destination only.
         assert [vm for vm in sim.nodes["src"].host.vms] == []
         dst_vm = sim.nodes["dst"].host.vm(guest.vm_id)
@@ -110,6 +111,21 @@ async def test_offsets_are_idempotent_and_match_the_spec_worked_example() -> Non
     assert skewed.elapsed_ticks == 57_500_000
     backwards = compute_destination_offsets(snap, 90_000_000_000, t - 1)
     assert backwards.elapsed_ticks == 0 and backwards.cntvct == 4_000_000_000
+    # A destination pair sampled 1 s before the source's gives the same offsets, as long as
+    # the destination's clock has passed the source's sample by the time they are applied.
+    early = compute_destination_offsets(
+        snap,
+        90_000_000_000 - 75_000_000,
+        t - 500_000_000,
+        now_realtime_ns=t + 2_500_000_000,
+    )
+    assert (early.voffset, early.poffset) == (first.voffset, first.poffset)
+    # If it has not (skew), the guest reads its saved counter at the apply instant: never less.
+    skew = compute_destination_offsets(
+        snap, 90_000_000_000, t - 1_000_000_000, now_realtime_ns=t - 400_000_000
+    )
+    guest_at_apply = (90_000_000_000 + 600_000_000 * CNTFRQ // 10**9) - skew.voffset
+    assert guest_at_apply == 4_000_000_000
 
 
 @pytest.mark.asyncio

@@ -140,3 +140,28 @@ def test_resume_refused_while_a_vcpu_is_in_a_client_driven_run() -> None:
     vm.exit_run(vcpu)
     vm.resume()
     assert vm.running
+
+
+def test_pre_copy_then_delta_reproduces_the_full_copy() -> None:
+    host, vm = running_vm()
+    host.step_clock(300 * PERIOD)  # rings full (more readings than the ring holds)
+    early = vm.save_workload(live=True)
+    assert early is not None
+    cursor = {v.index: v.reads for v in early.vcpus}
+    host.step_clock(5 * PERIOD + 3)
+    vm.pause()
+    delta = vm.save_workload(since_reads=cursor)
+    full = vm.save_workload()
+    assert delta is not None and full is not None
+    # Two interrupts (v and p) per period plus the pause reading, per vCPU.
+    assert [len(v.samples) for v in delta.vcpus] == [11, 11]
+    dst = Host("d", HostFeatures(), ManualClock()).create_vm("g")
+    dst.create_vcpu(0)
+    dst.create_vcpu(1)
+    dst.load_workload(early)
+    dst.load_workload(delta, merge=True)
+    assert dst.workload is not None and save_workload(dst.workload) == full
+    with pytest.raises(Busy):
+        running_vm()[1].save_workload()
+    with pytest.raises(InvalidArgument, match="pre-copied"):
+        Host("e", HostFeatures(), ManualClock()).create_vm("g").load_workload(delta, merge=True)

@@ -319,18 +319,33 @@ class WorkloadState(_message.Message):
     def __init__(self, spec: _Optional[_Union[WorkloadSpec, _Mapping]] = ..., cntfrq_hz: _Optional[int] = ..., vcpus: _Optional[_Iterable[_Union[VcpuWorkloadState, _Mapping]]] = ...) -> None: ...
 
 class SaveWorkloadRequest(_message.Message):
-    __slots__ = ("vm_id",)
+    __slots__ = ("vm_id", "live", "delta", "since_reads")
+    class SinceReadsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: int
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
     VM_ID_FIELD_NUMBER: _ClassVar[int]
+    LIVE_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    SINCE_READS_FIELD_NUMBER: _ClassVar[int]
     vm_id: str
-    def __init__(self, vm_id: _Optional[str] = ...) -> None: ...
+    live: bool
+    delta: bool
+    since_reads: _containers.ScalarMap[int, int]
+    def __init__(self, vm_id: _Optional[str] = ..., live: _Optional[bool] = ..., delta: _Optional[bool] = ..., since_reads: _Optional[_Mapping[int, int]] = ...) -> None: ...
 
 class LoadWorkloadRequest(_message.Message):
-    __slots__ = ("vm_id", "state")
+    __slots__ = ("vm_id", "state", "merge")
     VM_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    MERGE_FIELD_NUMBER: _ClassVar[int]
     vm_id: str
     state: WorkloadState
-    def __init__(self, vm_id: _Optional[str] = ..., state: _Optional[_Union[WorkloadState, _Mapping]] = ...) -> None: ...
+    merge: bool
+    def __init__(self, vm_id: _Optional[str] = ..., state: _Optional[_Union[WorkloadState, _Mapping]] = ..., merge: _Optional[bool] = ...) -> None: ...
 
 class LoadWorkloadResponse(_message.Message):
     __slots__ = ()
