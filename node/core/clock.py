@@ -15,6 +15,8 @@ from node.core.errors import InvalidArgument, WrongClockMode
 
 NS_PER_S = 1_000_000_000
 U64_MASK = (1 << 64) - 1
+SAMPLE_TRIES = 4  # attempts at a tight (counter, realtime) pair
+SAMPLE_GOOD_GAP_NS = 2_000  # a pair read within 2 us is good enough
 
 
 def u64(value: int) -> int:
@@ -107,8 +109,25 @@ class HostCounter:
         return (self._base + self.elapsed_ticks()) & U64_MASK
 
     def sample(self) -> tuple[int, int]:
-        """(host counter, CLOCK_REALTIME ns), taken together."""
-        return self.read(), self._clock.realtime_ns()
+        """(host counter, CLOCK_REALTIME ns), taken together.
+
+        The two clocks are read separately, so a preemption between the reads would skew
+        the pair (and every offset computed from it): realtime is read on both sides of
+        the counter and the tightest of a few tries is kept, with its midpoint.
+        """
+        clock = self._clock
+        best_gap = best_mono = best_rt = -1
+        for _ in range(SAMPLE_TRIES):
+            before = clock.realtime_ns()
+            mono = clock.monotonic_ns()
+            after = clock.realtime_ns()
+            gap = after - before
+            if best_gap < 0 or gap < best_gap:
+                best_gap, best_mono, best_rt = gap, mono, before + gap // 2
+            if gap <= SAMPLE_GOOD_GAP_NS:
+                break
+        elapsed = (best_mono - self._boot_ns) * self.cntfrq_hz // NS_PER_S
+        return (self._base + elapsed) & U64_MASK, best_rt
 
     def ns_until(self, ticks_ahead: int) -> int:
         """Nanoseconds until the counter has advanced by `ticks_ahead` from now (ceil)."""
