@@ -16,8 +16,10 @@ from controller.core.errors import ControllerError, Unavailable
 from controller.core.migration import Limits
 from controller.service.cluster import Cluster
 from controller.service.server import build_server, mark_serving
+from controller.telemetry.metrics import controller_registry
 from node.config import defer_defaults, resolve_or_exit
 from node.logs import configure_logging
+from node.metrics_http import add_metrics_argument, start_metrics
 from node.tls import TlsConfigError
 
 log = structlog.get_logger("kvmtimer.controller")
@@ -78,6 +80,7 @@ def add_controller_arguments(parser: argparse.ArgumentParser) -> None:
         help="keep retrying unreachable --node entries this many seconds (default 10)",
     )
     parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
+    add_metrics_argument(parser)
     deploy.add_deploy_arguments(parser)
     defer_defaults(parser, "controller")  # keep last: options added below would be flag-only
 
@@ -126,6 +129,15 @@ async def serve(args: argparse.Namespace) -> int:
     except RuntimeError as err:  # grpc cannot bind the address
         log.error("controller_bad_config", listen=args.listen, error=str(err))
         return 2
+    try:
+        metrics = (
+            await start_metrics(controller_registry(cluster), args.metrics_listen)
+            if args.metrics_listen
+            else None
+        )
+    except OSError as err:  # cannot bind --metrics-listen
+        log.error("controller_bad_config", metrics_listen=args.metrics_listen, error=str(err))
+        return 2
     await server.start()
     await extras.start()
     registering = asyncio.gather(
@@ -164,6 +176,8 @@ async def serve(args: argparse.Namespace) -> int:
     await extras.stop()
     await cluster.stop()
     await server.stop(grace=2.0)
+    if metrics is not None:
+        await metrics.stop()
     log.info("controller_stopped")
     return 0
 

@@ -13,7 +13,7 @@ import contextlib
 
 import structlog
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
 MAX_REQUEST_BYTES = 16_384
 REQUEST_TIMEOUT_S = 5.0
@@ -87,7 +87,7 @@ class MetricsServer:
             return "405 Method Not Allowed", "text/plain", b"only GET\n"
         if path not in ("/metrics", "/"):
             return "404 Not Found", "text/plain", b"try /metrics\n"
-        return "200 OK", CONTENT_TYPE_LATEST, generate_latest(self.registry)
+        return "200 OK", CONTENT_TYPE_PLAIN_0_0_4, generate_latest(self.registry)
 
 
 async def start_metrics(registry: CollectorRegistry, address: tuple[str, int]) -> MetricsServer:

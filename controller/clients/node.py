@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from kvmtimer.v1 import controller_pb2 as cpb
 from kvmtimer.v1 import node_pb2 as pb
 from kvmtimer.v1 import node_pb2_grpc
 
@@ -16,6 +17,7 @@ from node.core.regs import KVM_ARM_VCPU_TIMER_CTRL, KVM_ARM_VCPU_TIMER_PHYS_OFFS
 from node.tls import aio_channel
 
 DEFAULT_TIMEOUT_S = 5.0
+WATCH_TELEMETRY = "/kvmtimer.v1.Node/WatchTelemetry"
 
 
 def errno_from(err: grpc.aio.AioRpcError) -> str | None:
@@ -154,3 +156,42 @@ class NodeClient:
         """Run calls back to back on the node in one round trip (stops at the first failure)."""
         resp = await self._call("Batch", pb.BatchRequest(calls=calls))
         return list(resp.results)
+
+    async def watch_telemetry(
+        self, rate_hz: float, max_batch: int = 0
+    ) -> AsyncIterator[cpb.ClusterTelemetry]:
+        """The node's WatchTelemetry stream, each batch already wrapped as the cluster item
+        (`ClusterTelemetry.samples`) it becomes; ends when the node ends it. NodeCallError
+        when the stream breaks."""
+        method = self.channel.unary_stream(
+            WATCH_TELEMETRY,
+            request_serializer=pb.WatchTelemetryRequest.SerializeToString,
+            response_deserializer=cluster_item_from_batch,
+        )
+        call = method(pb.WatchTelemetryRequest(rate_hz=rate_hz, max_batch=max_batch))
+        try:
+            async for item in call:
+                yield item
+        except grpc.aio.AioRpcError as err:
+            raise NodeCallError(
+                self.node_id, "WatchTelemetry", err.code().name, errno_from(err), err.details() or ""
+            ) from None
+        finally:
+            call.cancel()
+
+
+def cluster_item_from_batch(data: bytes) -> cpb.ClusterTelemetry:
+    """Parse a serialised TelemetryBatch straight into the ClusterTelemetry that carries it.
+
+    Policy: the bytes of a message with one field-1 submessage are that field's tag and
+    length followed by the submessage's bytes, so one parse gives the wrapped item; parsing
+    the batch and then copying it into a ClusterTelemetry would cost a second pass over
+    every sample (the collector's hottest path).
+    """
+    size = len(data)
+    prefix = bytearray(b"\x0a")  # ClusterTelemetry.samples: field 1, length-delimited
+    while size > 0x7F:
+        prefix.append((size & 0x7F) | 0x80)
+        size >>= 7
+    prefix.append(size)
+    return cpb.ClusterTelemetry.FromString(bytes(prefix) + data)

@@ -47,6 +47,7 @@ from controller.core.migration import (
 from controller.core.model import GuestId, GuestRecord, MigrationId, NodeId, NodeRecord, node_load
 from controller.core.placement import place
 from controller.service import convert
+from controller.telemetry.collector import TelemetryCollector
 from controller.telemetry.hub import Hub
 from node.core.features import ApiProfile, ClockMode
 from node.core.regs import OneReg, TimerAttr
@@ -97,6 +98,8 @@ class Cluster:
         # Everything observers stream (gRPC WatchTelemetry, MQTT): vCPU sample batches,
         # migration events and node health, as protobuf items.
         self.telemetry: Hub[cpb.ClusterTelemetry] = Hub()
+        # Telemetry: node sample streams into `telemetry` while it is watched (controller/telemetry/).
+        self.collector = TelemetryCollector(self)
         self._tasks: dict[MigrationId, asyncio.Task[None]] = {}
         self._slots = asyncio.Condition()
         self._health_task: asyncio.Task[None] | None = None
@@ -107,6 +110,7 @@ class Cluster:
     def start(self) -> None:
         if self._health_task is None and self.health_interval_s > 0:
             self._health_task = asyncio.create_task(self._health_loop(), name="node-health")
+        self.collector.start()  # telemetry
 
     async def stop(self) -> None:
         if self._health_task is not None:
@@ -120,6 +124,7 @@ class Cluster:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        await self.collector.stop()  # telemetry
         self.events.close()
         self.telemetry.close()
         for client in self.clients.values():
@@ -174,6 +179,7 @@ class Cluster:
         log.info(
             "node_registered", node_id=node_id, address=address, api_profile=record.features.api_profile.name
         )
+        self.collector.kick()  # telemetry: stream from the new node if watched
         return record
 
     def node(self, node_id: str) -> NodeRecord:
@@ -200,6 +206,7 @@ class Cluster:
         node.healthy, node.last_error = ok, reason
         log.info("node_health_changed", node_id=node_id, healthy=ok, reason=reason)
         self.publish_node(node)
+        self.collector.kick()  # telemetry: follow the node's health
 
     def publish_node(self, node: NodeRecord) -> None:
         """Tell telemetry observers about a node's (new) status."""

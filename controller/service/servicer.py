@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 
 from kvmtimer.v1 import controller_pb2 as cpb
@@ -11,6 +12,7 @@ from controller.core.errors import ControllerError, InvalidArgument
 from controller.service import convert
 from controller.service.cluster import Cluster
 from controller.service.errors import Ctx, rpc, status_for
+from controller.telemetry.filters import checked_filter, with_dropped
 
 
 class ControllerServicer(cpb_grpc.ControllerServicer):
@@ -108,5 +110,36 @@ class ControllerServicer(cpb_grpc.ControllerServicer):
                 )
         except ControllerError as err:
             await context.abort(status_for(err), err.message)
+        finally:
+            hub.unsubscribe(sub)
+
+    async def WatchTelemetry(
+        self, request: cpb.WatchClusterTelemetryRequest, context: Ctx
+    ) -> AsyncIterator[cpb.ClusterTelemetry]:
+        """Current node statuses first, then hub items as they come, filtered; `dropped` on every item."""
+        c = self.cluster
+        try:
+            flt = checked_filter(
+                request.node_ids,
+                request.guest_ids,
+                request.events_only,
+                known_nodes=c.nodes.keys(),
+                known_guests=c.guests.keys(),
+            )
+        except ControllerError as err:
+            await context.abort(status_for(err), err.message)
+        hub = c.telemetry
+        sub = hub.subscribe()
+        try:
+            now = time.time_ns()
+            for node in sorted(c.nodes.values(), key=lambda n: n.node_id):
+                status = convert.node_status(node, *c.load(node.node_id))
+                item = flt.apply(cpb.ClusterTelemetry(node=cpb.NodeHealthEvent(node=status, realtime_ns=now)))
+                if item is not None:
+                    yield with_dropped(item, sub.dropped, shared=False)
+            async for item in hub.stream(sub):
+                seen = flt.apply(item)
+                if seen is not None:
+                    yield with_dropped(seen, sub.dropped, shared=seen is item)
         finally:
             hub.unsubscribe(sub)

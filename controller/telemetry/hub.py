@@ -7,7 +7,7 @@ newest item is dropped and counted on that subscription.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -28,6 +28,16 @@ class Hub(Generic[T]):
     def __init__(self, buffer: int = DEFAULT_BUFFER) -> None:
         self._buffer = buffer
         self._subs: set[Subscription[T]] = set()
+        self.dropped_total = 0  # items dropped on any subscription, ever
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_subscribers_changed(self, listener: Callable[[], None]) -> None:
+        """Call `listener` whenever a subscription starts or ends (e.g. to sample only when watched)."""
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            listener()
 
     @property
     def subscribers(self) -> int:
@@ -39,14 +49,18 @@ class Hub(Generic[T]):
                 sub.queue.put_nowait(item)
             except asyncio.QueueFull:
                 sub.dropped += 1
+                self.dropped_total += 1
 
     def subscribe(self) -> Subscription[T]:
         sub: Subscription[T] = Subscription(asyncio.Queue(self._buffer))
         self._subs.add(sub)
+        self._changed()
         return sub
 
     def unsubscribe(self, sub: Subscription[T]) -> None:
-        self._subs.discard(sub)
+        if sub in self._subs:
+            self._subs.discard(sub)
+            self._changed()
         sub.closed = True
 
     def close(self) -> None:

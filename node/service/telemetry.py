@@ -195,7 +195,7 @@ class TelemetryStream:
     async def batches(self) -> AsyncGenerator[pb.TelemetryBatch, None]:
         """Batches until the stream is closed; the sampler task lives exactly as long."""
         self._owner.add(self)
-        self.task = asyncio.create_task(self._sample_loop(), name=f"telemetry-{self._host.node_id}")
+        self.task = asyncio.create_task(self._sample_loop(), name=f"telemetry-sampler-{self._host.node_id}")
         try:
             while not self._closed:
                 if not self._chunks:

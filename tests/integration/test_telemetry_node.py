@@ -93,7 +93,7 @@ async def wait_until_closed(streams: TelemetryStreams) -> None:
 
 
 def sampler_tasks() -> list[asyncio.Task[object]]:
-    return [t for t in asyncio.all_tasks() if t.get_name().startswith("telemetry-") and not t.done()]
+    return [t for t in asyncio.all_tasks() if t.get_name().startswith("telemetry-sampler-") and not t.done()]
 
 
 @pytest.mark.asyncio
