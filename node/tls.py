@@ -310,9 +310,9 @@ class BearerTokenInterceptor(ServerInterceptor):
 
 def add_tls_arguments(parser: argparse.ArgumentParser, *, server: bool) -> None:
     """--tls-cert/--tls-key/--tls-ca and --insecure (servers: listener; clients: connection)."""
-    side = "serve and connect with" if server else "connect with"
+    del server  # the same options on both sides: servers also dial (registration, nodes)
     parser.add_argument(
-        "--tls-cert", default=None, metavar="FILE", help=f"PEM certificate to {side} (mutual TLS)"
+        "--tls-cert", default=None, metavar="FILE", help="PEM certificate this process presents (mutual TLS)"
     )
     parser.add_argument("--tls-key", default=None, metavar="FILE", help="PEM private key of --tls-cert")
     parser.add_argument(
