@@ -11,6 +11,12 @@ physical-timer guest towards a BY_VALUE kernel) are counted and shown.
 Ctrl-C / SIGTERM / --duration: stop migrating, wait for the migrations in flight, print a
 summary (outcomes per method, downtime percentiles, counter errors, what every guest
 observed), stop the node processes, exit 0. The last line is `SUMMARY {json}`.
+
+Telemetry: the cluster's telemetry goes to MQTT (README "MQTT telemetry"): to --mqtt URL,
+else to an embedded broker (amqtt, in this process, on a free 127.0.0.1 port, printed at
+the start), or nowhere with --no-mqtt; the node processes publish their own status there.
+--record FILE writes every telemetry item (vCPU sample batches, migration events, node
+health) as JSON lines, which `kvmtimer report --from FILE --out FILE.png` draws.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from controller import views
 from controller.client_cli import host_port
 from controller.service.cluster import Cluster
 from controller.service.server import build_server, mark_serving
+from controller.telemetry.local import add_local_telemetry_arguments, local_telemetry
 from node.core.features import ApiProfile
 
 CNTFRQ_HZ = 25_000_000
@@ -155,12 +162,13 @@ class NodeProcess:
         return f"127.0.0.1:{self.port}"
 
 
-async def spawn_node(plan: NodePlan, log_file: TextIO | None) -> NodeProcess:
+async def spawn_node(plan: NodePlan, log_file: TextIO | None, extra_args: Sequence[str] = ()) -> NodeProcess:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "controller.cli",
         *plan.argv(),
+        *extra_args,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
@@ -245,7 +253,6 @@ class Demo:
     refusals: list[Refusal] = field(default_factory=list)
     in_flight: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # by guest id
     last_error: dict[str, int] = field(default_factory=dict)  # guest -> counter error of its last move
-    record_file: TextIO | None = None
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -305,9 +312,6 @@ class Demo:
         self.remember(record)
         if record.HasField("counter_error_ticks"):
             self.last_error[record.guest_id] = record.counter_error_ticks
-        if self.record_file is not None:
-            self.record_file.write(json.dumps(views.to_dict(record)) + "\n")
-            self.record_file.flush()
         self.say(
             f"{views.phase_name(record.phase).lower():8} {record.migration_id} {record.guest_id} "
             f"{record.source}->{record.destination} {views.method_name(record.method)}"
@@ -670,6 +674,12 @@ async def run_up(args: argparse.Namespace, log_file: TextIO | None, record_file:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
 
+    telemetry_stack = contextlib.AsyncExitStack()
+    try:
+        telemetry = await telemetry_stack.enter_async_context(local_telemetry(args))
+    except ValueError as err:  # --mqtt options
+        print(f"kvmtimer up: {err}", file=sys.stderr)
+        return 2
     rng = random.Random(args.seed)
     plans = node_plans(args.nodes)
     nodes: list[NodeProcess] = []
@@ -677,7 +687,7 @@ async def run_up(args: argparse.Namespace, log_file: TextIO | None, record_file:
     server, port, health_servicer = build_server(cluster, args.listen)
     address = client_address(args.listen, port)
     channel = grpc.aio.insecure_channel(address)
-    demo = Demo(args, cpb_grpc.ControllerStub(channel), address, rng, record_file=record_file)
+    demo = Demo(args, cpb_grpc.ControllerStub(channel), address, rng)
     background: list[asyncio.Task[None]] = []
     final: tuple[list[cpb.Migration], list[cpb.Guest]] | None = None
     try:
@@ -685,10 +695,13 @@ async def run_up(args: argparse.Namespace, log_file: TextIO | None, record_file:
         await mark_serving(health_servicer)
         print(
             f"kvmtimer up: starting {args.nodes} nodes and {args.guests} guests; controller at {address}\n"
-            f"  meanwhile try: kvmtimer nodes --controller {address}",
+            f"  meanwhile try: kvmtimer nodes --controller {address}\n{telemetry.banner()}",
             flush=True,
         )
-        spawned = await asyncio.gather(*(spawn_node(p, log_file) for p in plans), return_exceptions=True)
+        telemetry.start_mqtt(cluster, address)
+        spawned = await asyncio.gather(
+            *(spawn_node(p, log_file, telemetry.node_args()) for p in plans), return_exceptions=True
+        )
         nodes = [n for n in spawned if isinstance(n, NodeProcess)]
         failures = [e for e in spawned if isinstance(e, BaseException)]
         if failures:
@@ -701,6 +714,8 @@ async def run_up(args: argparse.Namespace, log_file: TextIO | None, record_file:
             await demo.stub.RegisterNode(
                 cpb.RegisterNodeRequest(node_id=n.plan.node_id, address=n.address), timeout=RPC_TIMEOUT_S
             )
+        await telemetry.nodes_changed()
+        telemetry.start_recording(cluster, record_file, str(args.record or ""))
         cluster.start()
         for g in guest_plans(args.guests, plans, rng):
             created: cpb.Guest = await demo.stub.CreateGuest(
@@ -760,14 +775,17 @@ async def run_up(args: argparse.Namespace, log_file: TextIO | None, record_file:
         await channel.close(None)
         await health_servicer.enter_graceful_shutdown()
         await cluster.stop()
+        await telemetry.stop()  # the recording and MQTT get the last items first
         await server.stop(grace=1.0)
         codes = await asyncio.gather(*(stop_node(n) for n in nodes), return_exceptions=True)
+        await telemetry_stack.aclose()  # the embedded broker outlives the nodes' final statuses
     if final is None:
         return 1
     processes: dict[str, tuple[int | None, int | None]] = {p.node_id: (None, None) for p in plans}
     for n, code in zip(nodes, codes, strict=True):
         processes[n.plan.node_id] = (n.proc.pid, code if isinstance(code, int) else None)
     summary = build_summary(demo, *final, processes)
+    summary["telemetry"] = telemetry.summary()
     print(summary_text(summary))
     print("SUMMARY " + json.dumps(summary, sort_keys=True), flush=True)
     return 0
@@ -812,8 +830,9 @@ def add_up_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         metavar="FILE",
-        help="write every migration record to FILE (JSONL)",
+        help="write every telemetry item to FILE (JSONL: samples, migration events, node health)",
     )
+    add_local_telemetry_arguments(parser)
     parser.add_argument(
         "--listen",
         type=host_port,

@@ -52,7 +52,7 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
         help="host counter at boot (default: derived from --node-id)",
     )
     parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
-    add_mqtt_arguments(parser, what="this node's retained status (last will: offline)")
+    add_mqtt_arguments(parser)
     add_metrics_argument(parser)
     deploy.add_deploy_arguments(parser)
     defer_defaults(parser, "node")  # keep last: options added below would be flag-only

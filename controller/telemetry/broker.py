@@ -58,7 +58,10 @@ async def embedded_broker(host: str = LOOPBACK) -> AsyncIterator[EmbeddedBroker]
             "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
         }
     )
-    await broker.start()
+    try:
+        await broker.start()
+    except Exception as err:  # amqtt's BrokerError and what it wraps (e.g. no free port)
+        raise RuntimeError(f"embedded MQTT broker did not start: {err}") from err
     try:
         yield EmbeddedBroker(host, _bound_port(broker))
     finally:

@@ -96,7 +96,7 @@ def parse_mqtt_url(url: str) -> MqttSettings:
     )
 
 
-def add_mqtt_arguments(parser: argparse.ArgumentParser, *, what: str = "telemetry") -> None:
+def add_mqtt_arguments(parser: argparse.ArgumentParser, *, what: str = "telemetry and status") -> None:
     """--mqtt, --mqtt-prefix and the TLS options (shared by node, controller and up)."""
     parser.add_argument(
         "--mqtt",

@@ -17,8 +17,11 @@ Edge cases covered:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -54,7 +57,7 @@ from tests.support.mqtt import (
     mosquitto_binary,
     subscriber,
 )
-from tests.support.nodes import node_process
+from tests.support.nodes import kvmtimer_command, node_process, wait_for_log_event
 
 needs_mosquitto = pytest.mark.skipif(mosquitto_binary() is None, reason=NO_MOSQUITTO)
 
@@ -358,6 +361,73 @@ async def test_stopped_node_process_publishes_offline_stopped(broker: Mosquitto)
         # A clean stop says why.
         offline = await live.wait_for(lambda r: r.payload["status"] == "offline")
         assert offline.payload["reason"] == "stopped"
+
+
+@contextlib.contextmanager
+def controller_process(*args: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """`kvmtimer controller --listen 127.0.0.1:0 ARGS`, until it logs controller_listening."""
+    proc = subprocess.Popen(
+        [*kvmtimer_command(), "controller", "--listen", "127.0.0.1:0", "--health-interval", "0", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+    try:
+        record = wait_for_log_event(proc, "controller_listening")
+        port = record["port"]
+        assert isinstance(port, int)
+        yield proc, port
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+@needs_mosquitto
+@pytest.mark.asyncio
+async def test_controller_process_status_and_last_will(broker: Mosquitto) -> None:
+    topic = "ctl/controller/status"
+    async with subscriber(broker.port, topic) as live:
+        with controller_process("--mqtt", broker.url, "--mqtt-prefix", "ctl") as (proc, port):
+            online = await live.wait_for(lambda r: r.payload["status"] == "online")
+            assert online.payload["address"] == f"127.0.0.1:{port}"
+            assert online.payload["schema"] == 1
+            proc.send_signal(signal.SIGKILL)
+            will = await live.wait_for(lambda r: r.payload["status"] == "offline")
+            assert will.payload["reason"] == "connection lost"
+            assert will.payload["controller_id"] == online.payload["controller_id"]
+        with controller_process("--mqtt", broker.url, "--mqtt-prefix", "ctl") as (proc, port):
+            address = f"127.0.0.1:{port}"
+            await live.wait_for(lambda r: r.payload["status"] == "online" and r.payload["address"] == address)
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=15) == 0
+            assert time.monotonic() - started < 5.0
+            stopped = await live.wait_for(lambda r: r.payload.get("reason") == "stopped")
+            assert stopped.payload["status"] == "offline"
+
+
+def test_controller_refuses_bad_mqtt_options() -> None:
+    proc = subprocess.run(
+        [
+            *kvmtimer_command(),
+            "controller",
+            "--listen",
+            "127.0.0.1:0",
+            "--mqtt",
+            "mqtt://h",
+            "--mqtt-ca",
+            "x",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "mqtts://" in proc.stderr
 
 
 @needs_mosquitto

@@ -26,10 +26,9 @@ from controller.core.migration import Method, Phase
 from controller.telemetry import record, report
 from controller.telemetry.mqtt import node_statuses
 from controller.telemetry.record import TelemetryRecorder
+from node.core.clock import U64_MASK
 from node.core.features import ApiProfile, EcvLevel, HostFeatures
-from node.core.telemetry import sample_vms
 from node.core.workload import WorkloadSpec
-from node.service.telemetry import sample_to_pb
 from tests.support.cluster import CNTFRQ, SimCluster, sim_cluster
 
 STOPPED_S = 0.3  # simulated state-transfer time of each migration
@@ -51,15 +50,28 @@ def png_size(path: Path) -> tuple[int, int]:
 
 
 def sample_round(sim: SimCluster) -> None:
-    """One sampling round on every node, published like the collector does (guest ids filled in)."""
+    """One sampling round on every node (what a node's telemetry stream reads), published like
+    the controller's collector does (guest ids filled in)."""
     guest_of = {(str(g.node_id), g.vm_id): str(g.guest_id) for g in sim.cluster.guests.values()}
     for node_id, node in sim.nodes.items():
-        rows = sample_vms(node.host, list(node.host.vms.values()))
-        samples = []
-        for row in rows:
-            s = sample_to_pb(row)
-            s.guest_id = guest_of.get((node_id, row.vm_id), "")
-            samples.append(s)
+        h, realtime_ns = node.host.get_clock()
+        samples = [
+            pb.TelemetrySample(
+                node_id=node_id,
+                vm_id=vm.vm_id,
+                guest_id=guest_of.get((node_id, vm.vm_id), ""),
+                vcpu_index=index,
+                realtime_ns=realtime_ns,
+                host_counter=h,
+                cntvct=(h - vm.voffset) & U64_MASK,
+                cntpct=(h - vm.poffset) & U64_MASK,
+                voffset=vm.voffset,
+                poffset=vm.poffset,
+                running=vm.running,
+            )
+            for vm in node.host.vms.values()
+            for index in sorted(vm.vcpus)
+        ]
         if samples:
             sim.cluster.telemetry.publish(cpb.ClusterTelemetry(samples=pb.TelemetryBatch(samples=samples)))
 
