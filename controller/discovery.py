@@ -97,14 +97,23 @@ class SystemResolver:
     """SRV through dnspython (the system's resolv.conf), A/AAAA and PTR through libc (getaddrinfo)."""
 
     def __init__(self, nameservers: Sequence[str] = (), port: int = 53) -> None:
-        self._dns = dns.asyncresolver.Resolver(configure=not nameservers)
-        if nameservers:
-            self._dns.nameservers = list(nameservers)
-            self._dns.port = port
+        self.nameservers = list(nameservers)
+        self.port = port
+        self._dns: dns.asyncresolver.Resolver | None = None
+
+    def _resolver(self) -> dns.asyncresolver.Resolver:
+        # Created on first use: reading resolv.conf fails where there is none, and A-record
+        # discovery (libc) does not need it.
+        if self._dns is None:
+            self._dns = dns.asyncresolver.Resolver(configure=not self.nameservers)
+            if self.nameservers:
+                self._dns.nameservers = self.nameservers
+                self._dns.port = self.port
+        return self._dns
 
     async def srv(self, name: str) -> list[tuple[str, int]]:
         try:
-            answer = await self._dns.resolve(name, "SRV", search=True)
+            answer = await self._resolver().resolve(name, "SRV", search=True)
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer, dns.resolver.NoNameservers):
             return []
         out = []
