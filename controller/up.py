@@ -172,7 +172,12 @@ async def spawn_node(plan: NodePlan, log_file: TextIO | None, extra_args: Sequen
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        # Only `up` configures its nodes: KVMTIMER_* settings meant for client commands (TLS
+        # files, token, config file) must not reach them.
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("KVMTIMER_")},
+            "PYTHONUNBUFFERED": "1",
+        },
         # Own process group: a terminal Ctrl-C reaches only `up`, which stops the nodes in order.
         start_new_session=True,
     )
