@@ -21,13 +21,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
 
 import structlog
 from kvmtimer.v1 import node_pb2 as pb
 
 from node.core.host import Host
-from node.core.telemetry import VcpuSample, check_rate_hz, count_vcpus, sample_vms, select_vms
+from node.core.telemetry import VcpuSample, VmRound, check_rate_hz, count_vcpus, sample_round, select_vms
 
 DEFAULT_BUFFER_SAMPLES = 16_384  # per stream, between the sampler and the gRPC writer
 _PART_CACHE_MAX = 65_536  # encoded per-vCPU parts kept by one encoder before it starts over
@@ -49,22 +49,22 @@ _LENGTHS = [_SAMPLES_TAG + _varint(n) for n in range(2048)]  # tag + length pref
 
 
 class BatchEncoder:
-    """Builds TelemetryBatch messages from VcpuSample rows.
+    """Builds TelemetryBatch messages from sampling rounds.
 
-    Policy: a row's fields split into a part shared by every vCPU of a VM in a round
-    (node, VM, instant, counters, offsets, trap configuration, running) and a per-vCPU
-    part (index, trap count, timer registers and lines) that rarely changes between
-    rounds. Each part is serialised by protobuf itself, the shared one once per VM and
-    round, the per-vCPU one only when its values change (cached); a sample's wire bytes
-    are the two concatenated (protobuf merges fields of concatenated messages), and the
-    batch is parsed once from the joined bytes. This costs about a third of building
-    each TelemetrySample field by field in Python.
+    Policy: a sample's fields split into the VM-wide part of a round (node, VM, instant,
+    counters, offsets, trap configuration, running) and the per-vCPU part (index, trap
+    count, timer registers and lines), which rarely changes between rounds. protobuf
+    serialises each part itself, the VM-wide one once per VM and round, a per-vCPU one
+    only when its values change (cached); a sample's wire bytes are the two concatenated
+    (protobuf merges the fields of concatenated messages), and the batch is parsed once
+    from the joined bytes. This costs about a third of building each TelemetrySample
+    field by field in Python.
     """
 
     def __init__(self) -> None:
         self._parts: dict[tuple[object, ...], bytes] = {}
 
-    def encode(self, rows: Sequence[VcpuSample]) -> pb.TelemetryBatch:
+    def encode(self, rounds: Sequence[VmRound]) -> pb.TelemetryBatch:
         pieces: list[bytes] = []
         append = pieces.append
         parts = self._parts
@@ -72,49 +72,71 @@ class BatchEncoder:
             parts.clear()
         sample = pb.TelemetrySample
         lengths = _LENGTHS
-        shared_key: tuple[object, ...] = ()
-        shared = b""
-        for row in rows:
-            key = row[0:2] + row[3:12] + row[19:20]
-            if key != shared_key:
-                shared_key = key
-                shared = sample(
-                    node_id=row.node_id,
-                    vm_id=row.vm_id,
-                    realtime_ns=row.realtime_ns,
-                    host_counter=row.host_counter,
-                    cntvct=row.cntvct,
-                    cntpct=row.cntpct,
-                    voffset=row.voffset,
-                    poffset=row.poffset,
-                    uses_cntpoff=row.uses_cntpoff,
-                    traps_cntpct=row.traps_cntpct,
-                    traps_ptimer=row.traps_ptimer,
-                    running=row.running,
-                ).SerializeToString()
-            vkey = row[2:3] + row[12:19]
-            part = parts.get(vkey)
-            if part is None:
-                part = parts[vkey] = sample(
-                    vcpu_index=row.vcpu_index,
-                    trap_count=row.trap_count,
-                    vtimer_ctl=row.vtimer_ctl,
-                    vtimer_cval=row.vtimer_cval,
-                    vtimer_level=row.vtimer_level,
-                    ptimer_ctl=row.ptimer_ctl,
-                    ptimer_cval=row.ptimer_cval,
-                    ptimer_level=row.ptimer_level,
-                ).SerializeToString()
-            size = len(shared) + len(part)
-            append(lengths[size] if size < len(lengths) else _SAMPLES_TAG + _varint(size))
-            append(shared)
-            append(part)
+        for r in rounds:
+            shared = sample(
+                node_id=r.node_id,
+                vm_id=r.vm_id,
+                realtime_ns=r.realtime_ns,
+                host_counter=r.host_counter,
+                cntvct=r.cntvct,
+                cntpct=r.cntpct,
+                voffset=r.voffset,
+                poffset=r.poffset,
+                uses_cntpoff=r.uses_cntpoff,
+                traps_cntpct=r.traps_cntpct,
+                traps_ptimer=r.traps_ptimer,
+                running=r.running,
+            ).SerializeToString()
+            for t in r.vcpus:
+                part = parts.get(t)
+                if part is None:
+                    part = parts[t] = sample(
+                        vcpu_index=t.vcpu_index,
+                        trap_count=t.trap_count,
+                        vtimer_ctl=t.vtimer_ctl,
+                        vtimer_cval=t.vtimer_cval,
+                        vtimer_level=t.vtimer_level,
+                        ptimer_ctl=t.ptimer_ctl,
+                        ptimer_cval=t.ptimer_cval,
+                        ptimer_level=t.ptimer_level,
+                    ).SerializeToString()
+                size = len(shared) + len(part)
+                append(lengths[size] if size < len(lengths) else _SAMPLES_TAG + _varint(size))
+                append(shared)
+                append(part)
         return pb.TelemetryBatch.FromString(b"".join(pieces))
 
 
 def sample_to_pb(row: VcpuSample) -> pb.TelemetrySample:
     """The plain field-by-field conversion (reference for BatchEncoder)."""
     return pb.TelemetrySample(**row._asdict())
+
+
+def split_rounds(rounds: Sequence[VmRound], max_samples: int) -> Iterator[list[VmRound]]:
+    """Consecutive pieces of at most `max_samples` samples (0 = all in one), in order."""
+    if not max_samples:
+        yield list(rounds)
+        return
+    chunk: list[VmRound] = []
+    size = 0
+    for r in rounds:
+        vcpus = r.vcpus
+        start = 0
+        while start < len(vcpus):
+            take = min(max_samples - size, len(vcpus) - start)
+            chunk.append(r if take == len(vcpus) else r._replace(vcpus=vcpus[start : start + take]))
+            size += take
+            start += take
+            if size == max_samples:
+                yield chunk
+                chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+def round_size(rounds: Sequence[VmRound]) -> int:
+    """Samples in a list of rounds."""
+    return sum(len(r.vcpus) for r in rounds)
 
 
 class TelemetryStream:
@@ -138,7 +160,7 @@ class TelemetryStream:
         self.dropped = 0  # samples dropped because the client was slow
         self.sequence = 0  # next batch's sequence number
         self.rounds = 0  # sampling rounds taken (dropped ones included)
-        self._chunks: deque[list[VcpuSample]] = deque()
+        self._chunks: deque[tuple[int, list[VmRound]]] = deque()  # (samples, rounds)
         self._buffered = 0  # samples in _chunks
         self._wake = asyncio.Event()
         self._closed = False
@@ -161,21 +183,21 @@ class TelemetryStream:
             self.dropped += n
             self._owner.dropped_total += n
             return
-        rows = sample_vms(self._host, vms)
-        step = self.max_batch or len(rows)
-        for start in range(0, len(rows), step):
-            self._chunks.append(rows[start : start + step])
-        self._buffered += len(rows)
+        for chunk in split_rounds(sample_round(self._host, vms), self.max_batch):
+            self._chunks.append((round_size(chunk), chunk))
+        self._buffered += n
         self._wake.set()
 
-    def take(self) -> list[VcpuSample]:
-        """The next batch's rows: one buffered chunk, merged with the following ones up to max_batch."""
-        rows = self._chunks.popleft()
+    def take(self) -> list[VmRound]:
+        """The next batch: one buffered piece, merged with the following ones up to max_batch samples."""
+        size, rounds = self._chunks.popleft()
         if self.max_batch:
-            while self._chunks and len(rows) + len(self._chunks[0]) <= self.max_batch:
-                rows = rows + self._chunks.popleft()
-        self._buffered -= len(rows)
-        return rows
+            while self._chunks and size + self._chunks[0][0] <= self.max_batch:
+                more, extra = self._chunks.popleft()
+                size += more
+                rounds = rounds + extra
+        self._buffered -= size
+        return rounds
 
     async def _sample_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -202,12 +224,11 @@ class TelemetryStream:
                     self._wake.clear()
                     await self._wake.wait()
                     continue
-                rows = self.take()
-                batch = self._encoder.encode(rows)
+                batch = self._encoder.encode(self.take())
                 batch.dropped = self.dropped
                 batch.sequence = self.sequence
                 self.sequence += 1
-                self._owner.samples_total += len(rows)
+                self._owner.samples_total += len(batch.samples)
                 yield batch
         finally:
             self._closed = True

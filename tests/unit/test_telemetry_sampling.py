@@ -12,7 +12,8 @@ Edge cases covered:
 - rate validation: 0 -> default 10 Hz, (0, 1000] accepted, negative / above 1 kHz / NaN / inf refused
 - host totals: traps of destroyed VMs still count; delivered guest interrupts counted exactly
 - BatchEncoder output equals field-by-field conversion, across rounds (cached per-vCPU parts),
-  for ids longer than 127 bytes (two-byte length prefixes) and u64 extremes
+  for ids longer than 127 bytes (two-byte length prefixes) and u64 extremes; a VM without vCPUs
+  adds nothing; max_batch pieces cut rounds across VMs in order
 - the stream buffer: a round that does not fit is dropped whole and counted; an empty buffer
   always takes a round; max_batch splits rounds and merges queued pieces up to max_batch
 """
@@ -32,6 +33,8 @@ from node.core.telemetry import (
     DEFAULT_RATE_HZ,
     HostTotals,
     VcpuSample,
+    VcpuTimers,
+    VmRound,
     check_rate_hz,
     host_totals,
     sample_host,
@@ -41,7 +44,13 @@ from node.core.timer import CTL_ENABLE, CTL_IMASK, TimerId
 from node.core.traps import compute_traps
 from node.core.vcpu import SysReg
 from node.core.workload import WorkloadSpec
-from node.service.telemetry import BatchEncoder, TelemetryStream, TelemetryStreams, sample_to_pb
+from node.service.telemetry import (
+    BatchEncoder,
+    TelemetryStream,
+    TelemetryStreams,
+    sample_to_pb,
+    split_rounds,
+)
 from tests.unit.conftest import (
     ALL_FEATURES,
     POFFSET_FEATURES,
@@ -209,11 +218,10 @@ def test_host_totals_keep_destroyed_vms_traps_and_count_interrupts() -> None:
 # --- encoder -----------------------------------------------------------------
 
 
-def _row(vm_id: str, index: int, h: int, **changes: Any) -> VcpuSample:
-    base = VcpuSample(
+def _round(vm_id: str, h: int, *vcpus: VcpuTimers, **changes: Any) -> VmRound:
+    base = VmRound(
         node_id="node-1",
         vm_id=vm_id,
-        vcpu_index=index,
         realtime_ns=1_700_000_000_000_000_000 + h,
         host_counter=h,
         cntvct=h - 7,
@@ -223,36 +231,31 @@ def _row(vm_id: str, index: int, h: int, **changes: Any) -> VcpuSample:
         uses_cntpoff=True,
         traps_cntpct=False,
         traps_ptimer=False,
-        trap_count=index,
-        vtimer_ctl=1,
-        vtimer_cval=h + 100,
-        vtimer_level=False,
-        ptimer_ctl=0,
-        ptimer_cval=0,
-        ptimer_level=False,
         running=True,
+        vcpus=vcpus,
     )
     return base._replace(**changes)
+
+
+def _vcpu(index: int, cval: int, **changes: Any) -> VcpuTimers:
+    return VcpuTimers(index, index, 1, cval, False, 0, 0, False)._replace(**changes)
 
 
 def test_encoder_matches_field_by_field_conversion_across_rounds() -> None:
     encoder = BatchEncoder()
     long_id = "v" * 300  # sample longer than 127 bytes: two-byte length prefix
-    rounds = [
-        [_row("a", 0, 1000), _row("a", 1, 1000), _row(long_id, 0, 1000)],
+    batches = [
+        [_round("a", 1000, _vcpu(0, 1100), _vcpu(1, 1100)), _round(long_id, 1000, _vcpu(0, 5))],
         # Same per-vCPU values for a/0 (cached part reused), new ones for a/1.
-        [_row("a", 0, 2000, vtimer_cval=1100), _row("a", 1, 2000, trap_count=9, vtimer_level=True)],
+        [_round("a", 2000, _vcpu(0, 1100), _vcpu(1, 1100, trap_count=9, vtimer_level=True))],
         [
-            _row(
+            _round(
                 "z",
-                511,
                 U64 - 1,
+                _vcpu(511, U64 - 1, ptimer_cval=U64 - 1, ptimer_ctl=0xFFFF_FFFF, ptimer_level=True),
                 cntvct=U64 - 1,
                 voffset=U64 - 1,
                 poffset=U64 - 1,
-                vtimer_cval=U64 - 1,
-                ptimer_cval=U64 - 1,
-                ptimer_ctl=0xFFFF_FFFF,
                 realtime_ns=-1,
                 uses_cntpoff=False,
                 traps_cntpct=True,
@@ -261,10 +264,41 @@ def test_encoder_matches_field_by_field_conversion_across_rounds() -> None:
             )
         ],
     ]
-    for rows in rounds:
-        expected = pb.TelemetryBatch(samples=[sample_to_pb(r) for r in rows])
-        assert encoder.encode(rows) == expected
+    for rounds in batches:
+        expected = pb.TelemetryBatch(samples=[sample_to_pb(s) for r in rounds for s in r.samples()])
+        assert encoder.encode(rounds) == expected
     assert encoder.encode([]) == pb.TelemetryBatch()
+    assert encoder.encode([_round("empty", 100)]) == pb.TelemetryBatch()
+
+
+def test_round_samples_carry_every_field() -> None:
+    r = _round("a", 1000, _vcpu(3, 1100, vtimer_level=True))
+    (s,) = r.samples()
+    assert s == VcpuSample(
+        "node-1", "a", 3, 1_700_000_000_000_001_000, 1000, 993, 1000, 7, 0,
+        True, False, False, 3, 1, 1100, True, 0, 0, False, True,
+    )  # fmt: skip
+
+
+def _indexes(rounds: list[VmRound]) -> list[tuple[str, int]]:
+    return [(r.vm_id, t.vcpu_index) for r in rounds for t in r.vcpus]
+
+
+def test_split_rounds_cuts_across_vms() -> None:
+    rounds = [
+        _round("a", 1, _vcpu(0, 1), _vcpu(1, 1), _vcpu(2, 1)),
+        _round("b", 1, _vcpu(0, 1), _vcpu(1, 1), _vcpu(2, 1)),
+    ]
+    assert [_indexes(c) for c in split_rounds(rounds, 4)] == [
+        [("a", 0), ("a", 1), ("a", 2), ("b", 0)],
+        [("b", 1), ("b", 2)],
+    ]
+    assert [_indexes(c) for c in split_rounds(rounds, 3)] == [
+        [("a", 0), ("a", 1), ("a", 2)],
+        [("b", 0), ("b", 1), ("b", 2)],
+    ]
+    assert [len(_indexes(c)) for c in split_rounds(rounds, 0)] == [6]
+    assert [len(_indexes(c)) for c in split_rounds(rounds, 1)] == [1] * 6
 
 
 # --- stream buffer -------------------------------------------------------------
@@ -284,7 +318,7 @@ def test_buffer_drops_whole_rounds_that_do_not_fit() -> None:
     stream.sample_round()  # 6 buffered
     stream.sample_round()  # 6 + 6 > 10: dropped
     assert (stream.dropped, streams.dropped_total) == (6, 6)
-    assert len(stream.take()) == 6
+    assert len(_indexes(stream.take())) == 6
     stream.sample_round()  # empty buffer: a round always fits
     stream.sample_round()
     stream.sample_round()
@@ -300,7 +334,7 @@ def test_empty_buffer_takes_a_round_larger_than_capacity() -> None:
     stream.sample_round()
     stream.sample_round()
     assert stream.dropped == 6
-    assert [s.vcpu_index for s in stream.take()] == [0, 1, 2, 3, 4, 5]
+    assert [i for _, i in _indexes(stream.take())] == [0, 1, 2, 3, 4, 5]
 
 
 def test_max_batch_splits_rounds_and_merges_queued_pieces() -> None:
@@ -310,10 +344,10 @@ def test_max_batch_splits_rounds_and_merges_queued_pieces() -> None:
         vm.create_vcpu(i)
     _, stream = _stream(host, max_batch=2, capacity=100)
     stream.sample_round()
-    assert [s.vcpu_index for s in stream.take()] == [0, 1]
-    assert [s.vcpu_index for s in stream.take()] == [2]
+    assert _indexes(stream.take()) == [("a", 0), ("a", 1)]
+    assert _indexes(stream.take()) == [("a", 2)]
     _, stream = _stream(host, max_batch=7, capacity=100)
     for _ in range(3):
         stream.sample_round()  # three pieces of 3: 3 + 3 fit in 7, the third does not
-    assert len(stream.take()) == 6
-    assert len(stream.take()) == 3
+    assert len(_indexes(stream.take())) == 6
+    assert len(_indexes(stream.take())) == 3
