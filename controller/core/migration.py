@@ -153,7 +153,7 @@ class DestinationOffsets:
 
     voffset: int  # destination virtual offset
     poffset: int  # destination physical offset
-    elapsed_ticks: int  # real time credited to the guest between the two samples
+    elapsed_ticks: int  # real time between the two samples (0 when the destination sampled first)
     cntvct: int  # guest CNTVCT at the destination sample
     cntpct: int  # guest CNTPCT at the destination sample
 
@@ -177,7 +177,7 @@ def compute_destination_offsets(
     return DestinationOffsets(
         voffset=(dst_host_counter - cntvct) & U64_MASK,
         poffset=(dst_host_counter - cntpct) & U64_MASK,
-        elapsed_ticks=elapsed,
+        elapsed_ticks=max(0, elapsed),
         cntvct=cntvct,
         cntpct=cntpct,
     )

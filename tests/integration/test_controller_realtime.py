@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from kvmtimer.v1 import controller_pb2 as cpb
 
 from controller.core.migration import Method, Phase
+from controller.service import convert
 from controller.service.cluster import Cluster
 from node.core.workload import WorkloadSpec
 from tests.support.nodes import node_process
@@ -48,5 +50,10 @@ async def test_realtime_migrations_keep_guest_time() -> None:
             assert back.counter_error_ticks is not None
             # By value the guest loses at least the time it was stopped.
             assert back.counter_error_ticks <= -(back.downtime_us() * 25) + NOISE_TICKS
+            for record in (to_new, to_series, back):
+                # Every field fits its protobuf type (an early destination sample must not
+                # leave a negative elapsed time in a uint64 field).
+                msg = convert.migration_to_pb(record)
+                assert msg.phase == cpb.MIGRATION_PHASE_SUCCEEDED and msg.downtime > 0
         finally:
             await cluster.stop()
