@@ -54,7 +54,10 @@ def test_bundle(tmp_path: Path) -> None:
         assert leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == name
         assert not leaf.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     assert usages(load(out / "client.crt")) == {ExtendedKeyUsageOID.CLIENT_AUTH}
-    assert usages(load(out / "pool.crt")) == {ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH}
+    assert usages(load(out / "pool.crt")) == {
+        ExtendedKeyUsageOID.CLIENT_AUTH,
+        ExtendedKeyUsageOID.SERVER_AUTH,
+    }
     loopback = {"localhost", "127.0.0.1", "::1"}
     assert sans(load(out / "controller.crt")) == {
         "controller",
