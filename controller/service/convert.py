@@ -91,9 +91,7 @@ def migration_to_pb(r: MigrationRecord) -> cpb.Migration:
         source_poffset=r.source_poffset,
         destination_voffset=r.destination_voffset,
         destination_poffset=r.destination_poffset,
-        # uint64 on the wire: the between-samples figure is negative when the destination's clock
-        # pair was taken before the pause; no negative time is ever credited (the clamp).
-        elapsed_ticks=max(0, r.elapsed_ticks),
+        elapsed_ticks=r.elapsed_ticks,
     )
     if r.counter_error_ticks is not None:
         msg.counter_error_ticks = r.counter_error_ticks
