@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
-
 import grpc
 import structlog
 
@@ -19,6 +15,9 @@ from controller.core.errors import (
     NotFound,
     Unavailable,
 )
+from node.service.rpc import Ctx, RpcErrors
+
+__all__ = ["STATUS", "Ctx", "rpc", "status_for"]
 
 STATUS: dict[type[ControllerError], grpc.StatusCode] = {
     NotFound: grpc.StatusCode.NOT_FOUND,
@@ -31,10 +30,6 @@ STATUS: dict[type[ControllerError], grpc.StatusCode] = {
 }
 
 log = structlog.get_logger("kvmtimer.controller")
-Ctx = grpc.aio.ServicerContext[Any, Any]
-S = TypeVar("S")
-Req = TypeVar("Req")
-Resp = TypeVar("Resp")
 
 
 def status_for(error: ControllerError) -> grpc.StatusCode:
@@ -44,21 +39,9 @@ def status_for(error: ControllerError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def rpc(
-    method: Callable[[S, Req, Ctx], Awaitable[Resp]],
-) -> Callable[[S, Req, Ctx], Awaitable[Resp]]:
-    """ControllerError -> mapped status; anything unexpected -> INTERNAL, logged once with a traceback."""
+def _describe(error: ControllerError) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
+    return status_for(error), error.message, ()
 
-    @functools.wraps(method)
-    async def wrapper(self: S, request: Req, context: Ctx) -> Resp:
-        try:
-            return await method(self, request, context)
-        except ControllerError as err:
-            await context.abort(status_for(err), err.message)
-        except grpc.aio.AbortError:
-            raise
-        except Exception:
-            log.exception("rpc_internal_error", rpc=method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}")
 
-    return wrapper
+# `@rpc` wraps every unary Controller method.
+rpc = RpcErrors(ControllerError, _describe, log)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from kvmtimer.v1 import controller_pb2 as cpb
 from kvmtimer.v1 import controller_pb2_grpc as cpb_grpc
@@ -11,7 +11,7 @@ from kvmtimer.v1 import controller_pb2_grpc as cpb_grpc
 from controller.core.errors import ControllerError, InvalidArgument
 from controller.service import convert
 from controller.service.cluster import Cluster
-from controller.service.errors import Ctx, rpc, status_for
+from controller.service.errors import Ctx, rpc
 from controller.telemetry.filters import checked_filter, with_dropped
 
 
@@ -91,9 +91,10 @@ class ControllerServicer(cpb_grpc.ControllerServicer):
         ]
         return cpb.ListMigrationsResponse(migrations=[convert.migration_to_pb(m) for m in records])
 
+    @rpc.stream
     async def WatchMigrations(
         self, request: cpb.WatchMigrationsRequest, context: Ctx
-    ) -> AsyncIterator[cpb.MigrationEvent]:
+    ) -> AsyncGenerator[cpb.MigrationEvent, None]:
         hub = self.cluster.events
         sub = hub.subscribe()
         try:
@@ -108,26 +109,22 @@ class ControllerServicer(cpb_grpc.ControllerServicer):
                     step=event.step,
                     realtime_ns=event.realtime_ns,
                 )
-        except ControllerError as err:
-            await context.abort(status_for(err), err.message)
         finally:
             hub.unsubscribe(sub)
 
+    @rpc.stream
     async def WatchTelemetry(
         self, request: cpb.WatchClusterTelemetryRequest, context: Ctx
-    ) -> AsyncIterator[cpb.ClusterTelemetry]:
+    ) -> AsyncGenerator[cpb.ClusterTelemetry, None]:
         """Current node statuses first, then hub items as they come, filtered; `dropped` on every item."""
         c = self.cluster
-        try:
-            flt = checked_filter(
-                request.node_ids,
-                request.guest_ids,
-                request.events_only,
-                known_nodes=c.nodes.keys(),
-                known_guests=c.guests.keys(),
-            )
-        except ControllerError as err:
-            await context.abort(status_for(err), err.message)
+        flt = checked_filter(
+            request.node_ids,
+            request.guest_ids,
+            request.events_only,
+            known_nodes=c.nodes.keys(),
+            known_guests=c.guests.keys(),
+        )
         hub = c.telemetry
         sub = hub.subscribe()
         try:

@@ -6,15 +6,13 @@ trailing metadata key `kvm-errno` next to the mapped status code.
 
 from __future__ import annotations
 
-import contextlib
-import functools
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
-
 import grpc
 import structlog
 
 from node.core.errors import BadRequest, EmulatorError, VcpuNotFound, VmNotFound, WrongClockMode
+from node.service.rpc import Ctx, RpcErrors
+
+__all__ = ["ERRNO_METADATA_KEY", "Ctx", "rpc", "status_for", "stream_rpc", "trailing_metadata_for"]
 
 ERRNO_METADATA_KEY = "kvm-errno"
 
@@ -51,53 +49,10 @@ def trailing_metadata_for(error: EmulatorError) -> tuple[tuple[str, str], ...]:
     return ((ERRNO_METADATA_KEY, error.errno_name),) if error.errno_name else ()
 
 
-S = TypeVar("S")
-Req = TypeVar("Req")
-Resp = TypeVar("Resp")
-Ctx = grpc.aio.ServicerContext[Any, Any]
+def _describe(error: EmulatorError) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
+    return status_for(error), error.message, trailing_metadata_for(error)
 
 
-def rpc(
-    method: Callable[[S, Req, Ctx], Awaitable[Resp]],
-) -> Callable[[S, Req, Ctx], Awaitable[Resp]]:
-    """Wrap a unary servicer method: EmulatorError -> mapped status; else INTERNAL, logged once."""
-
-    @functools.wraps(method)
-    async def wrapper(self: S, request: Req, context: Ctx) -> Resp:
-        try:
-            return await method(self, request, context)
-        except EmulatorError as err:
-            await context.abort(status_for(err), err.message, trailing_metadata_for(err))
-        except grpc.aio.AbortError:
-            raise
-        except Exception:
-            log.exception("rpc_internal_error", rpc=method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}")
-
-    return wrapper
-
-
-def stream_rpc(
-    method: Callable[[S, Req, Ctx], AsyncGenerator[Resp, None]],
-) -> Callable[[S, Req, Ctx], AsyncIterator[Resp]]:
-    """`rpc` for server-streaming methods: the same mapping, before or after the first message.
-
-    `method` may validate eagerly and return a generator; the generator is always closed
-    (its `finally` runs) when the RPC ends, however it ends.
-    """
-
-    @functools.wraps(method)
-    async def wrapper(self: S, request: Req, context: Ctx) -> AsyncIterator[Resp]:
-        try:
-            async with contextlib.aclosing(method(self, request, context)) as stream:
-                async for item in stream:
-                    yield item
-        except EmulatorError as err:
-            await context.abort(status_for(err), err.message, trailing_metadata_for(err))
-        except grpc.aio.AbortError:
-            raise
-        except Exception:
-            log.exception("rpc_internal_error", rpc=method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}")
-
-    return wrapper
+# `@rpc` for unary methods, `@stream_rpc` for server-streaming ones.
+rpc = RpcErrors(EmulatorError, _describe, log)
+stream_rpc = rpc.stream
