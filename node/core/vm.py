@@ -487,9 +487,9 @@ class Vm:
     def exit_run(vcpu: Vcpu) -> None:
         vcpu.in_run = False
 
-    def guest_read(self, vcpu: Vcpu, reg: SysReg) -> AccessResult:
-        """MRS of a timer system register by the guest."""
-        h = self.counter.read()
+    def guest_read(self, vcpu: Vcpu, reg: SysReg, h: int | None = None) -> AccessResult:
+        """MRS of a timer system register by the guest (at host counter `h`, default now)."""
+        h = self.counter.read() if h is None else h
         traps = self._traps
         if reg is SysReg.CNTFRQ_EL0:
             return AccessResult(self.features.cntfrq_hz)

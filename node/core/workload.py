@@ -132,9 +132,12 @@ class Workload:
     def read_counters(self, vm: Vm, vcpu: Vcpu, cause: SampleCause) -> Sample:
         """The guest reads CNTVCT and CNTPCT; the reading is recorded with the observer's realtime."""
         w = self.vcpus[vcpu.index]
-        cntvct = vm.guest_read(vcpu, SysReg.CNTVCT_EL0).value
-        cntpct = vm.guest_read(vcpu, SysReg.CNTPCT_EL0).value
-        sample = Sample(cntvct, cntpct, vm.counter.clock.realtime_ns(), cause)
+        # One tight (counter, realtime) pair for both reads: the observer's realtime must
+        # belong to the very counter values, or scheduling noise reads as a clock error.
+        h, realtime_ns = vm.counter.sample()
+        cntvct = vm.guest_read(vcpu, SysReg.CNTVCT_EL0, h).value
+        cntpct = vm.guest_read(vcpu, SysReg.CNTPCT_EL0, h).value
+        sample = Sample(cntvct, cntpct, realtime_ns, cause)
         if w.last_cntvct is not None:
             step = signed64(cntvct - w.last_cntvct)
             w.min_step_v = step if w.min_step_v is None else min(w.min_step_v, step)
