@@ -218,7 +218,8 @@ class Vm:
         self._check_reg(reg_id, write=True)
         self._apply_set(vcpu, reg_id, value)
 
-    def _apply_set(self, vcpu: Vcpu, reg_id: int, value: int) -> None:
+    def _apply_set(self, vcpu: Vcpu, reg_id: int, value: int, h: int | None = None) -> None:
+        """One SET_ONE_REG; counter writes use host counter `h` (default: now)."""
         if reg_id == OneReg.TIMER_OFFSET:
             # Series: guest CNTVOFF is relative to the guest physical counter.
             self._set_offsets(self.poffset + value, self.poffset)
@@ -234,9 +235,9 @@ class Vm:
             return
         elif timer_id is TimerId.VTIMER:
             # By value: voffset = H - value, for every vCPU (last writer wins).
-            self._set_offsets(self.counter.read() - value, self.poffset)
+            self._set_offsets((self.counter.read() if h is None else h) - value, self.poffset)
         else:
-            self._set_offsets(self.voffset, self.counter.read() - value)
+            self._set_offsets(self.voffset, (self.counter.read() if h is None else h) - value)
 
     def get_regs(self, entries: Sequence[tuple[int, int]]) -> tuple[list[int], int, int]:
         """Batched GET_ONE_REG, all read at one (host counter, realtime) sample.
@@ -283,11 +284,6 @@ class Vm:
         """
         if counter_reference is not None:
             check_u64(counter_reference, "counter_reference")
-            elapsed = self.counter.read() - counter_reference
-            entries = [
-                (i, reg, (value + elapsed) & U64_MASK if reg in _COUNTER_REGS else value)
-                for i, reg, value in entries
-            ]
         vcpus = []
         for n, (index, reg_id, value) in enumerate(entries):
             try:
@@ -296,8 +292,13 @@ class Vm:
                 self._check_reg(reg_id, write=True)
             except EmulatorError as exc:
                 raise type(exc)(f"entry {n}: {exc.message}") from None
+        # Every counter write of the batch happens at one host counter value.
+        h = self.counter.read()
+        elapsed = 0 if counter_reference is None else h - counter_reference
         for vcpu, (_, reg_id, value) in zip(vcpus, entries, strict=True):
-            self._apply_set(vcpu, reg_id, value)
+            if reg_id in _COUNTER_REGS:
+                value = (value + elapsed) & U64_MASK
+            self._apply_set(vcpu, reg_id, value, h)
 
     # --- device attributes (group KVM_ARM_VCPU_TIMER_CTRL) -------------------
 
