@@ -51,6 +51,8 @@ from node.core.features import ClockMode, HostFeatures
 from node.core.host import Host
 from node.core.telemetry import MAX_RATE_HZ, sample_round, select_vms
 from node.service.telemetry import BatchEncoder
+from tests.bench import telemetry_mqtt
+from tests.support.mqtt import mosquitto_binary
 from tests.support.nodes import node_process
 
 GOAL_GRPC_SAMPLES_PER_S = 200_000
@@ -303,9 +305,33 @@ def grpc_rows(args: argparse.Namespace) -> list[Row]:
 # >= 50k samples/s, batched) and return Rows like grpc_rows() does; print_table() shows them.
 
 
+MQTT_VCPUS = 256  # vCPUs per sampling round fed to the MQTT bridge
+
+
 def mqtt_rows(args: argparse.Namespace) -> list[Row]:
-    """Rows for the MQTT path (none yet)."""
-    return []
+    """Hub -> MQTT bridge -> mosquitto -> a subscriber process (tests/bench/telemetry_mqtt.py):
+    batched per vCPU, and (without --quick) one sample per message. "controller" CPU is this
+    process (bridge, JSON, publisher), "client" the subscriber's."""
+    if mosquitto_binary() is None:
+        print("MQTT rows skipped: no mosquitto binary (apt-get install mosquitto)", file=sys.stderr)
+        return []
+    measured = asyncio.run(telemetry_mqtt.measure(args.seconds, MQTT_VCPUS, quick=args.quick))
+    return [
+        Row(
+            path=f"MQTT {r.name}",
+            vcpus=r.vcpus,
+            max_batch=r.max_samples,
+            offered_per_s=r.sent / r.seconds,
+            delivered_per_s=r.samples_per_s,
+            dropped_per_s=r.dropped / r.seconds,
+            batches_per_s=r.messages / r.seconds,
+            cpu_us={
+                "controller": r.publisher_cpu_s / max(r.samples, 1) * 1e6,
+                "client": r.subscriber_cpu_s / max(r.samples, 1) * 1e6,
+            },
+        )
+        for r in measured
+    ]
 
 
 # --- output ----------------------------------------------------------------------------------
@@ -355,6 +381,12 @@ def print_table(rows: list[Row], out: Callable[[str], None] = print) -> None:
             f"\ngoal >= {GOAL_GRPC_SAMPLES_PER_S:,} samples/s through a node gRPC stream: {verdict} "
             f"(best {best.delivered_per_s:,.0f}/s with {best.vcpus} vCPUs at {RATE_HZ:g} Hz)"
         )
+    batched = [r for r in rows if r.path == "MQTT batched per vCPU"]
+    if batched:
+        rate = batched[0].delivered_per_s
+        verdict = "met" if rate >= telemetry_mqtt.GOAL_SAMPLES_PER_S else "MISSED"
+        goal = telemetry_mqtt.GOAL_SAMPLES_PER_S
+        out(f"goal >= {goal:,} samples/s through mosquitto, batched: {verdict} ({rate:,.0f}/s)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,7 +42,7 @@ from controller.telemetry.mqtt import (
     start_controller_telemetry,
 )
 from controller.telemetry.publisher import OutMessage
-from controller.telemetry.schema import Topics
+from controller.telemetry.schema import Topics, sample_dicts
 from node.core.features import ApiProfile, EcvLevel, HostFeatures
 from node.core.workload import WorkloadSpec
 from tests.support.cluster import CNTFRQ, SimCluster, sim_cluster
@@ -152,8 +152,7 @@ async def test_bridge_topics_and_payloads_with_fake_publisher() -> None:
         (payload,) = pub.on(topic)
         assert (by_topic[topic].qos, by_topic[topic].retain) == (0, False)
         assert payload["schema"] == 1 and payload["vcpu"] == vcpu and payload["guest_id"] == "g1"
-        rows = payload["samples"]
-        assert isinstance(rows, list)
+        rows = sample_dicts(payload)
         assert [r["realtime_ns"] for r in rows] == [0, 1, 2, 100, 101]
     events = pub.on("lab/kt/migrations/m-1/events")
     assert [(e["phase"], e["step"]) for e in events] == [("RUNNING", "pause")]
@@ -266,8 +265,8 @@ async def test_controller_telemetry_through_mosquitto(broker: Mosquitto) -> None
             ]
             sample_msg = await live.wait_for(lambda r: r.topic == "kvmtimer/guests/g1/vcpus/1/samples")
             assert sample_msg.qos == 0 and sample_msg.payload["node_id"] == "noecv"
-            rows = sample_msg.payload["samples"]
-            assert isinstance(rows, list) and len(rows) == 5
+            rows = sample_dicts(sample_msg.payload)
+            assert [r["cntvct"] for r in rows] == [0, 1, 2, 3, 4]
             await live.wait_for(
                 payload_has("kvmtimer/nodes/noecv/status", status="online", source="controller")
             )
@@ -495,8 +494,8 @@ async def test_broker_outage_cluster_keeps_migrating_and_publishing_resumes(brok
                 )
                 sim.cluster.telemetry.publish(batch("g1", 1, 1000, 2))
                 resumed = await live.wait_for(lambda r: r.topic == "kvmtimer/guests/g1/vcpus/0/samples")
-                rows = resumed.payload["samples"]
-                assert isinstance(rows, list) and [r["realtime_ns"] for r in rows] == [1000, 1001]
+                rows = sample_dicts(resumed.payload)
+                assert [r["realtime_ns"] for r in rows] == [1000, 1001]
         finally:
             await telemetry.stop()
 

@@ -121,15 +121,20 @@ def test_samples_are_batched_per_vcpu_in_order() -> None:
     first = _payloads(out)[0]
     assert first["schema"] == 1
     assert (first["guest_id"], first["vcpu"], first["node_id"], first["vm_id"]) == ("g", 0, "n1", "vm")
-    rows = first["samples"]
-    assert isinstance(rows, list)
-    assert [r["realtime_ns"] for r in rows] == [0, 1, 2]
-    assert rows[0]["voffset"] == U64_MAX - 4 and rows[0]["vtimer_cval"] == U64_MAX  # exact u64
-    assert set(rows[0]) == {
+    assert first["fields"] == [
         "realtime_ns", "host_counter", "cntvct", "cntpct", "voffset", "poffset", "uses_cntpoff",
         "traps_cntpct", "traps_ptimer", "trap_count", "vtimer_ctl", "vtimer_cval", "vtimer_level",
         "ptimer_ctl", "ptimer_cval", "ptimer_level", "running",
-    }  # fmt: skip
+    ]  # fmt: skip
+    assert first["samples"] == [
+        [t, 1000 + t, t, t, U64_MAX - 4, 1000, False, False, False, t, 1, U64_MAX, False, 0, 0, False, True]
+        for t in range(3)
+    ]  # u64 values exact, flags as JSON booleans
+    rows = schema.sample_dicts(first)
+    assert [r["realtime_ns"] for r in rows] == [0, 1, 2]
+    assert (
+        rows[0]["voffset"] == U64_MAX - 4 and rows[0]["vtimer_cval"] == U64_MAX and rows[0]["running"] is True
+    )
 
 
 def test_samples_split_at_max_and_on_migration() -> None:
