@@ -16,7 +16,6 @@ What it publishes:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -101,20 +100,7 @@ class TelemetryBridge:
         task, sub = self._task, self._sub
         if task is None or sub is None:
             return
-        if not task.done():
-            # End the stream as Hub.close() would, for this subscription only.
-            try:
-                sub.queue.put_nowait(None)
-            except asyncio.QueueFull:
-                _ = sub.queue.get_nowait()
-                sub.queue.put_nowait(None)
-                sub.dropped += 1
-            try:
-                await asyncio.wait_for(asyncio.shield(task), timeout_s)
-            except TimeoutError:
-                task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await Hub.finish(task, sub, timeout_s)
         await self._publish(self.samples.flush())
         await self._publish(
             [

@@ -7,6 +7,7 @@ newest item is dropped and counted on that subscription.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -66,11 +67,30 @@ class Hub(Generic[T]):
     def close(self) -> None:
         """End every subscription's stream."""
         for sub in list(self._subs):
+            self.end(sub)
+
+    @staticmethod
+    def end(sub: Subscription[T]) -> None:
+        """End one subscription's stream after what it has queued (the newest item makes
+        room for the end marker when the buffer is full, and counts as dropped)."""
+        try:
+            sub.queue.put_nowait(None)
+        except asyncio.QueueFull:
+            _ = sub.queue.get_nowait()
+            sub.queue.put_nowait(None)
+            sub.dropped += 1
+
+    @classmethod
+    async def finish(cls, task: asyncio.Task[None], sub: Subscription[T], timeout_s: float) -> None:
+        """End `sub` and let its consumer `task` drain it for up to `timeout_s`, then cancel it."""
+        if not task.done():
+            cls.end(sub)
             try:
-                sub.queue.put_nowait(None)
-            except asyncio.QueueFull:
-                _ = sub.queue.get_nowait()
-                sub.queue.put_nowait(None)
+                await asyncio.wait_for(asyncio.shield(task), timeout_s)
+            except TimeoutError:
+                task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
     async def stream(self, sub: Subscription[T]) -> AsyncIterator[T]:
         """Items of one subscription until the hub closes; unsubscribes on exit."""

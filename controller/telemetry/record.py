@@ -10,7 +10,6 @@ reader also accepts the earlier format of plain `Migration` records, one per lin
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -122,16 +121,4 @@ class TelemetryRecorder:
         task, sub = self._task, self._sub
         if task is None or sub is None:
             return
-        if not task.done():
-            try:
-                sub.queue.put_nowait(None)
-            except asyncio.QueueFull:
-                _ = sub.queue.get_nowait()
-                sub.queue.put_nowait(None)
-                sub.dropped += 1
-            try:
-                await asyncio.wait_for(asyncio.shield(task), timeout_s)
-            except TimeoutError:
-                task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await Hub.finish(task, sub, timeout_s)
