@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.nodes import kvmtimer_command, node_process, wait_for_log_event
+from tests.support.nodes import kvmtimer_command, kvmtimer_process, node_process, wait_for_log_event
 
 pytestmark = pytest.mark.e2e
 
@@ -116,27 +116,9 @@ def test_up_runs_a_cluster_and_prints_a_summary(tmp_path: Path) -> None:
 
 @contextlib.contextmanager
 def controller_process(args: Sequence[str]) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """`kvmtimer controller --listen 127.0.0.1:0 ARGS`, until it logs `controller_listening`."""
-    proc = subprocess.Popen(
-        [*kvmtimer_command(), "controller", "--listen", "127.0.0.1:0", *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
-    )
-    try:
+    with kvmtimer_process("controller", ["--listen", "127.0.0.1:0", *args]) as proc:
         record = wait_for_log_event(proc, "controller_listening")
         yield proc, f"127.0.0.1:{record['port']}"
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
 
 
 def cli(*args: str, controller: str) -> subprocess.CompletedProcess[str]:

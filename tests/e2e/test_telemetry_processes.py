@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-import subprocess
 import urllib.request
 from collections.abc import Iterator, Sequence
 
@@ -22,7 +19,7 @@ from kvmtimer.v1 import controller_pb2 as cpb
 from kvmtimer.v1 import controller_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.nodes import kvmtimer_command, wait_for_log_event
+from tests.support.nodes import kvmtimer_process, wait_for_log_event
 
 pytestmark = pytest.mark.e2e
 
@@ -30,29 +27,13 @@ pytestmark = pytest.mark.e2e
 @contextlib.contextmanager
 def process(command: str, args: Sequence[str], listening: str) -> Iterator[tuple[int, int]]:
     """`kvmtimer COMMAND --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 ARGS`: (port, metrics port)."""
-    proc = subprocess.Popen(
-        [*kvmtimer_command(), command, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
-    )
-    try:
+    listen = ["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"]
+    with kvmtimer_process(command, [*listen, *args]) as proc:
         metrics = wait_for_log_event(proc, "metrics_listening")
         ready = wait_for_log_event(proc, listening)
         assert isinstance(metrics["port"], int) and metrics["port"] > 0
         assert isinstance(ready["port"], int)
         yield ready["port"], metrics["port"]
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -99,31 +99,39 @@ def wait_for_log_event(proc: subprocess.Popen[str], event: str, timeout_s: float
 
 
 @contextlib.contextmanager
-def node_process(args: Sequence[str]) -> Iterator[NodeProcess]:
-    """Start `kvmtimer node ARGS --listen 127.0.0.1:0`, wait until it listens; SIGTERM it at the end."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+def kvmtimer_process(
+    command: str, args: Sequence[str], *, stop_timeout_s: float = 15.0
+) -> Iterator[subprocess.Popen[str]]:
+    """Run `kvmtimer COMMAND ARGS` with its JSON logs on a pipe; SIGTERM (then SIGKILL) it at the end."""
     proc = subprocess.Popen(
-        [*kvmtimer_command(), "node", "--listen", "127.0.0.1:0", *args],
+        [*kvmtimer_command(), command, *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-        env=env,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
     )
     try:
-        record = wait_for_log_event(proc, "node_listening")
-        port = record["port"]
-        assert isinstance(port, int)
-        yield NodeProcess(proc, port, record)
+        yield proc
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
-                proc.wait(timeout=10)
+                proc.wait(timeout=stop_timeout_s)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+@contextlib.contextmanager
+def node_process(args: Sequence[str]) -> Iterator[NodeProcess]:
+    """Start `kvmtimer node ARGS --listen 127.0.0.1:0`, wait until it listens; SIGTERM it at the end."""
+    with kvmtimer_process("node", ["--listen", "127.0.0.1:0", *args], stop_timeout_s=10.0) as proc:
+        record = wait_for_log_event(proc, "node_listening")
+        port = record["port"]
+        assert isinstance(port, int)
+        yield NodeProcess(proc, port, record)
 
 
 async def wait_healthy(address: str, timeout_s: float = 10.0) -> None:
