@@ -336,10 +336,14 @@ def cmd_report(args: argparse.Namespace) -> int:
         client_cli.error("report", f"cannot write {args.out}: {err}")
         return client_cli.EXIT_REFUSED
     print(
-        f"kvmtimer report: {args.out} ({args.width}x{args.height}): {len(data.guests)} guests, "
-        f"{data.migrations} migrations, {data.samples} samples from {origin}"
+        f"kvmtimer report: {args.out} ({args.width}x{args.height}): {_count(len(data.guests), 'guest')}, "
+        f"{_count(data.migrations, 'migration')}, {_count(data.samples, 'sample')} from {origin}"
     )
     return client_cli.EXIT_OK
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 # --- parser ---------------------------------------------------------------------------------

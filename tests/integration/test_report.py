@@ -12,6 +12,7 @@ Edge cases covered:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import struct
 import zlib
@@ -23,6 +24,7 @@ from kvmtimer.v1 import node_pb2 as pb
 
 from controller.cli import main
 from controller.core.migration import Method, Phase
+from controller.service.server import build_server, mark_serving
 from controller.telemetry import record, report
 from controller.telemetry.mqtt import node_statuses
 from controller.telemetry.record import TelemetryRecorder
@@ -184,3 +186,34 @@ async def test_report_command_line(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "nothing to plot" in capsys.readouterr().err
     assert not nothing.exists()
     assert main(["report", "--from", str(tmp_path / "missing.jsonl"), "--out", str(nothing)]) == 2
+
+
+@pytest.mark.asyncio
+async def test_report_from_the_controllers_records(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No --from: the controller's migration records (each one's measured counter error)."""
+    nodes = [
+        ("co", HostFeatures(ecv=EcvLevel.CNTPOFF, vhe=True, api_profile=ApiProfile.VM_COUNTER_OFFSET)),
+        ("bv", HostFeatures(ecv=EcvLevel.NI, vhe=True, api_profile=ApiProfile.BY_VALUE)),
+    ]
+    async with sim_cluster(nodes) as sim:
+        sim.transfer_delay_ns = int(STOPPED_S * 1e9)
+        await sim.cluster.create_guest("g1", 1, WorkloadSpec(CNTFRQ // 100), "co")
+        for destination in ("bv", "co"):
+            sim.advance_s(0.5)
+            rec = await sim.cluster.migrate("g1", destination, Method.AUTO, wait=True)
+            assert rec.phase is Phase.SUCCEEDED, rec.reason
+        server, port, health = build_server(sim.cluster)
+        await server.start()
+        await mark_serving(health)
+        try:
+            out = tmp_path / "records.png"
+            argv = ["report", "--controller", f"127.0.0.1:{port}", "--out", str(out), "--width", "700"]
+            assert await asyncio.to_thread(main, argv) == 0
+        finally:
+            await server.stop(grace=None)
+    assert png_size(out) == (700, 700)
+    assert "1 guest, 2 migrations, 0 samples from controller 127.0.0.1:" in capsys.readouterr().out
+    # Nothing listening there any more: unreachable, exit 3.
+    assert main(["report", "--controller", f"127.0.0.1:{port}", "--out", str(out), "--timeout", "1"]) == 3
