@@ -16,13 +16,14 @@ from controller.core.errors import ControllerError, Unavailable
 from controller.core.migration import Limits
 from controller.service.cluster import Cluster
 from controller.service.server import build_server, mark_serving
+from controller.service.telemetry import start_controller_telemetry
 from controller.telemetry.metrics import controller_registry
-from controller.telemetry.mqtt import add_mqtt_arguments, settings_from_args, start_controller_telemetry
-from node.config import defer_defaults, resolve_or_exit
-from node.logs import configure_logging
-from node.metrics_http import add_metrics_argument, start_metrics
 from node.registration import advertise_address
-from node.tls import TlsConfigError
+from node.runtime.logs import configure_logging
+from node.runtime.metrics_http import add_metrics_argument, start_metrics
+from node.runtime.mqtt import add_mqtt_arguments, settings_from_args
+from node.runtime.settings import defer_defaults, resolve_or_exit
+from node.runtime.tls import TlsConfigError
 
 log = structlog.get_logger("kvmtimer.controller")
 

@@ -23,7 +23,7 @@ from kvmtimer.v1 import controller_pb2_grpc as cpb_grpc
 from kvmtimer.v1 import node_pb2 as pb
 
 from controller import views
-from node import config, tls
+from node.runtime import settings, tls
 
 ENV_CONTROLLER = "KVMTIMER_CONTROLLER"
 DEFAULT_CONTROLLER = "127.0.0.1:7070"
@@ -91,7 +91,7 @@ def run_client(command: Command) -> Callable[[argparse.Namespace], int]:
     """Open a channel to --controller, run the command, turn any gRPC error into an exit code."""
 
     def run(args: argparse.Namespace) -> int:
-        args = config.resolve_or_exit(args, f"kvmtimer {args.command}")
+        args = settings.resolve_or_exit(args, f"kvmtimer {args.command}")
         try:
             files = tls.tls_from_args(args)
             tls.check_plaintext_allowed(args.controller, files, args.insecure, what="controller")
@@ -234,8 +234,8 @@ def _common(parser: argparse.ArgumentParser, *, output: bool = True) -> None:
     parser.add_argument(
         "--token", default=None, help="bearer token for the controller (prefer KVMTIMER_TOKEN)"
     )
-    config.add_config_argument(parser)
-    config.defer_defaults(parser, "client")  # the options above; a command's own options stay flags
+    settings.add_config_argument(parser)
+    settings.defer_defaults(parser, "client")  # the options above; a command's own options stay flags
 
 
 def _method(value: str) -> str:

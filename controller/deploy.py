@@ -15,7 +15,7 @@ from grpc_health.v1._async import HealthServicer  # health.aio, which the stubs 
 
 from controller import discovery
 from controller.service.cluster import Cluster
-from node import config, serving, tls
+from node.runtime import serving, settings, tls
 
 
 def add_deploy_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +41,7 @@ def add_deploy_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="IP[:PORT]",
         help="ask this DNS server for SRV records instead of the system's resolvers",
     )
-    config.add_config_argument(parser)
+    settings.add_config_argument(parser)
 
 
 @dataclass(frozen=True, slots=True)

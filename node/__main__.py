@@ -10,21 +10,21 @@ import time
 
 import structlog
 
-from controller.telemetry.mqtt import add_mqtt_arguments, settings_from_args
 from node import deploy
-from node.config import defer_defaults, resolve_or_exit
 from node.core.clock import Clock, ManualClock, SystemClock
 from node.core.errors import EmulatorError
 from node.core.features import ApiProfile, ClockMode, EcvLevel, HostFeatures
 from node.core.host import Host
-from node.logs import configure_logging
-from node.metrics_http import add_metrics_argument, start_metrics
 from node.mqtt import start_node_status
 from node.registration import advertise_address
+from node.runtime.logs import configure_logging
+from node.runtime.metrics_http import add_metrics_argument, start_metrics
+from node.runtime.mqtt import add_mqtt_arguments, settings_from_args
+from node.runtime.settings import defer_defaults, resolve_or_exit
+from node.runtime.tls import TlsConfigError
 from node.service.metrics import node_registry
 from node.service.server import build_server, mark_not_serving, mark_serving
 from node.service.telemetry import TelemetryStreams
-from node.tls import TlsConfigError
 
 log = structlog.get_logger("kvmtimer.node")
 

@@ -11,13 +11,14 @@ import contextlib
 
 from grpc_health.v1._async import HealthServicer  # health.aio, which the stubs lack
 
-from node import config, registration, serving, tls
+from node import registration
+from node.runtime import serving, settings, tls
 
 
 def add_deploy_arguments(parser: argparse.ArgumentParser) -> None:
     serving.add_server_arguments(parser, allow_default=tls.DEFAULT_NODE_CLIENTS)
     registration.add_register_arguments(parser)
-    config.add_config_argument(parser)
+    settings.add_config_argument(parser)
 
 
 def security(args: argparse.Namespace) -> serving.ServerSecurity:

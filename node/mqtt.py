@@ -14,9 +14,9 @@ import time
 
 from kvmtimer.v1 import controller_pb2 as cpb
 
-from controller.telemetry import schema
-from controller.telemetry.mqtt import MqttPublisher, MqttSettings, client_id
 from node.core.host import Host
+from node.runtime import mqtt_schema
+from node.runtime.mqtt import MqttPublisher, MqttSettings, client_id
 from node.service.convert import host_info
 
 DEFAULT_REFRESH_S = 5.0
@@ -29,23 +29,25 @@ class NodeStatusPublisher:
         self.host = host
         self.address = address
         self.refresh_s = refresh_s
-        self.topics = schema.Topics(settings.prefix)
-        will = schema.node_offline_message(self.topics, host.node_id, source="node", reason="connection lost")
+        self.topics = mqtt_schema.Topics(settings.prefix)
+        will = mqtt_schema.node_offline_message(
+            self.topics, host.node_id, source="node", reason="connection lost"
+        )
         self.publisher = MqttPublisher(settings, identifier=client_id("node", host.node_id), will=will)
         self._task: asyncio.Task[None] | None = None
         self._last: bytes | None = None
 
     def _status(self) -> cpb.NodeStatus:
-        return schema.node_status_from_host_info(host_info(self.host), self.address)
+        return mqtt_schema.node_status_from_host_info(host_info(self.host), self.address)
 
     async def publish_status(self) -> None:
         """Publish `online` if anything but the time changed since the last one."""
         status = self._status()
-        key = schema.status_key(status)
+        key = mqtt_schema.status_key(status)
         if key == self._last:
             return
         self._last = key
-        m = schema.node_status_message(self.topics, status, source="node", realtime_ns=time.time_ns())
+        m = mqtt_schema.node_status_message(self.topics, status, source="node", realtime_ns=time.time_ns())
         await self.publisher.publish(m.topic, m.payload, m.qos, m.retain)
 
     async def _refresh_loop(self) -> None:
@@ -64,7 +66,11 @@ class NodeStatusPublisher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self.publisher.stop(
-            [schema.node_offline_message(self.topics, self.host.node_id, source="node", reason="stopped")]
+            [
+                mqtt_schema.node_offline_message(
+                    self.topics, self.host.node_id, source="node", reason="stopped"
+                )
+            ]
         )
 
 

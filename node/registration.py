@@ -17,7 +17,7 @@ import structlog
 from kvmtimer.v1 import controller_pb2 as cpb
 from kvmtimer.v1 import controller_pb2_grpc as cpb_grpc
 
-from node import tls
+from node.runtime import tls
 
 log = structlog.get_logger("kvmtimer.node")
 

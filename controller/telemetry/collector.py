@@ -22,16 +22,13 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import structlog
 from kvmtimer.v1 import controller_pb2 as cpb
 
 from controller.core.errors import NodeCallError
 from controller.core.model import NodeId
-
-if TYPE_CHECKING:
-    from controller.service.cluster import Cluster
+from controller.telemetry.view import ClusterView
 
 DEFAULT_RATE_HZ = 10.0
 GUEST_MAP_REFRESH_S = 0.5  # a VM that is no guest's is looked up again at most this often
@@ -55,7 +52,7 @@ class TelemetryCollector:
 
     def __init__(
         self,
-        cluster: Cluster,
+        cluster: ClusterView,
         *,
         rate_hz: float = DEFAULT_RATE_HZ,
         max_batch: int = 0,
@@ -204,7 +201,7 @@ class TelemetryCollector:
         return guest_id
 
 
-def guest_vms(cluster: Cluster, node_id: NodeId) -> dict[str, str]:
+def guest_vms(cluster: ClusterView, node_id: NodeId) -> dict[str, str]:
     """vm_id -> guest_id of the VMs a node holds for guests.
 
     Besides each guest's current VM this includes the destination VM of a migration in

@@ -12,15 +12,11 @@ from typing import TextIO
 from kvmtimer.v1 import controller_pb2 as cpb
 
 from controller.service.cluster import Cluster
+from controller.service.telemetry import node_statuses, start_controller_telemetry
+from controller.telemetry.bridge import MqttTelemetry
 from controller.telemetry.broker import EmbeddedBroker, embedded_broker
-from controller.telemetry.mqtt import (
-    MqttSettings,
-    MqttTelemetry,
-    node_statuses,
-    settings_from_args,
-    start_controller_telemetry,
-)
 from controller.telemetry.record import TelemetryRecorder
+from node.runtime.mqtt import MqttSettings, settings_from_args
 
 
 @dataclass(slots=True)
@@ -115,7 +111,7 @@ class LocalTelemetry:
 
 
 def add_local_telemetry_arguments(parser: argparse.ArgumentParser) -> None:
-    from controller.telemetry.mqtt import add_mqtt_arguments
+    from node.runtime.mqtt import add_mqtt_arguments
 
     add_mqtt_arguments(parser, what="telemetry (default: an embedded broker on 127.0.0.1)")
     parser.add_argument("--no-mqtt", action="store_true", help="no MQTT telemetry at all")

@@ -68,7 +68,7 @@ from node.core.host import Host
 from node.core.regs import OneReg
 from node.core.workload import MAX_SAMPLES, WorkloadSpec
 from node.core.world import advance_hosts
-from node.logs import configure_logging
+from node.runtime.logs import configure_logging
 from node.service.servicer import NodeServicer
 from tests.support.nodes import NodeProcess, node_process
 

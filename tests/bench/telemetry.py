@@ -129,7 +129,7 @@ def _serve_controller(node_address: str, rate_hz: float, conn: Connection) -> No
     """Child process: a Cluster with the node registered, its collector at `rate_hz`, a gRPC server."""
     from controller.service.cluster import Cluster
     from controller.service.server import build_server, mark_serving
-    from node.logs import configure_logging
+    from node.runtime.logs import configure_logging
 
     configure_logging("warning", json=True)
 

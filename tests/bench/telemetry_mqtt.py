@@ -37,8 +37,8 @@ from kvmtimer.v1 import node_pb2 as pb
 
 from controller.telemetry.bridge import TelemetryBridge
 from controller.telemetry.hub import Hub
-from controller.telemetry.mqtt import MqttPublisher, MqttSettings
-from controller.telemetry.schema import DEFAULT_MAX_SAMPLES, Topics
+from node.runtime.mqtt import MqttPublisher, MqttSettings
+from node.runtime.mqtt_schema import DEFAULT_MAX_SAMPLES, Topics
 from tests.support.mqtt import Mosquitto, mosquitto_binary
 
 GOAL_SAMPLES_PER_S = 50_000

@@ -31,20 +31,15 @@ from kvmtimer.v1 import controller_pb2 as cpb
 from kvmtimer.v1 import node_pb2 as pb
 
 from controller.core.migration import Method, Phase
-from controller.telemetry.bridge import TelemetryBridge
+from controller.service.telemetry import start_controller_telemetry
+from controller.telemetry.bridge import MqttTelemetry, TelemetryBridge
 from controller.telemetry.broker import embedded_broker
 from controller.telemetry.hub import Hub
-from controller.telemetry.mqtt import (
-    MqttPublisher,
-    MqttSettings,
-    MqttTelemetry,
-    parse_mqtt_url,
-    start_controller_telemetry,
-)
-from controller.telemetry.publisher import OutMessage
-from controller.telemetry.schema import Topics, sample_dicts
 from node.core.features import ApiProfile, EcvLevel, HostFeatures
 from node.core.workload import WorkloadSpec
+from node.runtime.mqtt import MqttPublisher, MqttSettings, parse_mqtt_url
+from node.runtime.mqtt_schema import Topics, sample_dicts
+from node.runtime.publisher import OutMessage
 from tests.support.cluster import CNTFRQ, SimCluster, sim_cluster
 from tests.support.mqtt import (
     NO_MOSQUITTO,

@@ -39,10 +39,10 @@ from controller.cli import main
 from controller.service.cluster import Cluster
 from controller.service.server import build_server as build_controller
 from controller.service.server import mark_serving as controller_serving
-from node import tls
 from node.core.clock import ManualClock
 from node.core.features import ApiProfile, ClockMode, EcvLevel, HostFeatures
 from node.core.host import Host
+from node.runtime import tls
 from node.service.server import build_server as build_node
 from node.service.server import mark_serving as node_serving
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import aiomqtt
 
-from controller.telemetry.publisher import OutMessage
+from node.runtime.publisher import OutMessage
 
 
 def mosquitto_binary() -> str | None:

@@ -32,8 +32,8 @@ import yaml
 
 from controller.cli import build_parser
 from node import __main__ as node_main
-from node import config
 from node.core.features import ApiProfile, EcvLevel
+from node.runtime import settings
 from tests.support.kustomize import Obj, render
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -215,9 +215,9 @@ def test_every_kvmtimer_variable_is_a_setting_of_the_command(overlay: str) -> No
     objs = objects(overlay)
     for w, c in kvmtimer_workloads(objs):
         command = c["args"][0]
-        known = {d.env for d in config.deferred_options(subcommand(command))}
+        known = {d.env for d in settings.deferred_options(subcommand(command))}
         names = {e["name"] for e in c.get("env", [])} | set(container_env(objs, w, c))
-        unknown = sorted(n for n in names if n.startswith(config.ENV_PREFIX) and n not in known)
+        unknown = sorted(n for n in names if n.startswith(settings.ENV_PREFIX) and n not in known)
         assert unknown == [], f"{w['metadata']['name']}: not settings of `kvmtimer {command}`"
         assert c["args"] == [command], "settings come from the environment and the config file, not flags"
 
@@ -232,7 +232,7 @@ def test_pool_environment_gives_the_pool_hardware(pool: str, tmp_path: Path) -> 
     config_file = tmp_path / "kvmtimer.toml"
     config_file.write_text(find(objs, "ConfigMap", "kvmtimer-config")["data"]["kvmtimer.toml"])
     env["KVMTIMER_CONFIG"] = str(config_file)
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(config.ENV_PREFIX)}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(settings.ENV_PREFIX)}
     with mock.patch.dict(os.environ, {**clean, **env}, clear=True):
         args = build_parser().parse_args(["node"])
     host = node_main.host_from_args(args)
@@ -249,8 +249,8 @@ def test_controller_settings_file_parses() -> None:
     text = find(default(), "ConfigMap", "kvmtimer-config")["data"]["kvmtimer.toml"]
     data = tomllib.loads(text)
     for section in ("node", "controller"):
-        known = {d.dest for d in config.deferred_options(subcommand(section))}
-        assert set(config.file_values(data, section, known, "kvmtimer.toml")) <= known
+        known = {d.dest for d in settings.deferred_options(subcommand(section))}
+        assert set(settings.file_values(data, section, known, "kvmtimer.toml")) <= known
 
 
 # --- security -------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The Publisher protocol: where telemetry messages go (an MQTT broker, a test's list).
 
-Adapters depend on this protocol only; `controller.telemetry.mqtt.MqttPublisher` is the
+Adapters depend on this protocol only; `node.runtime.mqtt.MqttPublisher` is the
 aiomqtt implementation, tests inject a fake that records what it is given.
 """
 

@@ -27,14 +27,9 @@ from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 import structlog
-from kvmtimer.v1 import controller_pb2 as cpb
 
-from controller.service import convert
-from controller.service.cluster import Cluster
-from controller.telemetry import schema
-from controller.telemetry.bridge import DEFAULT_FLUSH_INTERVAL_S, DEFAULT_STATUS_INTERVAL_S, TelemetryBridge
-from controller.telemetry.publisher import OutMessage
-from controller.telemetry.schema import DEFAULT_PREFIX, Topics, check_prefix
+from node.runtime.mqtt_schema import DEFAULT_PREFIX, check_prefix
+from node.runtime.publisher import OutMessage
 
 log = structlog.get_logger("kvmtimer.mqtt")
 
@@ -178,7 +173,7 @@ DROP_STOPPED = "stopped"  # still queued when the publisher stopped
 
 
 class MqttPublisher:
-    """Publisher (controller.telemetry.publisher) over one reconnecting aiomqtt connection."""
+    """Publisher (node.runtime.publisher) over one reconnecting aiomqtt connection."""
 
     def __init__(self, settings: MqttSettings, *, identifier: str, will: OutMessage | None = None) -> None:
         self.settings = settings
@@ -375,71 +370,3 @@ class MqttPublisher:
             self._queue.task_done()
             if not m.retain:
                 self.stats.dropped[reason] += 1
-
-
-# --- the controller's MQTT telemetry ----------------------------------------------------
-
-
-@dataclass(slots=True)
-class MqttTelemetry:
-    """The controller's MQTT telemetry: a bridge from `Cluster.telemetry` to a broker.
-
-    Drop counters for metrics: `dropped` (total messages/items lost), or `stats()`.
-    """
-
-    publisher: MqttPublisher
-    bridge: TelemetryBridge
-
-    @property
-    def dropped(self) -> int:
-        """Messages the publisher dropped plus hub items the bridge never saw."""
-        return self.publisher.stats.dropped_total + self.bridge.hub_dropped
-
-    def stats(self) -> dict[str, object]:
-        return self.bridge.stats()
-
-    async def stop(self) -> None:
-        """Flush, publish the controller's `offline` status, disconnect cleanly."""
-        await self.bridge.stop()
-        await self.publisher.stop()
-
-
-def node_statuses(cluster: Cluster) -> list[cpb.NodeStatus]:
-    return [convert.node_status(n, *cluster.load(n.node_id)) for n in cluster.nodes.values()]
-
-
-def start_controller_telemetry(
-    cluster: Cluster,
-    settings: MqttSettings,
-    *,
-    address: str = "",
-    flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S,
-    status_interval_s: float = DEFAULT_STATUS_INTERVAL_S,
-) -> MqttTelemetry:
-    """Start publishing `cluster.telemetry` (subscribed before this returns) to the broker.
-
-    The broker may be down: the publisher keeps reconnecting and the cluster never waits.
-    """
-    topics = Topics(settings.prefix)
-    identifier = client_id("controller")
-    will = schema.controller_status_message(
-        topics,
-        schema.controller_status_payload(
-            schema.OFFLINE, controller_id=identifier, address=address, reason="connection lost"
-        ),
-    )
-    publisher = MqttPublisher(settings, identifier=identifier, will=will)
-    bridge = TelemetryBridge(
-        cluster.telemetry,
-        publisher,
-        topics=topics,
-        controller_id=identifier,
-        address=address,
-        nodes=lambda: node_statuses(cluster),
-        stats=lambda: {"mqtt": publisher.stats.as_dict()},
-        flush_interval_s=flush_interval_s,
-        status_interval_s=status_interval_s,
-    )
-    publisher.start()
-    bridge.start()
-    return MqttTelemetry(publisher, bridge)

@@ -33,7 +33,7 @@ from google.protobuf.message import Message
 from kvmtimer.v1 import controller_pb2 as cpb
 from kvmtimer.v1 import node_pb2 as pb
 
-from controller.telemetry.publisher import OutMessage
+from node.runtime.publisher import OutMessage
 
 SCHEMA_VERSION = 1
 DEFAULT_PREFIX = "kvmtimer"

@@ -1,7 +1,7 @@
 """What a deployed node or controller server needs besides its service: TLS, auth, a probe port.
 
 * Security: `server_security` turns --tls-*/--insecure/--tls-allow/--token into server credentials
-  and interceptors, enforcing the plaintext rule of node.tls.
+  and interceptors, enforcing the plaintext rule of node.runtime.tls.
 * Probe port: Kubernetes' native gRPC probes cannot present a client certificate, so with mutual
   TLS on the service port the standard health service is also served in plaintext on
   `--health-listen` (that server carries nothing but grpc.health.v1.Health).
@@ -17,7 +17,7 @@ import grpc
 from grpc_health.v1 import health_pb2_grpc
 from grpc_health.v1._async import HealthServicer  # health.aio, which the stubs lack
 
-from node import tls
+from node.runtime import tls
 
 Interceptor = tls.ServerInterceptor
 
