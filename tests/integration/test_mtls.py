@@ -34,8 +34,7 @@ from kvmtimer.v1 import controller_pb2_grpc as cpb_grpc
 from kvmtimer.v1 import node_pb2 as pb
 from kvmtimer.v1 import node_pb2_grpc
 
-from controller import certs
-from controller.cli import main
+from controller.cli import certs, main
 from controller.service.cluster import Cluster
 from controller.service.server import build_server as build_controller
 from controller.service.server import mark_serving as controller_serving

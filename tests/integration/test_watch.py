@@ -25,8 +25,7 @@ import pytest
 from kvmtimer.v1 import controller_pb2 as cpb
 from kvmtimer.v1 import node_pb2 as pb
 
-from controller import telemetry_cli
-from controller.cli import build_parser, main
+from controller.cli import build_parser, main, telemetry
 from controller.core.migration import Method, Phase
 from controller.service.server import build_server, mark_serving
 from controller.telemetry import record
@@ -200,7 +199,7 @@ def test_plain_lines_and_count(capsys: pytest.CaptureFixture[str]) -> None:
     call = FakeCall(list(items))
     stub = FakeStub(call)
     args = parse("--count", "4", "--guest", "g", "--node", "n1")
-    assert telemetry_cli.cmd_watch(args, stub) == 0  # type: ignore[arg-type]
+    assert telemetry.cmd_watch(args, stub) == 0  # type: ignore[arg-type]
     (request,) = stub.requests
     assert isinstance(request, cpb.WatchClusterTelemetryRequest)
     assert (list(request.guest_ids), list(request.node_ids), request.events_only) == (["g"], ["n1"], False)
@@ -232,7 +231,7 @@ def test_falls_back_to_migration_events(capsys: pytest.CaptureFixture[str]) -> N
         ]
     )
     stub = FakeStub(unimplemented, migrations)
-    assert telemetry_cli.cmd_watch(parse("--guest", "g", "--node", "n2", "--output", "json"), stub) == 0  # type: ignore[arg-type]
+    assert telemetry.cmd_watch(parse("--guest", "g", "--node", "n2", "--output", "json"), stub) == 0  # type: ignore[arg-type]
     captured = capsys.readouterr()
     assert "no WatchTelemetry: showing migration events only" in captured.err
     items = [record.item_from_json(json.loads(line)) for line in captured.out.splitlines()]
@@ -245,11 +244,11 @@ def test_falls_back_to_migration_events(capsys: pytest.CaptureFixture[str]) -> N
 def test_other_errors_are_not_swallowed() -> None:
     stub = FakeStub(FakeCall([], FakeRpcError(grpc.StatusCode.PERMISSION_DENIED)))
     with pytest.raises(grpc.RpcError):
-        telemetry_cli.cmd_watch(parse(), stub)  # type: ignore[arg-type]
+        telemetry.cmd_watch(parse(), stub)  # type: ignore[arg-type]
 
 
 def test_live_view_rows_and_drift() -> None:
-    state = telemetry_cli.WatchState(cntfrq_hz={"n1": CNTFRQ})
+    state = telemetry.WatchState(cntfrq_hz={"n1": CNTFRQ})
     t0 = 10**18
     state.add(cpb.ClusterTelemetry(samples=pb.TelemetryBatch(samples=[sample("g", 0, t0, 1000)])))
     # One second later the guest counter moved 0.5 ms less than real time.

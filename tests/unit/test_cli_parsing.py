@@ -19,8 +19,8 @@ import pytest
 from kvmtimer.v1 import controller_pb2 as cpb
 from kvmtimer.v1 import node_pb2 as pb
 
-from controller import client_cli, up, views
-from controller.cli import build_parser, main
+from controller import up
+from controller.cli import build_parser, client, main, views
 from node.core.features import ApiProfile
 
 SUBCOMMANDS = (
@@ -109,9 +109,9 @@ def test_migrate_defaults_to_auto() -> None:
 
 
 def test_controller_address_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(client_cli.ENV_CONTROLLER, raising=False)
+    monkeypatch.delenv(client.ENV_CONTROLLER, raising=False)
     assert build_parser().parse_args(["nodes"]).controller == "127.0.0.1:7070"
-    monkeypatch.setenv(client_cli.ENV_CONTROLLER, "10.0.0.7:9000")
+    monkeypatch.setenv(client.ENV_CONTROLLER, "10.0.0.7:9000")
     assert build_parser().parse_args(["guests"]).controller == "10.0.0.7:9000"
     # The flag wins over the environment.
     assert build_parser().parse_args(["guests", "--controller", "h:1"]).controller == "h:1"
@@ -160,7 +160,7 @@ def test_up_defaults() -> None:
     ],
 )
 def test_exit_code_table(code: grpc.StatusCode, exit_code: int) -> None:
-    assert client_cli.exit_code_for(code) == exit_code
+    assert client.exit_code_for(code) == exit_code
 
 
 def test_unreachable_controller_exits_3(capsys: pytest.CaptureFixture[str]) -> None:

@@ -31,8 +31,8 @@ import pytest
 import yaml
 
 from controller.cli import build_parser
-from node import __main__ as node_main
 from node.core.features import ApiProfile, EcvLevel
+from node.process import main as node_main
 from node.runtime import settings
 from tests.support.kustomize import Obj, render
 

@@ -1,7 +1,7 @@
 """README.md documents every setting: its one settings table is what the parsers generate.
 
 Edge cases: a new option of `kvmtimer node`/`controller` or of the client commands (telemetry,
-TLS, discovery...) makes this fail until `python -m controller.settings_doc --write` is run;
+TLS, discovery...) makes this fail until `python -m controller.cli.settings_doc --write` is run;
 the table does not depend on KVMTIMER_* variables of the environment running the tests; the
 block markers exist exactly once.
 """
@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import pytest
 
-from controller import settings_doc
+from controller.cli import settings_doc
 
 
 def test_readme_table_is_up_to_date() -> None:
     text = settings_doc.README.read_text()
     assert text.count(settings_doc.BEGIN) == 1 and text.count(settings_doc.END) == 1
     assert settings_doc.replace_block(text, settings_doc.markdown()) == text, (
-        "README.md settings table is stale: run `python -m controller.settings_doc --write`"
+        "README.md settings table is stale: run `python -m controller.cli.settings_doc --write`"
     )
 
 

@@ -10,15 +10,15 @@ import time
 
 import structlog
 
-from controller import deploy
-from controller.client_cli import host_port
+from controller.app import deploy
+from controller.cli.client import host_port
 from controller.core.errors import ControllerError, Unavailable
 from controller.core.migration import Limits
 from controller.service.cluster import Cluster
 from controller.service.server import build_server, mark_serving
 from controller.service.telemetry import start_controller_telemetry
 from controller.telemetry.metrics import controller_registry
-from node.registration import advertise_address
+from node.process.registration import advertise_address
 from node.runtime.logs import configure_logging
 from node.runtime.metrics_http import add_metrics_argument, start_metrics
 from node.runtime.mqtt import add_mqtt_arguments, settings_from_args

@@ -1,6 +1,6 @@
 """`kvmtimer controller` options for real deployments: mTLS, bearer token, probe port, DNS discovery.
 
-Kept apart from controller/__main__.py, which wires them in with a few lines.
+Kept apart from controller/app/main.py, which wires them in with a few lines.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1._async import HealthServicer  # health.aio, which the stubs lack
 
-from controller import discovery
+from controller.app import discovery
 from controller.service.cluster import Cluster
 from node.runtime import serving, settings, tls
 

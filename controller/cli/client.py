@@ -22,7 +22,7 @@ from kvmtimer.v1 import controller_pb2 as cpb
 from kvmtimer.v1 import controller_pb2_grpc as cpb_grpc
 from kvmtimer.v1 import node_pb2 as pb
 
-from controller import views
+from controller.cli import views
 from node.runtime import settings, tls
 
 ENV_CONTROLLER = "KVMTIMER_CONTROLLER"
@@ -35,10 +35,6 @@ EXIT_FAILED = 1
 EXIT_REFUSED = 2
 EXIT_UNREACHABLE = 3
 EXIT_ERROR = 4
-EXIT_CODES_HELP = (
-    "exit codes of the client commands: 0 success, 1 migration FAILED, 2 bad usage or refused "
-    "by the controller, 3 controller unreachable, 4 other gRPC error (reason on stderr)"
-)
 
 UNREACHABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 REFUSAL_CODES = frozenset(
@@ -254,15 +250,14 @@ def _positive_int(value: str) -> int:
     return number
 
 
-def add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register the client subcommands on the `kvmtimer` parser."""
-    p = sub.add_parser(
-        "nodes", help="list the controller's nodes", description="List the nodes: features, health, load."
-    )
+def _nodes(p: argparse.ArgumentParser) -> None:
+    p.description = "List the nodes: features, health, load."
     _common(p)
     p.set_defaults(func=run_client(cmd_nodes))
 
-    p = sub.add_parser("guests", help="list guests", description="List the guests and where they run.")
+
+def _guests(p: argparse.ArgumentParser) -> None:
+    p.description = "List the guests and where they run."
     _common(p)
     p.add_argument(
         "--observations",
@@ -271,16 +266,16 @@ def add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     p.set_defaults(func=run_client(cmd_guests))
 
-    p = sub.add_parser("migrations", help="list migration records", description="List migration records.")
+
+def _migrations(p: argparse.ArgumentParser) -> None:
+    p.description = "List migration records."
     _common(p)
     p.add_argument("--guest", help="only this guest's migrations")
     p.set_defaults(func=run_client(cmd_migrations))
 
-    p = sub.add_parser(
-        "create-guest",
-        help="create and start a guest",
-        description="Create a guest (VM + vCPUs + timer workload) and start it.",
-    )
+
+def _create_guest(p: argparse.ArgumentParser) -> None:
+    p.description = "Create a guest (VM + vCPUs + timer workload) and start it."
     _common(p)
     p.add_argument("--id", help="guest id (default: the controller picks one)")
     p.add_argument("--vcpus", type=_positive_int, default=1, help="vCPU count (default 1)")
@@ -294,19 +289,19 @@ def add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--ptimer", action="store_true", help="also arm the physical timer")
     p.set_defaults(func=run_client(cmd_create_guest))
 
-    p = sub.add_parser("destroy-guest", help="destroy a guest", description="Destroy a guest and its VM.")
+
+def _destroy_guest(p: argparse.ArgumentParser) -> None:
+    p.description = "Destroy a guest and its VM."
     _common(p)
     p.add_argument("guest", metavar="GUEST")
     p.set_defaults(func=run_client(cmd_destroy_guest))
 
-    p = sub.add_parser(
-        "migrate",
-        help="live-migrate a guest and wait for the end",
-        description=(
-            "Live-migrate GUEST and wait until the migration ends; print its record. "
-            "Exit 0 when it SUCCEEDED, 1 when it FAILED (the guest stays on the source), "
-            "2 when the controller refused it, 3 when the controller is unreachable."
-        ),
+
+def _migrate(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Live-migrate GUEST and wait until the migration ends; print its record. "
+        "Exit 0 when it SUCCEEDED, 1 when it FAILED (the guest stays on the source), "
+        "2 when the controller refused it, 3 when the controller is unreachable."
     )
     _common(p)
     p.add_argument("guest", metavar="GUEST")
@@ -320,3 +315,14 @@ def add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     p.add_argument("--id", metavar="MIGRATION_ID", help="client-chosen id making the request idempotent")
     p.set_defaults(func=run_client(cmd_migrate))
+
+
+CONFIGURE: dict[str, Callable[[argparse.ArgumentParser], None]] = {
+    "nodes": _nodes,
+    "guests": _guests,
+    "migrations": _migrations,
+    "create-guest": _create_guest,
+    "destroy-guest": _destroy_guest,
+    "migrate": _migrate,
+}
+"""Client command name -> what adds its options and sets its `func` (help: controller.cli)."""

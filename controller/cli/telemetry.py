@@ -18,7 +18,7 @@ from kvmtimer.v1 import controller_pb2 as cpb
 from kvmtimer.v1 import controller_pb2_grpc as cpb_grpc
 from kvmtimer.v1 import node_pb2 as pb
 
-from controller import client_cli, views
+from controller.cli import client, views
 from controller.telemetry import record
 
 REDRAW_S = 0.5
@@ -197,7 +197,7 @@ def telemetry_items(
     except grpc.RpcError as err:
         if not isinstance(err, grpc.Call) or err.code() != grpc.StatusCode.UNIMPLEMENTED:
             raise
-    client_cli.error(args.command, "this controller has no WatchTelemetry: showing migration events only")
+    client.error(args.command, "this controller has no WatchTelemetry: showing migration events only")
     events = stub.WatchMigrations(cpb.WatchMigrationsRequest())
     on_call(events)
     guests, nodes = set(args.guest), set(args.node)
@@ -268,7 +268,7 @@ def cmd_watch(args: argparse.Namespace, stub: cpb_grpc.ControllerStub) -> int:
         if live:
             out.write("\x1b[?25h\n")
             out.flush()
-    return client_cli.EXIT_OK
+    return client.EXIT_OK
 
 
 # --- report ---------------------------------------------------------------------------------
@@ -288,7 +288,7 @@ def controller_items(args: argparse.Namespace) -> tuple[list[cpb.ClusterTelemetr
 
     def fetch(resolved: argparse.Namespace, stub: cpb_grpc.ControllerStub) -> int:
         where.append(f"controller {resolved.controller}")
-        timeout = client_cli.timeout(resolved)
+        timeout = client.timeout(resolved)
         nodes: cpb.ListNodesResponse = stub.ListNodes(cpb.ListNodesRequest(), timeout=timeout)
         out.extend(cpb.ClusterTelemetry(node=cpb.NodeHealthEvent(node=n)) for n in nodes.nodes)
         listed: cpb.ListMigrationsResponse = stub.ListMigrations(cpb.ListMigrationsRequest(), timeout=timeout)
@@ -298,10 +298,10 @@ def controller_items(args: argparse.Namespace) -> tuple[list[cpb.ClusterTelemetr
             )
             for m in listed.migrations
         )
-        return client_cli.EXIT_OK
+        return client.EXIT_OK
 
-    code = client_cli.run_client(fetch)(args)
-    if code != client_cli.EXIT_OK:
+    code = client.run_client(fetch)(args)
+    if code != client.EXIT_OK:
         raise _Exit(code)
     return out, where[0]
 
@@ -324,22 +324,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     except _Exit as done:
         return done.code
     except (OSError, ValueError) as err:
-        client_cli.error("report", str(err))
-        return client_cli.EXIT_REFUSED
+        client.error("report", str(err))
+        return client.EXIT_REFUSED
     data = report.build_report(items, args.guest)
     if data.empty:
-        client_cli.error("report", f"nothing to plot: no guest samples or finished migrations in {origin}")
-        return client_cli.EXIT_FAILED
+        client.error("report", f"nothing to plot: no guest samples or finished migrations in {origin}")
+        return client.EXIT_FAILED
     try:
         report.render(data, args.out, width_px=args.width, height_px=args.height, unit=args.unit)
     except OSError as err:
-        client_cli.error("report", f"cannot write {args.out}: {err}")
-        return client_cli.EXIT_REFUSED
+        client.error("report", f"cannot write {args.out}: {err}")
+        return client.EXIT_REFUSED
     print(
         f"kvmtimer report: {args.out} ({args.width}x{args.height}): {_count(len(data.guests), 'guest')}, "
         f"{_count(data.migrations, 'migration')}, {_count(data.samples, 'sample')} from {origin}"
     )
-    return client_cli.EXIT_OK
+    return client.EXIT_OK
 
 
 def _count(n: int, noun: str) -> str:
@@ -363,37 +363,30 @@ def _positive_float(value: str) -> float:
     return number
 
 
-def add_telemetry_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register `watch` and `report` on the `kvmtimer` parser."""
-    p = sub.add_parser(
-        "watch",
-        help="live telemetry of the cluster (vCPU samples, migrations, node health)",
-        description=(
-            "Follow the controller's WatchTelemetry stream. On a terminal: a live table of every "
-            "vCPU's last sample and the recent events; otherwise one plain line per sample or "
-            "event. --output json prints one JSON item per line (the `up --record` format, which "
-            "`kvmtimer report --from` reads). Ends on Ctrl-C, --count or --duration."
-        ),
+def _watch(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Follow the controller's WatchTelemetry stream. On a terminal: a live table of every "
+        "vCPU's last sample and the recent events; otherwise one plain line per sample or "
+        "event. --output json prints one JSON item per line (the `up --record` format, which "
+        "`kvmtimer report --from` reads). Ends on Ctrl-C, --count or --duration."
     )
-    client_cli._common(p)
+    client._common(p)
     p.add_argument("--guest", action="append", default=[], metavar="ID", help="only this guest (repeatable)")
     p.add_argument("--node", action="append", default=[], metavar="ID", help="only this node (repeatable)")
     p.add_argument("--events-only", action="store_true", help="migration and node events, no vCPU samples")
     p.add_argument("--count", type=_non_negative, default=0, metavar="N", help="stop after N items")
     p.add_argument("--duration", type=_positive_float, default=None, metavar="S", help="stop after S seconds")
-    p.set_defaults(func=client_cli.run_client(cmd_watch))
+    p.set_defaults(func=client.run_client(cmd_watch))
 
-    p = sub.add_parser(
-        "report",
-        help="plot guest counter minus ideal time across migrations (PNG)",
-        description=(
-            "Draw each guest's counter minus ideal time across its migrations, BY_VALUE and the "
-            "offset methods side by side, migrations marked. Reads a recording (`kvmtimer up "
-            "--record FILE` or `kvmtimer watch --output json`) with --from, else the controller's "
-            "migration records (no samples: each migration's measured counter error)."
-        ),
+
+def _report(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Draw each guest's counter minus ideal time across its migrations, BY_VALUE and the "
+        "offset methods side by side, migrations marked. Reads a recording (`kvmtimer up "
+        "--record FILE` or `kvmtimer watch --output json`) with --from, else the controller's "
+        "migration records (no samples: each migration's measured counter error)."
     )
-    client_cli._common(p, output=False)
+    client._common(p, output=False)
     p.add_argument("--from", dest="source", type=Path, default=None, metavar="FILE", help="recorded JSONL")
     p.add_argument("--out", type=Path, required=True, metavar="FILE.png", help="PNG to write")
     p.add_argument("--width", type=_dimension, default=1400, metavar="PX", help="image width (default 1400)")
@@ -406,3 +399,7 @@ def add_telemetry_commands(sub: argparse._SubParsersAction[argparse.ArgumentPars
     )
     p.add_argument("--guest", action="append", default=[], metavar="ID", help="only this guest (repeatable)")
     p.set_defaults(func=cmd_report)
+
+
+CONFIGURE: dict[str, Callable[[argparse.ArgumentParser], None]] = {"watch": _watch, "report": _report}
+"""Telemetry command name -> what adds its options and sets its `func` (help: controller.cli)."""

@@ -44,11 +44,11 @@ from kvmtimer.v1 import controller_pb2 as cpb
 from kvmtimer.v1 import controller_pb2_grpc as cpb_grpc
 from kvmtimer.v1 import node_pb2 as pb
 
-from controller import views
-from controller.client_cli import host_port
+from controller.cli import views
+from controller.cli.client import host_port
 from controller.service.cluster import Cluster
 from controller.service.server import build_server, mark_serving
-from controller.telemetry.local import add_local_telemetry_arguments, local_telemetry
+from controller.up.telemetry import add_local_telemetry_arguments, local_telemetry
 from node.core.features import ApiProfile
 
 CNTFRQ_HZ = 25_000_000

@@ -1,6 +1,6 @@
 """`kvmtimer node` options for real deployments: mTLS, allowed callers, probe port, self-registration.
 
-Kept apart from node/__main__.py, which wires them in with a few lines.
+Kept apart from node/process/main.py, which wires them in with a few lines.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import contextlib
 
 from grpc_health.v1._async import HealthServicer  # health.aio, which the stubs lack
 
-from node import registration
+from node.process import registration
 from node.runtime import serving, settings, tls
 
 
