@@ -23,13 +23,18 @@ import secrets
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
-import aiomqtt
 import structlog
 
 from node.runtime.mqtt_schema import DEFAULT_PREFIX, check_prefix
 from node.runtime.publisher import OutMessage
+
+# aiomqtt (with paho and dnspython) costs a quarter of a second at start-up: imported by the
+# publisher's methods, so a process without --mqtt never loads it.
+if TYPE_CHECKING:
+    import aiomqtt
 
 log = structlog.get_logger("kvmtimer.mqtt")
 
@@ -241,6 +246,8 @@ class MqttPublisher:
     # --- the connection ----------------------------------------------------------------
 
     def _client(self) -> aiomqtt.Client:
+        import aiomqtt
+
         s = self.settings
         will = None
         if self.will is not None:
@@ -264,6 +271,8 @@ class MqttPublisher:
         )
 
     async def _run(self) -> None:
+        import aiomqtt
+
         delay = self.settings.backoff_initial_s
         while not self._stop.is_set():
             started = time.monotonic()
@@ -297,6 +306,8 @@ class MqttPublisher:
     async def _connected_session(self, client: aiomqtt.Client) -> None:
         """One connection's life: re-send the retained statuses, then the queue, until the
         connection breaks (MqttError) or stop() is called (clean disconnect on return)."""
+        import aiomqtt
+
         self.stats.connects += 1
         self._log.info("mqtt_connected", connects=self.stats.connects)
         # Connected from here on: what is published during the replay queues up behind it,
@@ -340,6 +351,8 @@ class MqttPublisher:
     async def _send_loop(
         self, client: aiomqtt.Client, replay: list[OutMessage], replayed: asyncio.Event
     ) -> None:
+        import aiomqtt
+
         for m in replay:
             await client.publish(m.topic, m.payload, m.qos, m.retain, timeout=self.settings.timeout_s)
             self.stats.published += 1

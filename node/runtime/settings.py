@@ -30,8 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 ENV_PREFIX = "KVMTIMER_"
 CONFIG_DEST = "config"
 CONFIG_ENV = "KVMTIMER_CONFIG"
@@ -216,6 +214,8 @@ def convert(d: Deferred, raw: Any, source: str) -> Any:
 
 def load_file(path: str) -> dict[str, Any]:
     """Parse a TOML or YAML settings file into a mapping."""
+    import yaml  # only when a file is read: a quarter of the settings module's import time
+
     p = Path(path)
     try:
         text = p.read_bytes()
