@@ -11,17 +11,17 @@ import time
 import structlog
 
 from controller.app import deploy
-from controller.cli.client import host_port
 from controller.core.errors import ControllerError, Unavailable
 from controller.core.migration import Limits
 from controller.service.cluster import Cluster
 from controller.service.server import build_server, mark_serving
 from controller.service.telemetry import start_controller_telemetry
 from controller.telemetry.metrics import controller_registry
-from node.process.registration import advertise_address
+from node.runtime.addr import advertise_address, host_port
 from node.runtime.logs import configure_logging
 from node.runtime.metrics_http import add_metrics_argument, start_metrics
 from node.runtime.mqtt import add_mqtt_arguments, settings_from_args
+from node.runtime.options import add_log_level_argument, positive_int
 from node.runtime.settings import defer_defaults, resolve_or_exit
 from node.runtime.tls import TlsConfigError
 
@@ -37,13 +37,6 @@ def node_spec(value: str) -> tuple[str, str]:
     if not sep or not node_id:
         raise argparse.ArgumentTypeError(f"expected ID=HOST:PORT, got {value!r}")
     return node_id, host_port(address)
-
-
-def _positive_int(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return number
 
 
 def add_controller_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,13 +56,13 @@ def add_controller_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-parallel",
-        type=_positive_int,
+        type=positive_int,
         default=5,
         help="migrations running at once in the cluster (default 5)",
     )
     parser.add_argument(
         "--max-outbound",
-        type=_positive_int,
+        type=positive_int,
         default=2,
         help="migrations leaving one node at once (default 2)",
     )
@@ -82,7 +75,7 @@ def add_controller_arguments(parser: argparse.ArgumentParser) -> None:
         default=10.0,
         help="keep retrying unreachable --node entries this many seconds (default 10)",
     )
-    parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
+    add_log_level_argument(parser)
     add_metrics_argument(parser)
     add_mqtt_arguments(parser)
     deploy.add_deploy_arguments(parser)

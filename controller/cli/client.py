@@ -24,6 +24,8 @@ from kvmtimer.v1 import node_pb2 as pb
 
 from controller.cli import views
 from node.runtime import settings, tls
+from node.runtime.addr import host_port
+from node.runtime.options import positive_int
 
 ENV_CONTROLLER = "KVMTIMER_CONTROLLER"
 DEFAULT_CONTROLLER = "127.0.0.1:7070"
@@ -52,14 +54,6 @@ REFUSAL_CODES = frozenset(
 )
 
 Command = Callable[[argparse.Namespace, cpb_grpc.ControllerStub], int]
-
-
-def host_port(value: str) -> str:
-    """argparse type for HOST:PORT (port 0..65535; IPv6 hosts in brackets)."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
-    return value
 
 
 def exit_code_for(code: grpc.StatusCode) -> int:
@@ -243,13 +237,6 @@ def _method(value: str) -> str:
     return name
 
 
-def _positive_int(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return number
-
-
 def _nodes(p: argparse.ArgumentParser) -> None:
     p.description = "List the nodes: features, health, load."
     _common(p)
@@ -278,11 +265,11 @@ def _create_guest(p: argparse.ArgumentParser) -> None:
     p.description = "Create a guest (VM + vCPUs + timer workload) and start it."
     _common(p)
     p.add_argument("--id", help="guest id (default: the controller picks one)")
-    p.add_argument("--vcpus", type=_positive_int, default=1, help="vCPU count (default 1)")
+    p.add_argument("--vcpus", type=positive_int, default=1, help="vCPU count (default 1)")
     p.add_argument("--node", help="node to place it on (default: least loaded)")
     p.add_argument(
         "--period-ticks",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="timer period in counter ticks (default: 10 ms at the node's frequency)",
     )

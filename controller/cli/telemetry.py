@@ -20,6 +20,8 @@ from kvmtimer.v1 import node_pb2 as pb
 
 from controller.cli import client, views
 from controller.telemetry import record
+from node.core.workload import signed64
+from node.runtime.options import int_between, non_negative_int, positive_float
 
 REDRAW_S = 0.5
 RECENT_EVENTS = 12
@@ -113,7 +115,7 @@ class WatchState:
         if not freq or origin is None or not s.running:
             return None
         t0, v0 = origin
-        delta = (s.cntvct - v0 + (1 << 63)) % (1 << 64) - (1 << 63)
+        delta = signed64(s.cntvct - v0)
         return (delta - (s.realtime_ns - t0) * freq / NS_PER_S) * 1e6 / freq
 
     def render(self, header: str) -> str:
@@ -274,13 +276,6 @@ def cmd_watch(args: argparse.Namespace, stub: cpb_grpc.ControllerStub) -> int:
 # --- report ---------------------------------------------------------------------------------
 
 
-def _dimension(value: str) -> int:
-    number = int(value)
-    if not 100 <= number <= 10_000:
-        raise argparse.ArgumentTypeError(f"must be 100..10000 pixels, got {value}")
-    return number
-
-
 def controller_items(args: argparse.Namespace) -> tuple[list[cpb.ClusterTelemetry], str]:
     """Finished migrations and node statuses from the controller (no samples), and its address."""
     out: list[cpb.ClusterTelemetry] = []
@@ -349,20 +344,6 @@ def _count(n: int, noun: str) -> str:
 # --- parser ---------------------------------------------------------------------------------
 
 
-def _non_negative(value: str) -> int:
-    number = int(value)
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return number
-
-
-def _positive_float(value: str) -> float:
-    number = float(value)
-    if not number > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return number
-
-
 def _watch(p: argparse.ArgumentParser) -> None:
     p.description = (
         "Follow the controller's WatchTelemetry stream. On a terminal: a live table of every "
@@ -374,8 +355,8 @@ def _watch(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guest", action="append", default=[], metavar="ID", help="only this guest (repeatable)")
     p.add_argument("--node", action="append", default=[], metavar="ID", help="only this node (repeatable)")
     p.add_argument("--events-only", action="store_true", help="migration and node events, no vCPU samples")
-    p.add_argument("--count", type=_non_negative, default=0, metavar="N", help="stop after N items")
-    p.add_argument("--duration", type=_positive_float, default=None, metavar="S", help="stop after S seconds")
+    p.add_argument("--count", type=non_negative_int, default=0, metavar="N", help="stop after N items")
+    p.add_argument("--duration", type=positive_float, default=None, metavar="S", help="stop after S seconds")
     p.set_defaults(func=client.run_client(cmd_watch))
 
 
@@ -389,8 +370,20 @@ def _report(p: argparse.ArgumentParser) -> None:
     client._common(p, output=False)
     p.add_argument("--from", dest="source", type=Path, default=None, metavar="FILE", help="recorded JSONL")
     p.add_argument("--out", type=Path, required=True, metavar="FILE.png", help="PNG to write")
-    p.add_argument("--width", type=_dimension, default=1400, metavar="PX", help="image width (default 1400)")
-    p.add_argument("--height", type=_dimension, default=700, metavar="PX", help="image height (default 700)")
+    p.add_argument(
+        "--width",
+        type=int_between(100, 10_000, "pixels"),
+        default=1400,
+        metavar="PX",
+        help="image width (default 1400)",
+    )
+    p.add_argument(
+        "--height",
+        type=int_between(100, 10_000, "pixels"),
+        default=700,
+        metavar="PX",
+        help="image height (default 700)",
+    )
     p.add_argument(
         "--unit",
         choices=("auto", "us", "ms", "ticks"),

@@ -53,7 +53,7 @@ from node.core.features import ApiProfile, ClockMode
 from node.core.regs import OneReg, TimerAttr
 from node.core.timer import DEFAULT_PPI, TimerId
 from node.core.workload import WorkloadSpec
-from node.runtime.tls import is_loopback
+from node.runtime.addr import is_loopback
 from node.service.convert import features_from_info, workload_spec_to_pb
 
 log = structlog.get_logger("kvmtimer.controller")

@@ -29,6 +29,7 @@ from kvmtimer.v1 import controller_pb2 as cpb
 from controller.core.errors import NodeCallError
 from controller.core.model import NodeId
 from controller.telemetry.view import ClusterView
+from node.runtime.backoff import Backoff
 
 DEFAULT_RATE_HZ = 10.0
 GUEST_MAP_REFRESH_S = 0.5  # a VM that is no guest's is looked up again at most this often
@@ -134,7 +135,7 @@ class TelemetryCollector:
 
     async def _follow(self, node_id: NodeId) -> None:
         """Stream from one node until cancelled, reopening the stream after breaks."""
-        backoff = self.backoff_initial_s
+        backoff = Backoff(self.backoff_initial_s, self.backoff_max_s)
         failing = False
         while True:
             client = self.cluster.clients.get(node_id)
@@ -144,7 +145,7 @@ class TelemetryCollector:
             try:
                 async for item in client.watch_telemetry(self.rate_hz, self.max_batch):
                     if conn.batches == 0:
-                        backoff = self.backoff_initial_s
+                        backoff.reset()
                         if failing:
                             failing = False
                             log.info("telemetry_stream_resumed", node_id=node_id)
@@ -159,10 +160,9 @@ class TelemetryCollector:
                 reason = "the call was cancelled (channel closed)"
             if not failing:
                 failing = True
-                log.info("telemetry_stream_broken", node_id=node_id, reason=reason, retry_s=backoff)
+                log.info("telemetry_stream_broken", node_id=node_id, reason=reason, retry_s=backoff.current_s)
             self.reconnects_total += 1
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, self.backoff_max_s)
+            await asyncio.sleep(backoff.next_s())
 
     def _deliver(self, conn: _Connection, item: cpb.ClusterTelemetry) -> None:
         batch = item.samples

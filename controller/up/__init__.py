@@ -33,7 +33,7 @@ import signal
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -45,15 +45,15 @@ from kvmtimer.v1 import controller_pb2_grpc as cpb_grpc
 from kvmtimer.v1 import node_pb2 as pb
 
 from controller.cli import views
-from controller.cli.client import host_port
 from controller.service.cluster import Cluster
 from controller.service.server import build_server, mark_serving
 from controller.up.telemetry import add_local_telemetry_arguments, local_telemetry
-from node.core.features import ApiProfile
+from node.core.features import DEFAULT_CNTFRQ_HZ, ApiProfile
+from node.runtime.addr import host_port, local_address
+from node.runtime.options import add_log_level_argument, int_at_least, positive_float
 
-CNTFRQ_HZ = 25_000_000
 PERIOD_TICKS = 250_000  # 10 ms at 25 MHz
-DAY_TICKS = 86_400 * CNTFRQ_HZ
+DAY_TICKS = 86_400 * DEFAULT_CNTFRQ_HZ
 REFRESH_S = 0.5  # live view period
 PROGRESS_S = 5.0  # plain-mode status line period
 LAST_MIGRATIONS = 8
@@ -93,7 +93,7 @@ class NodePlan:
             "--node-id",
             self.node_id,
             "--cntfrq",
-            str(CNTFRQ_HZ),
+            str(DEFAULT_CNTFRQ_HZ),
             "--ecv",
             str(self.ecv),
             "--api-profile",
@@ -659,12 +659,6 @@ async def wait_for_stop(stop: asyncio.Event, duration: float | None) -> None:
     stop.set()
 
 
-def client_address(listen: str, port: int) -> str:
-    """Where a client on this machine reaches a server bound to `listen` on `port`."""
-    host = listen.rpartition(":")[0]
-    return f"{'127.0.0.1' if host in ('', '0.0.0.0', '[::]') else host}:{port}"
-
-
 async def run_up(args: argparse.Namespace, log_file: TextIO | None, record_file: TextIO | None) -> int:
     stop = asyncio.Event()
     cleaning = False
@@ -690,7 +684,7 @@ async def run_up(args: argparse.Namespace, log_file: TextIO | None, record_file:
     nodes: list[NodeProcess] = []
     cluster = Cluster(health_interval_s=1.0)
     server, port, health_servicer = build_server(cluster, args.listen)
-    address = client_address(args.listen, port)
+    address = local_address(args.listen, port)
     channel = grpc.aio.insecure_channel(address)
     demo = Demo(args, cpb_grpc.ControllerStub(channel), address, rng)
     background: list[asyncio.Task[None]] = []
@@ -796,36 +790,19 @@ async def run_up(args: argparse.Namespace, log_file: TextIO | None, record_file:
     return 0
 
 
-def _positive_float(value: str) -> float:
-    number = float(value)
-    if not number > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return number
-
-
-def _count(minimum: int) -> Callable[[str], int]:
-    def parse(value: str) -> int:
-        number = int(value)
-        if number < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return number
-
-    return parse
-
-
 def add_up_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--duration", type=_positive_float, default=None, metavar="S", help="stop by itself after S seconds"
+        "--duration", type=positive_float, default=None, metavar="S", help="stop by itself after S seconds"
     )
     parser.add_argument(
-        "--nodes", type=_count(2), default=4, metavar="N", help="node processes to start (default 4)"
+        "--nodes", type=int_at_least(2), default=4, metavar="N", help="node processes to start (default 4)"
     )
     parser.add_argument(
-        "--guests", type=_count(1), default=6, metavar="G", help="guests to create (default 6)"
+        "--guests", type=int_at_least(1), default=6, metavar="G", help="guests to create (default 6)"
     )
     parser.add_argument(
         "--interval",
-        type=_positive_float,
+        type=positive_float,
         default=1.0,
         metavar="S",
         help="seconds between migrations (default 1.0)",
@@ -855,9 +832,7 @@ def add_up_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="write controller and node logs (JSON) here",
     )
-    parser.add_argument(
-        "--log-level", default="info", metavar="LEVEL", help="level for --log-file (default info)"
-    )
+    add_log_level_argument(parser, metavar="LEVEL", help="level for --log-file (default info)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ from grpc_health.v1._async import HealthServicer  # health.aio, which the stubs 
 
 from node.process import registration
 from node.runtime import serving, settings, tls
+from node.runtime.addr import advertise_address
 
 
 def add_deploy_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,9 +39,7 @@ class Extras:
         self.args = args
         self.node_id = node_id
         # Only registration needs it (the FQDN look-up may wait for DNS).
-        self.address = (
-            registration.advertise_address(args.listen, port, args.advertise) if args.register_with else None
-        )
+        self.address = advertise_address(args.listen, port, args.advertise) if args.register_with else None
         self.health = serving.HealthPort(health_servicer, args.health_listen)
         self._task: asyncio.Task[None] | None = None
 

@@ -12,14 +12,15 @@ import structlog
 
 from node.core.clock import Clock, ManualClock, SystemClock
 from node.core.errors import EmulatorError
-from node.core.features import ApiProfile, ClockMode, EcvLevel, HostFeatures
+from node.core.features import DEFAULT_CNTFRQ_HZ, ApiProfile, ClockMode, EcvLevel, HostFeatures
 from node.core.host import Host
 from node.process import deploy
-from node.process.registration import advertise_address
 from node.process.status import start_node_status
+from node.runtime.addr import advertise_address
 from node.runtime.logs import configure_logging
 from node.runtime.metrics_http import add_metrics_argument, start_metrics
 from node.runtime.mqtt import add_mqtt_arguments, settings_from_args
+from node.runtime.options import add_log_level_argument
 from node.runtime.settings import defer_defaults, resolve_or_exit
 from node.runtime.tls import TlsConfigError
 from node.service.metrics import node_registry
@@ -32,7 +33,7 @@ log = structlog.get_logger("kvmtimer.node")
 def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT to serve on (port 0 = any)")
     parser.add_argument("--node-id", default="node-0", help="name of this host in the cluster")
-    parser.add_argument("--cntfrq", type=int, default=25_000_000, help="counter frequency in Hz")
+    parser.add_argument("--cntfrq", type=int, default=DEFAULT_CNTFRQ_HZ, help="counter frequency in Hz")
     parser.add_argument("--ecv", type=int, choices=(0, 1, 2), default=0, help="ID_AA64MMFR0_EL1.ECV level")
     parser.add_argument("--vhe", action="store_true", help="host kernel runs in VHE mode (default nVHE)")
     parser.add_argument("--nv", action="store_true", help="nested virtualisation (EL2 timer PPIs)")
@@ -51,7 +52,7 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="host counter at boot (default: derived from --node-id)",
     )
-    parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
+    add_log_level_argument(parser)
     add_mqtt_arguments(parser)
     add_metrics_argument(parser)
     deploy.add_deploy_arguments(parser)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 
 import grpc
 import structlog
@@ -18,12 +17,12 @@ from kvmtimer.v1 import controller_pb2 as cpb
 from kvmtimer.v1 import controller_pb2_grpc as cpb_grpc
 
 from node.runtime import tls
+from node.runtime.backoff import Backoff
 
 log = structlog.get_logger("kvmtimer.node")
 
 DEFAULT_INTERVAL_S = 15.0
 FIRST_RETRY_S = 0.5
-WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]"})
 
 
 def add_register_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,16 +49,6 @@ def add_register_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def advertise_address(listen: str, port: int, advertise: str | None = None) -> str:
-    """What the controller should dial: --advertise, else the listen host (or FQDN) and bound port."""
-    if advertise:
-        return advertise
-    host = listen.rpartition(":")[0]
-    if host in WILDCARD_HOSTS:
-        host = socket.getfqdn()
-    return f"{host}:{port}"
-
-
 async def register_once(
     channel: grpc.aio.Channel, node_id: str, address: str, token: str | None, timeout_s: float = 10.0
 ) -> cpb.NodeStatus:
@@ -83,7 +72,7 @@ async def register_loop(
 ) -> None:
     """Register now and every `interval_s`; runs until cancelled."""
     log_ = log.bind(node_id=node_id, controller=controller, address=address)
-    retry_s = FIRST_RETRY_S
+    backoff = Backoff(FIRST_RETRY_S, max(interval_s, FIRST_RETRY_S))
     registered = False
     async with tls.aio_channel(controller, credentials, server_name=server_name) as channel:
         while True:
@@ -92,11 +81,10 @@ async def register_loop(
             except grpc.aio.AioRpcError as err:
                 log_.warning("node_register_failed", code=err.code().name, error=err.details() or "")
                 registered = False
-                await asyncio.sleep(retry_s)
-                retry_s = min(retry_s * 2, max(interval_s, FIRST_RETRY_S))
+                await asyncio.sleep(backoff.next_s())
                 continue
             if not registered:
                 log_.info("node_registered_with_controller")
                 registered = True
-            retry_s = FIRST_RETRY_S
+            backoff.reset()
             await asyncio.sleep(interval_s)

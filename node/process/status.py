@@ -79,7 +79,7 @@ async def start_node_status(
 ) -> NodeStatusPublisher | None:
     """Start publishing the node's status (None without --mqtt). Never waits for the broker.
 
-    `address`: HOST:PORT clients dial (node.process.registration.advertise_address)."""
+    `address`: HOST:PORT clients dial (node.runtime.addr.advertise_address)."""
     if settings is None:
         return None
     status = NodeStatusPublisher(host, address, settings)

@@ -15,18 +15,12 @@ import structlog
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
+from node.runtime.addr import listen_address
+
 MAX_REQUEST_BYTES = 16_384
 REQUEST_TIMEOUT_S = 5.0
 
 log = structlog.get_logger("kvmtimer.metrics")
-
-
-def listen_address(value: str) -> tuple[str, int]:
-    """argparse type for HOST:PORT (port 0 = any free port)."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
-    return host.strip("[]"), int(port)
 
 
 def add_metrics_argument(parser: argparse.ArgumentParser) -> None:

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import secrets
 import time
 from collections import Counter
@@ -28,6 +27,7 @@ from urllib.parse import unquote, urlsplit
 
 import structlog
 
+from node.runtime.backoff import Backoff
 from node.runtime.mqtt_schema import DEFAULT_PREFIX, check_prefix
 from node.runtime.publisher import OutMessage
 
@@ -273,7 +273,7 @@ class MqttPublisher:
     async def _run(self) -> None:
         import aiomqtt
 
-        delay = self.settings.backoff_initial_s
+        backoff = Backoff(self.settings.backoff_initial_s, self.settings.backoff_max_s, jitter=0.2)
         while not self._stop.is_set():
             started = time.monotonic()
             try:
@@ -283,11 +283,11 @@ class MqttPublisher:
                 self._log.warning(
                     "mqtt_disconnected" if self.stats.connected else "mqtt_connect_failed",
                     error=str(err) or type(err).__name__,
-                    retry_in_s=round(delay, 3),
+                    retry_in_s=round(backoff.current_s, 3),
                 )
             except Exception:
                 # A bug or an unexpected library error must not end publishing for good.
-                self._log.exception("mqtt_connection_error", retry_in_s=round(delay, 3))
+                self._log.exception("mqtt_connection_error", retry_in_s=round(backoff.current_s, 3))
             finally:
                 self._connected.clear()
                 self._ready.clear()
@@ -296,11 +296,9 @@ class MqttPublisher:
             if self._stop.is_set():
                 break
             if time.monotonic() - started > 2 * self.settings.backoff_max_s:
-                delay = self.settings.backoff_initial_s  # it was up for a while: start over
-            jittered = delay * random.uniform(0.8, 1.2)
+                backoff.reset()  # it was up for a while: start over
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), jittered)
-            delay = min(delay * 2, self.settings.backoff_max_s)
+                await asyncio.wait_for(self._stop.wait(), backoff.next_s())
         self._log.info("mqtt_stopped", **self.stats.as_dict())
 
     async def _connected_session(self, client: aiomqtt.Client) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import hmac
 import inspect
-import ipaddress
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health
+
+from node.runtime.addr import is_loopback
 
 # grpc's classes are generic only in its type stubs.
 if TYPE_CHECKING:
@@ -78,23 +79,6 @@ def tls_files(cert: str | None, key: str | None, ca: str | None) -> TlsFiles | N
         raise TlsConfigError(f"mutual TLS needs --tls-cert, --tls-key and --tls-ca; missing {missing}")
     assert cert and key and ca
     return TlsFiles(Path(cert), Path(key), Path(ca))
-
-
-def host_of(address: str) -> str:
-    """The host part of HOST:PORT ([v6] brackets removed)."""
-    host = address.rpartition(":")[0] if ":" in address else address
-    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
-
-
-def is_loopback(address: str) -> bool:
-    """True when HOST:PORT names a loopback host (127.0.0.0/8, ::1, localhost)."""
-    host = host_of(address)
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_plaintext_allowed(address: str, tls: TlsFiles | None, insecure: bool, *, what: str) -> None:
