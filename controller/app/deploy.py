@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 from dataclasses import dataclass
 
 import grpc
@@ -16,6 +15,7 @@ from grpc_health.v1._async import HealthServicer  # health.aio, which the stubs 
 from controller.app import discovery
 from controller.service.cluster import Cluster
 from node.runtime import serving, settings, tls
+from node.runtime.aio import cancel_and_wait
 
 
 def add_deploy_arguments(parser: argparse.ArgumentParser) -> None:
@@ -98,10 +98,7 @@ class Extras:
             self._task = asyncio.create_task(self.discovery.run(), name="dns-discovery")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         await self.health.stop()
 
 

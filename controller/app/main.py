@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import signal
 import time
 
 import structlog
@@ -18,6 +17,7 @@ from controller.service.server import build_server, mark_serving
 from controller.service.telemetry import start_controller_telemetry
 from controller.telemetry.metrics import controller_registry
 from node.runtime.addr import advertise_address, host_port
+from node.runtime.aio import stop_on_signals
 from node.runtime.logs import configure_logging
 from node.runtime.metrics_http import add_metrics_argument, start_metrics
 from node.runtime.mqtt import add_mqtt_arguments, settings_from_args
@@ -100,10 +100,7 @@ async def register_with_retry(cluster: Cluster, node_id: str, address: str, time
 
 
 async def serve(args: argparse.Namespace) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     try:
         security = deploy.security(args)
     except TlsConfigError as err:

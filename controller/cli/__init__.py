@@ -33,7 +33,7 @@ class Command:
 
 
 def _configure_up(p: argparse.ArgumentParser) -> None:
-    from controller import up
+    from controller.cli import up
 
     p.description = up.__doc__
     p.formatter_class = argparse.RawDescriptionHelpFormatter

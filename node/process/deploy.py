@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 
 from grpc_health.v1._async import HealthServicer  # health.aio, which the stubs lack
 
 from node.process import registration
 from node.runtime import serving, settings, tls
 from node.runtime.addr import advertise_address
+from node.runtime.aio import cancel_and_wait
 
 
 def add_deploy_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,8 +62,5 @@ class Extras:
             )
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         await self.health.stop()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import signal
 import time
 
 import structlog
@@ -17,6 +16,7 @@ from node.core.host import Host
 from node.process import deploy
 from node.process.status import start_node_status
 from node.runtime.addr import advertise_address
+from node.runtime.aio import stop_on_signals
 from node.runtime.logs import configure_logging
 from node.runtime.metrics_http import add_metrics_argument, start_metrics
 from node.runtime.mqtt import add_mqtt_arguments, settings_from_args
@@ -87,6 +87,7 @@ def host_from_args(args: argparse.Namespace) -> Host:
 
 
 async def serve(args: argparse.Namespace) -> None:
+    stop = stop_on_signals()
     mqtt_settings = settings_from_args(args)  # ValueError: bad --mqtt options
     host = host_from_args(args)
     security = deploy.security(args)  # TlsConfigError: bad TLS options or plaintext off loopback
@@ -123,10 +124,6 @@ async def serve(args: argparse.Namespace) -> None:
         advertise=extras.address,
     )
     mqtt = await start_node_status(host, advertise_address(args.listen, port, args.advertise), mqtt_settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("node_stopping", node_id=host.node_id)
     if mqtt is not None:

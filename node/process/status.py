@@ -9,13 +9,13 @@ reconnects on its own; the node never waits for the broker.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
 from kvmtimer.v1 import controller_pb2 as cpb
 
 from node.core.host import Host
 from node.runtime import mqtt_schema
+from node.runtime.aio import cancel_and_wait
 from node.runtime.mqtt import MqttPublisher, MqttSettings, client_id
 from node.service.convert import host_info
 
@@ -61,10 +61,7 @@ class NodeStatusPublisher:
         self._task = asyncio.create_task(self._refresh_loop(), name="node-mqtt-status")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         await self.publisher.stop(
             [
                 mqtt_schema.node_offline_message(

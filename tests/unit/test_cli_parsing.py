@@ -19,8 +19,7 @@ import pytest
 from kvmtimer.v1 import controller_pb2 as cpb
 from kvmtimer.v1 import node_pb2 as pb
 
-from controller import up
-from controller.cli import build_parser, client, main, views
+from controller.cli import build_parser, client, main, up, views
 from node.core.features import ApiProfile
 
 SUBCOMMANDS = (

@@ -45,9 +45,9 @@ from kvmtimer.v1 import controller_pb2_grpc as cpb_grpc
 from kvmtimer.v1 import node_pb2 as pb
 
 from controller.cli import views
+from controller.cli.up.telemetry import add_local_telemetry_arguments, local_telemetry
 from controller.service.cluster import Cluster
 from controller.service.server import build_server, mark_serving
-from controller.up.telemetry import add_local_telemetry_arguments, local_telemetry
 from node.core.features import DEFAULT_CNTFRQ_HZ, ApiProfile
 from node.runtime.addr import host_port, local_address
 from node.runtime.options import add_log_level_argument, int_at_least, positive_float
