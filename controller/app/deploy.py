@@ -13,6 +13,7 @@ import grpc
 from grpc_health.v1._async import HealthServicer  # health.aio, which the stubs lack
 
 from controller.app import discovery
+from controller.app.settings import ControllerSettings
 from controller.service.cluster import Cluster
 from node.runtime import serving, settings, tls
 from node.runtime.aio import cancel_and_wait
@@ -52,10 +53,10 @@ class Security:
     node_credentials: grpc.ChannelCredentials | None  # mutual TLS towards the nodes (None = plaintext)
 
 
-def security(args: argparse.Namespace) -> Security:
+def security(s: ControllerSettings) -> Security:
     """Raises tls.TlsConfigError on inconsistent or unreadable TLS settings."""
-    server = serving.server_security(args, args.listen, check_token=True)
-    files = tls.tls_from_args(args)
+    server = serving.server_security(s.tls, s.listen, token=s.token)
+    files = s.tls.files()
     return Security(server, tls.channel_credentials(files) if files is not None else None)
 
 
@@ -76,13 +77,13 @@ def nameserver(value: str) -> tuple[str, int]:
 class Extras:
     """The probe port and DNS discovery of one controller process."""
 
-    def __init__(self, args: argparse.Namespace, cluster: Cluster, health_servicer: HealthServicer) -> None:
+    def __init__(self, args: ControllerSettings, cluster: Cluster, health_servicer: HealthServicer) -> None:
         self.health = serving.HealthPort(health_servicer, args.health_listen)
-        cluster.plaintext_off_loopback = bool(args.insecure)  # the plaintext rule, towards the nodes
+        cluster.plaintext_off_loopback = args.tls.insecure  # the plaintext rule, towards the nodes
         self.discovery: discovery.Discovery | None = None
         self._task: asyncio.Task[None] | None = None
         if args.discover_dns:
-            ns: tuple[str, int] | None = args.discover_nameserver
+            ns = args.discover_nameserver
             self.discovery = discovery.Discovery(
                 [discovery.DnsTarget.parse(v) for v in args.discover_dns],
                 discovery.SystemResolver([ns[0]] if ns else [], ns[1] if ns else 53),

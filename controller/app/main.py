@@ -10,6 +10,7 @@ import time
 import structlog
 
 from controller.app import deploy
+from controller.app.settings import ControllerSettings
 from controller.core.errors import ControllerError, Unavailable
 from controller.core.migration import Limits
 from controller.service.cluster import Cluster
@@ -20,9 +21,10 @@ from node.runtime.addr import advertise_address, host_port
 from node.runtime.aio import stop_on_signals
 from node.runtime.logs import configure_logging
 from node.runtime.metrics_http import add_metrics_argument, start_metrics
-from node.runtime.mqtt import add_mqtt_arguments, settings_from_args
+from node.runtime.mqtt import add_mqtt_arguments
+from node.runtime.mqtt import mqtt_settings as mqtt_settings_of
 from node.runtime.options import add_log_level_argument, positive_int
-from node.runtime.settings import defer_defaults, resolve_or_exit
+from node.runtime.settings import command, defer_defaults
 from node.runtime.tls import TlsConfigError
 
 log = structlog.get_logger("kvmtimer.controller")
@@ -99,7 +101,7 @@ async def register_with_retry(cluster: Cluster, node_id: str, address: str, time
             return False
 
 
-async def serve(args: argparse.Namespace) -> int:
+async def serve(args: ControllerSettings) -> int:
     stop = stop_on_signals()
     try:
         security = deploy.security(args)
@@ -107,7 +109,7 @@ async def serve(args: argparse.Namespace) -> int:
         log.error("controller_bad_config", listen=args.listen, error=str(err))
         return 2
     try:
-        mqtt_settings = settings_from_args(args)
+        mqtt_settings = mqtt_settings_of(args.mqtt)
     except ValueError as err:  # --mqtt options
         log.error("controller_bad_config", error=str(err))
         return 2
@@ -115,7 +117,7 @@ async def serve(args: argparse.Namespace) -> int:
         limits=Limits(parallel=args.max_parallel, outbound_per_node=args.max_outbound),
         health_interval_s=args.health_interval,
         node_credentials=security.node_credentials,
-        node_server_name=args.tls_server_name,
+        node_server_name=args.tls.tls_server_name,
     )
     try:
         server, port, health_servicer = build_server(
@@ -189,8 +191,7 @@ async def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def run(args: argparse.Namespace) -> int:
-    args = resolve_or_exit(args, "kvmtimer controller")
+def run(args: ControllerSettings) -> int:
     configure_logging(args.log_level)
     return asyncio.run(serve(args))
 
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kvmtimer controller", description=__doc__)
     add_controller_arguments(parser)
     with contextlib.suppress(KeyboardInterrupt):
-        return run(parser.parse_args(argv))
+        return command(ControllerSettings, run)(parser.parse_args(argv))
     return 130
 
 

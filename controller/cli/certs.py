@@ -252,8 +252,20 @@ def add_certs_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="overwrite existing files in --out")
 
 
-def run(args: argparse.Namespace) -> int:
-    out: Path = args.out
+@dataclass(frozen=True, slots=True)
+class CertsSettings:
+    """`kvmtimer certs`: what to issue and where."""
+
+    out: Path  # --out directory
+    node: tuple[str, ...]  # --node NAME[=SAN,...]
+    controller_san: tuple[str, ...]  # --controller-san
+    namespace: str | None  # --namespace (Kubernetes)
+    days: int  # --days of validity
+    force: bool  # --force: overwrite
+
+
+def run(args: CertsSettings) -> int:
+    out = args.out
     if (out / "ca.key").exists() and not args.force:
         print(f"kvmtimer certs: {out} already holds a CA; use --force to replace it", file=sys.stderr)
         return 2

@@ -16,6 +16,8 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 import grpc
 from kvmtimer.v1 import controller_pb2 as cpb
@@ -53,7 +55,75 @@ REFUSAL_CODES = frozenset(
     }
 )
 
-Command = Callable[[argparse.Namespace, cpb_grpc.ControllerStub], int]
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """The options every client command has: which controller, how to reach it, how long to wait."""
+
+    command: str  # the subcommand (for messages)
+    controller: str  # --controller HOST:PORT
+    timeout: float | None  # --timeout seconds (None: the command's default)
+    tls: tls.TlsOptions  # --tls-*, --insecure
+    token: str | None  # --token
+    config: str | None  # --config FILE
+
+
+class ClientSettings(Protocol):
+    """A client command's settings: its connection plus its own options."""
+
+    @property
+    def connection(self) -> Connection: ...
+
+
+S = TypeVar("S", bound=ClientSettings)
+
+
+@dataclass(frozen=True, slots=True)
+class NodesSettings:
+    connection: Connection
+    output: str  # --output table | json
+
+
+@dataclass(frozen=True, slots=True)
+class GuestsSettings:
+    connection: Connection
+    output: str  # --output table | json
+    observations: bool  # --observations: ask each guest's node what it observed
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationsSettings:
+    connection: Connection
+    output: str  # --output table | json
+    guest: str | None  # --guest: only this guest's migrations
+
+
+@dataclass(frozen=True, slots=True)
+class CreateGuestSettings:
+    connection: Connection
+    output: str  # --output table | json
+    id: str | None  # --id (None: the controller picks one)
+    vcpus: int  # --vcpus
+    node: str | None  # --node (None: least loaded)
+    period_ticks: int | None  # --period-ticks (None: the default)
+    ptimer: bool  # --ptimer
+
+
+@dataclass(frozen=True, slots=True)
+class DestroyGuestSettings:
+    connection: Connection
+    output: str  # --output table | json
+    guest: str  # GUEST
+
+
+@dataclass(frozen=True, slots=True)
+class MigrateSettings:
+    connection: Connection
+    output: str  # --output table | json
+    guest: str  # GUEST
+    to: str | None  # --to NODE (None: the controller picks one)
+    method: str  # --method: a MigrationMethod name without prefix
+    id: str | None  # --id: client-chosen migration id
 
 
 def exit_code_for(code: grpc.StatusCode) -> int:
@@ -77,50 +147,51 @@ def controller_stub(
         yield cpb_grpc.ControllerStub(channel)
 
 
-def run_client(command: Command) -> Callable[[argparse.Namespace], int]:
+def run_client(command: Callable[[S, cpb_grpc.ControllerStub], int]) -> Callable[[S], int]:
     """Open a channel to --controller, run the command, turn any gRPC error into an exit code."""
 
-    def run(args: argparse.Namespace) -> int:
-        args = settings.resolve_or_exit(args, f"kvmtimer {args.command}")
+    def run(args: S) -> int:
+        c = args.connection
         try:
-            files = tls.tls_from_args(args)
-            tls.check_plaintext_allowed(args.controller, files, args.insecure, what="controller")
+            files = c.tls.files()
+            tls.check_plaintext_allowed(c.controller, files, c.tls.insecure, what="controller")
         except tls.TlsConfigError as err:
-            error(args.command, str(err))
+            error(c.command, str(err))
             return EXIT_REFUSED
         try:
-            with controller_stub(args.controller, files, args.token, args.tls_server_name) as stub:
+            with controller_stub(c.controller, files, c.token, c.tls.tls_server_name) as stub:
                 return command(args, stub)
         except grpc.RpcError as err:
             if not isinstance(err, grpc.Call):
-                error(args.command, f"gRPC error: {err}")
+                error(c.command, f"gRPC error: {err}")
                 return EXIT_ERROR
             code = err.code()
-            where = f" (controller {args.controller})" if code in UNREACHABLE_CODES else ""
-            error(args.command, f"{code.name}: {err.details() or 'no details'}{where}")
+            where = f" (controller {c.controller})" if code in UNREACHABLE_CODES else ""
+            error(c.command, f"{code.name}: {err.details() or 'no details'}{where}")
             return exit_code_for(code)
 
     return run
 
 
-def timeout(args: argparse.Namespace, default: float = DEFAULT_TIMEOUT_S) -> float:
-    return float(args.timeout) if args.timeout is not None else default
+def timeout(args: ClientSettings, default: float = DEFAULT_TIMEOUT_S) -> float:
+    t = args.connection.timeout
+    return float(t) if t is not None else default
 
 
-def json_mode(args: argparse.Namespace) -> bool:
-    return bool(args.output == "json")
+def json_mode(output: str) -> bool:
+    return output == "json"
 
 
 # --- commands ----------------------------------------------------------------
 
 
-def cmd_nodes(args: argparse.Namespace, stub: cpb_grpc.ControllerStub) -> int:
+def cmd_nodes(args: NodesSettings, stub: cpb_grpc.ControllerStub) -> int:
     resp: cpb.ListNodesResponse = stub.ListNodes(cpb.ListNodesRequest(), timeout=timeout(args))
-    print(views.to_json(resp) if json_mode(args) else views.nodes_table(resp.nodes))
+    print(views.to_json(resp) if json_mode(args.output) else views.nodes_table(resp.nodes))
     return EXIT_OK
 
 
-def cmd_guests(args: argparse.Namespace, stub: cpb_grpc.ControllerStub) -> int:
+def cmd_guests(args: GuestsSettings, stub: cpb_grpc.ControllerStub) -> int:
     resp: cpb.ListGuestsResponse = stub.ListGuests(cpb.ListGuestsRequest(), timeout=timeout(args))
     if args.observations:
         detailed = cpb.ListGuestsResponse()
@@ -130,35 +201,35 @@ def cmd_guests(args: argparse.Namespace, stub: cpb_grpc.ControllerStub) -> int:
         resp = detailed
     print(
         views.to_json(resp)
-        if json_mode(args)
+        if json_mode(args.output)
         else views.guests_table(resp.guests, observations=args.observations)
     )
     return EXIT_OK
 
 
-def cmd_migrations(args: argparse.Namespace, stub: cpb_grpc.ControllerStub) -> int:
+def cmd_migrations(args: MigrationsSettings, stub: cpb_grpc.ControllerStub) -> int:
     resp: cpb.ListMigrationsResponse = stub.ListMigrations(
         cpb.ListMigrationsRequest(guest_id=args.guest or ""), timeout=timeout(args)
     )
-    print(views.to_json(resp) if json_mode(args) else views.migrations_table(resp.migrations))
+    print(views.to_json(resp) if json_mode(args.output) else views.migrations_table(resp.migrations))
     return EXIT_OK
 
 
-def default_period_ticks(args: argparse.Namespace, stub: cpb_grpc.ControllerStub) -> int | None:
+def default_period_ticks(args: CreateGuestSettings, stub: cpb_grpc.ControllerStub) -> int | None:
     """10 ms at the counter frequency of --node, or of every healthy node when they all agree."""
     nodes: cpb.ListNodesResponse = stub.ListNodes(cpb.ListNodesRequest(), timeout=timeout(args))
     frequencies = {n.cntfrq_hz for n in nodes.nodes if (n.node_id == args.node if args.node else n.healthy)}
     return frequencies.pop() // 100 if len(frequencies) == 1 else None
 
 
-def cmd_create_guest(args: argparse.Namespace, stub: cpb_grpc.ControllerStub) -> int:
+def cmd_create_guest(args: CreateGuestSettings, stub: cpb_grpc.ControllerStub) -> int:
     period = args.period_ticks
     if period is None and args.ptimer:
         # The controller's default workload (period 0) has no physical timer: pick the period here.
         period = default_period_ticks(args, stub)
         if period is None:
             error(
-                args.command,
+                args.connection.command,
                 "cannot pick a default period (unknown node or mixed frequencies): give --period-ticks",
             )
             return EXIT_REFUSED
@@ -169,20 +240,20 @@ def cmd_create_guest(args: argparse.Namespace, stub: cpb_grpc.ControllerStub) ->
         workload=pb.WorkloadSpec(period_ticks=period or 0, use_ptimer=args.ptimer),
     )
     guest: cpb.Guest = stub.CreateGuest(request, timeout=timeout(args))
-    print(views.to_json(guest) if json_mode(args) else views.guests_table([guest]))
+    print(views.to_json(guest) if json_mode(args.output) else views.guests_table([guest]))
     return EXIT_OK
 
 
-def cmd_destroy_guest(args: argparse.Namespace, stub: cpb_grpc.ControllerStub) -> int:
+def cmd_destroy_guest(args: DestroyGuestSettings, stub: cpb_grpc.ControllerStub) -> int:
     stub.DestroyGuest(cpb.DestroyGuestRequest(guest_id=args.guest), timeout=timeout(args))
-    if not json_mode(args):
+    if not json_mode(args.output):
         print(f"guest {args.guest} destroyed")
     else:
         print("{}")
     return EXIT_OK
 
 
-def cmd_migrate(args: argparse.Namespace, stub: cpb_grpc.ControllerStub) -> int:
+def cmd_migrate(args: MigrateSettings, stub: cpb_grpc.ControllerStub) -> int:
     request = cpb.MigrateRequest(
         guest_id=args.guest,
         destination=args.to or "",
@@ -194,14 +265,18 @@ def cmd_migrate(args: argparse.Namespace, stub: cpb_grpc.ControllerStub) -> int:
         record: cpb.Migration = stub.Migrate(request, timeout=timeout(args, DEFAULT_MIGRATE_TIMEOUT_S))
     except KeyboardInterrupt:
         error(
-            args.command, "interrupted; the migration goes on in the controller (see `kvmtimer migrations`)"
+            args.connection.command,
+            "interrupted; the migration goes on in the controller (see `kvmtimer migrations`)",
         )
         return 130
-    print(views.to_json(record) if json_mode(args) else views.migration_detail(record))
+    print(views.to_json(record) if json_mode(args.output) else views.migration_detail(record))
     if record.phase == cpb.MIGRATION_PHASE_SUCCEEDED:
         return EXIT_OK
     phase = views.phase_name(record.phase)
-    error(args.command, f"migration {record.migration_id} ended {phase}: {record.reason or 'no reason'}")
+    error(
+        args.connection.command,
+        f"migration {record.migration_id} ended {phase}: {record.reason or 'no reason'}",
+    )
     return EXIT_FAILED
 
 
@@ -240,7 +315,7 @@ def _method(value: str) -> str:
 def _nodes(p: argparse.ArgumentParser) -> None:
     p.description = "List the nodes: features, health, load."
     _common(p)
-    p.set_defaults(func=run_client(cmd_nodes))
+    p.set_defaults(func=settings.command(NodesSettings, run_client(cmd_nodes)))
 
 
 def _guests(p: argparse.ArgumentParser) -> None:
@@ -251,14 +326,14 @@ def _guests(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also ask each guest's node what the guest observed (min counter step, interrupts)",
     )
-    p.set_defaults(func=run_client(cmd_guests))
+    p.set_defaults(func=settings.command(GuestsSettings, run_client(cmd_guests)))
 
 
 def _migrations(p: argparse.ArgumentParser) -> None:
     p.description = "List migration records."
     _common(p)
     p.add_argument("--guest", help="only this guest's migrations")
-    p.set_defaults(func=run_client(cmd_migrations))
+    p.set_defaults(func=settings.command(MigrationsSettings, run_client(cmd_migrations)))
 
 
 def _create_guest(p: argparse.ArgumentParser) -> None:
@@ -274,14 +349,14 @@ def _create_guest(p: argparse.ArgumentParser) -> None:
         help="timer period in counter ticks (default: 10 ms at the node's frequency)",
     )
     p.add_argument("--ptimer", action="store_true", help="also arm the physical timer")
-    p.set_defaults(func=run_client(cmd_create_guest))
+    p.set_defaults(func=settings.command(CreateGuestSettings, run_client(cmd_create_guest)))
 
 
 def _destroy_guest(p: argparse.ArgumentParser) -> None:
     p.description = "Destroy a guest and its VM."
     _common(p)
     p.add_argument("guest", metavar="GUEST")
-    p.set_defaults(func=run_client(cmd_destroy_guest))
+    p.set_defaults(func=settings.command(DestroyGuestSettings, run_client(cmd_destroy_guest)))
 
 
 def _migrate(p: argparse.ArgumentParser) -> None:
@@ -301,7 +376,7 @@ def _migrate(p: argparse.ArgumentParser) -> None:
         help="how guest time is carried over (default AUTO: the best both ends support)",
     )
     p.add_argument("--id", metavar="MIGRATION_ID", help="client-chosen id making the request idempotent")
-    p.set_defaults(func=run_client(cmd_migrate))
+    p.set_defaults(func=settings.command(MigrateSettings, run_client(cmd_migrate)))
 
 
 CONFIGURE: dict[str, Callable[[argparse.ArgumentParser], None]] = {

@@ -21,6 +21,7 @@ from kvmtimer.v1 import node_pb2 as pb
 from controller.cli import client, views
 from controller.telemetry import record
 from node.core.workload import signed64
+from node.runtime import settings
 from node.runtime.options import int_between, non_negative_int, positive_float
 
 REDRAW_S = 0.5
@@ -183,13 +184,35 @@ def _matches(ev: cpb.MigrationEvent, guests: set[str], nodes: set[str]) -> bool:
     return (not guests or m.guest_id in guests) and (not nodes or bool({m.source, m.destination} & nodes))
 
 
+@dataclass(frozen=True, slots=True)
+class WatchSettings:
+    connection: client.Connection
+    output: str  # --output table | json
+    guest: tuple[str, ...]  # --guest: only these guests
+    node: tuple[str, ...]  # --node: only these nodes
+    events_only: bool  # --events-only
+    count: int  # --count N items (0: no limit)
+    duration: float | None  # --duration seconds
+
+
+@dataclass(frozen=True, slots=True)
+class ReportSettings:
+    connection: client.Connection
+    source: Path | None  # --from FILE (None: the controller's records)
+    out: Path  # --out FILE.png
+    width: int  # --width pixels
+    height: int  # --height pixels
+    unit: str  # --unit auto | us | ms | ticks
+    guest: tuple[str, ...]  # --guest: only these guests
+
+
 def telemetry_items(
-    stub: cpb_grpc.ControllerStub, args: argparse.Namespace, on_call: Callable[[_Cancellable], None]
+    stub: cpb_grpc.ControllerStub, args: WatchSettings, on_call: Callable[[_Cancellable], None]
 ) -> Iterator[cpb.ClusterTelemetry]:
     """The controller's WatchTelemetry stream; a controller without it (UNIMPLEMENTED) falls
     back to WatchMigrations (migration events only, filtered here)."""
     request = cpb.WatchClusterTelemetryRequest(
-        node_ids=args.node, guest_ids=args.guest, events_only=args.events_only
+        node_ids=list(args.node), guest_ids=list(args.guest), events_only=args.events_only
     )
     call = stub.WatchTelemetry(request)
     on_call(call)
@@ -199,7 +222,9 @@ def telemetry_items(
     except grpc.RpcError as err:
         if not isinstance(err, grpc.Call) or err.code() != grpc.StatusCode.UNIMPLEMENTED:
             raise
-    client.error(args.command, "this controller has no WatchTelemetry: showing migration events only")
+    client.error(
+        args.connection.command, "this controller has no WatchTelemetry: showing migration events only"
+    )
     events = stub.WatchMigrations(cpb.WatchMigrationsRequest())
     on_call(events)
     guests, nodes = set(args.guest), set(args.node)
@@ -208,7 +233,7 @@ def telemetry_items(
             yield cpb.ClusterTelemetry(migration=ev)
 
 
-def cmd_watch(args: argparse.Namespace, stub: cpb_grpc.ControllerStub) -> int:
+def cmd_watch(args: WatchSettings, stub: cpb_grpc.ControllerStub) -> int:
     out: TextIO = sys.stdout
     live = out.isatty() and args.output != "json"
     state = WatchState()
@@ -230,7 +255,9 @@ def cmd_watch(args: argparse.Namespace, stub: cpb_grpc.ControllerStub) -> int:
     if timer is not None:
         timer.daemon = True
         timer.start()
-    header = f"kvmtimer watch: controller {args.controller}" + (" (events only)" if args.events_only else "")
+    header = f"kvmtimer watch: controller {args.connection.controller}" + (
+        " (events only)" if args.events_only else ""
+    )
     shown = 0
     last_draw = 0.0
     if live:
@@ -276,13 +303,13 @@ def cmd_watch(args: argparse.Namespace, stub: cpb_grpc.ControllerStub) -> int:
 # --- report ---------------------------------------------------------------------------------
 
 
-def controller_items(args: argparse.Namespace) -> tuple[list[cpb.ClusterTelemetry], str]:
+def controller_items(args: ReportSettings) -> tuple[list[cpb.ClusterTelemetry], str]:
     """Finished migrations and node statuses from the controller (no samples), and its address."""
     out: list[cpb.ClusterTelemetry] = []
     where: list[str] = []
 
-    def fetch(resolved: argparse.Namespace, stub: cpb_grpc.ControllerStub) -> int:
-        where.append(f"controller {resolved.controller}")
+    def fetch(resolved: ReportSettings, stub: cpb_grpc.ControllerStub) -> int:
+        where.append(f"controller {resolved.connection.controller}")
         timeout = client.timeout(resolved)
         nodes: cpb.ListNodesResponse = stub.ListNodes(cpb.ListNodesRequest(), timeout=timeout)
         out.extend(cpb.ClusterTelemetry(node=cpb.NodeHealthEvent(node=n)) for n in nodes.nodes)
@@ -307,7 +334,7 @@ class _Exit(Exception):
         self.code = code
 
 
-def cmd_report(args: argparse.Namespace) -> int:
+def cmd_report(args: ReportSettings) -> int:
     from controller.telemetry import report
 
     try:
@@ -357,7 +384,7 @@ def _watch(p: argparse.ArgumentParser) -> None:
     p.add_argument("--events-only", action="store_true", help="migration and node events, no vCPU samples")
     p.add_argument("--count", type=non_negative_int, default=0, metavar="N", help="stop after N items")
     p.add_argument("--duration", type=positive_float, default=None, metavar="S", help="stop after S seconds")
-    p.set_defaults(func=client.run_client(cmd_watch))
+    p.set_defaults(func=settings.command(WatchSettings, client.run_client(cmd_watch)))
 
 
 def _report(p: argparse.ArgumentParser) -> None:
@@ -391,7 +418,7 @@ def _report(p: argparse.ArgumentParser) -> None:
         help="y axis: µs, ms or counter ticks (default auto: ms once an error reaches 10 ms)",
     )
     p.add_argument("--guest", action="append", default=[], metavar="ID", help="only this guest (repeatable)")
-    p.set_defaults(func=cmd_report)
+    p.set_defaults(func=settings.command(ReportSettings, cmd_report))
 
 
 CONFIGURE: dict[str, Callable[[argparse.ArgumentParser], None]] = {"watch": _watch, "report": _report}

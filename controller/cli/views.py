@@ -6,6 +6,7 @@ Pure functions over protobuf messages: no I/O, no gRPC calls.
 from __future__ import annotations
 
 import json
+import statistics
 from collections.abc import Iterable, Sequence
 from typing import cast
 
@@ -75,16 +76,36 @@ def ms(us: int) -> str:
     return f"{us / 1000:.3f}"
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
-    """Left-aligned columns separated by two spaces; `-` for empty cells."""
+def table(headers: Sequence[str], rows: Iterable[Sequence[object]], *, numbers_right: bool = False) -> str:
+    """Columns separated by two spaces, left-aligned (with `numbers_right`, every column but the
+    first right-aligned, as benchmark tables are); `-` for empty cells. The one text-table
+    renderer of the project."""
     cells = [[str(c) if c not in (None, "") else "-" for c in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in cells:
         for i, c in enumerate(row):
             widths[i] = max(widths[i], len(c))
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
-    return "\n".join(lines)
+
+    def line(row: Sequence[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if numbers_right and i else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+
+    return "\n".join([line(headers), *(line(row) for row in cells)])
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-quantile (q in 0..1) of a sample by `statistics.quantiles` (inclusive method: the
+    minimum at 0, the maximum at 1, linear in between); None for an empty sample."""
+    if not values:
+        return None
+    if len(values) == 1 or q >= 1:
+        return float(max(values))
+    if q <= 0:
+        return float(min(values))
+    cuts = statistics.quantiles(values, n=1000, method="inclusive")  # cut k is the k/1000 quantile
+    return cuts[min(len(cuts), max(1, round(q * 1000))) - 1]
 
 
 def nodes_table(nodes: Iterable[cpb.NodeStatus]) -> str:

@@ -11,6 +11,7 @@ import asyncio
 from grpc_health.v1._async import HealthServicer  # health.aio, which the stubs lack
 
 from node.process import registration
+from node.process.settings import NodeSettings
 from node.runtime import serving, settings, tls
 from node.runtime.addr import advertise_address
 from node.runtime.aio import cancel_and_wait
@@ -22,39 +23,38 @@ def add_deploy_arguments(parser: argparse.ArgumentParser) -> None:
     settings.add_config_argument(parser)
 
 
-def security(args: argparse.Namespace) -> serving.ServerSecurity:
+def security(s: NodeSettings) -> serving.ServerSecurity:
     """Raises tls.TlsConfigError on inconsistent or unreadable TLS settings."""
-    if args.register_with:
-        files = tls.tls_from_args(args)
-        tls.check_plaintext_allowed(args.register_with, files, args.insecure, what="--register-with")
-    return serving.server_security(args, args.listen, allow_default=tls.DEFAULT_NODE_CLIENTS)
+    if s.register_with:
+        tls.check_plaintext_allowed(s.register_with, s.tls.files(), s.tls.insecure, what="--register-with")
+    return serving.server_security(
+        s.tls, s.listen, allowed=s.tls_allow, allow_default=tls.DEFAULT_NODE_CLIENTS
+    )
 
 
 class Extras:
     """The probe port and the registration loop of one node process."""
 
-    def __init__(
-        self, args: argparse.Namespace, health_servicer: HealthServicer, port: int, node_id: str
-    ) -> None:
-        self.args = args
+    def __init__(self, s: NodeSettings, health_servicer: HealthServicer, port: int, node_id: str) -> None:
+        self.settings = s
         self.node_id = node_id
         # Only registration needs it (the FQDN look-up may wait for DNS).
-        self.address = advertise_address(args.listen, port, args.advertise) if args.register_with else None
-        self.health = serving.HealthPort(health_servicer, args.health_listen)
+        self.address = advertise_address(s.listen, port, s.advertise) if s.register_with else None
+        self.health = serving.HealthPort(health_servicer, s.health_listen)
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.health.start()
-        a = self.args
+        a = self.settings
         if a.register_with:
-            files = tls.tls_from_args(a)
+            files = a.tls.files()
             self._task = asyncio.create_task(
                 registration.register_loop(
                     a.register_with,
                     self.node_id,
                     self.address or "",
                     credentials=tls.channel_credentials(files) if files is not None else None,
-                    server_name=a.tls_server_name,
+                    server_name=a.tls.tls_server_name,
                     token=a.token,
                     interval_s=a.register_interval,
                 ),

@@ -14,14 +14,16 @@ from node.core.errors import EmulatorError
 from node.core.features import DEFAULT_CNTFRQ_HZ, ApiProfile, ClockMode, EcvLevel, HostFeatures
 from node.core.host import Host
 from node.process import deploy
+from node.process.settings import NodeSettings
 from node.process.status import start_node_status
 from node.runtime.addr import advertise_address
 from node.runtime.aio import stop_on_signals
 from node.runtime.logs import configure_logging
 from node.runtime.metrics_http import add_metrics_argument, start_metrics
-from node.runtime.mqtt import add_mqtt_arguments, settings_from_args
+from node.runtime.mqtt import add_mqtt_arguments
+from node.runtime.mqtt import mqtt_settings as mqtt_settings_of
 from node.runtime.options import add_log_level_argument
-from node.runtime.settings import defer_defaults, resolve_or_exit
+from node.runtime.settings import command, defer_defaults
 from node.runtime.tls import TlsConfigError
 from node.service.metrics import node_registry
 from node.service.server import build_server, mark_not_serving, mark_serving
@@ -65,7 +67,7 @@ def default_counter_base(node_id: str, cntfrq_hz: int) -> int:
     return days * 86_400 * cntfrq_hz
 
 
-def host_from_args(args: argparse.Namespace) -> Host:
+def host_from_settings(args: NodeSettings) -> Host:
     features = HostFeatures(
         cntfrq_hz=args.cntfrq,
         ecv=EcvLevel(args.ecv),
@@ -86,10 +88,10 @@ def host_from_args(args: argparse.Namespace) -> Host:
     return Host(args.node_id, features, clock, counter_base=base, clock_mode=mode)
 
 
-async def serve(args: argparse.Namespace) -> None:
+async def serve(args: NodeSettings) -> None:
     stop = stop_on_signals()
-    mqtt_settings = settings_from_args(args)  # ValueError: bad --mqtt options
-    host = host_from_args(args)
+    mqtt_settings = mqtt_settings_of(args.mqtt)  # ValueError: bad --mqtt options
+    host = host_from_settings(args)
     security = deploy.security(args)  # TlsConfigError: bad TLS options or plaintext off loopback
     telemetry = TelemetryStreams()
     server, port, health_servicer = build_server(
@@ -137,8 +139,7 @@ async def serve(args: argparse.Namespace) -> None:
     log.info("node_stopped", node_id=host.node_id)
 
 
-def run(args: argparse.Namespace) -> int:
-    args = resolve_or_exit(args, "kvmtimer node")
+def run(args: NodeSettings) -> int:
     configure_logging(args.log_level)
     try:
         asyncio.run(serve(args))
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kvmtimer node", description=__doc__)
     add_node_arguments(parser)
     with contextlib.suppress(KeyboardInterrupt):
-        return run(parser.parse_args(argv))
+        return command(NodeSettings, run)(parser.parse_args(argv))
     return 130
 
 

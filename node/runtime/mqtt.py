@@ -120,24 +120,36 @@ def add_mqtt_arguments(parser: argparse.ArgumentParser, *, what: str = "telemetr
     )
 
 
-def settings_from_args(args: argparse.Namespace, url: str | None = None) -> MqttSettings | None:
-    """MqttSettings from the parsed options (None without --mqtt); ValueError when invalid."""
-    url = url if url is not None else args.mqtt
+@dataclass(frozen=True, slots=True)
+class MqttOptions:
+    """The options of `add_mqtt_arguments`."""
+
+    mqtt: str | None  # --mqtt: broker URL (None: no MQTT)
+    mqtt_prefix: str  # --mqtt-prefix: topic tree root
+    mqtt_ca: str | None  # --mqtt-ca
+    mqtt_cert: str | None  # --mqtt-cert
+    mqtt_key: str | None  # --mqtt-key
+    mqtt_tls_insecure: bool  # --mqtt-tls-insecure
+
+
+def mqtt_settings(options: MqttOptions, url: str | None = None) -> MqttSettings | None:
+    """MqttSettings from the options (None without --mqtt or `url`); ValueError when invalid."""
+    o = options
+    url = url if url is not None else o.mqtt
     if not url:
         return None
     settings = parse_mqtt_url(url)
-    tls_files = (args.mqtt_ca, args.mqtt_cert, args.mqtt_key)
-    if any(tls_files) and not settings.tls:
+    if any((o.mqtt_ca, o.mqtt_cert, o.mqtt_key)) and not settings.tls:
         raise ValueError("--mqtt-ca/--mqtt-cert/--mqtt-key need an mqtts:// broker URL")
-    if bool(args.mqtt_cert) != bool(args.mqtt_key):
+    if bool(o.mqtt_cert) != bool(o.mqtt_key):
         raise ValueError("--mqtt-cert and --mqtt-key go together")
     return replace(
         settings,
-        prefix=check_prefix(args.mqtt_prefix),
-        ca_file=args.mqtt_ca,
-        cert_file=args.mqtt_cert,
-        key_file=args.mqtt_key,
-        tls_insecure=bool(args.mqtt_tls_insecure),
+        prefix=check_prefix(o.mqtt_prefix),
+        ca_file=o.mqtt_ca,
+        cert_file=o.mqtt_cert,
+        key_file=o.mqtt_key,
+        tls_insecure=o.mqtt_tls_insecure,
     )
 
 

@@ -62,18 +62,24 @@ def add_server_arguments(
 
 
 def server_security(
-    args: argparse.Namespace, listen: str, *, allow_default: Sequence[str] = (), check_token: bool = False
+    options: tls.TlsOptions,
+    listen: str,
+    *,
+    allowed: Sequence[str] = (),
+    allow_default: Sequence[str] = (),
+    token: str | None = None,
 ) -> ServerSecurity:
-    """Credentials and interceptors from the parsed options; raises tls.TlsConfigError.
+    """Credentials and interceptors from the options; raises tls.TlsConfigError.
 
-    `check_token`: require args.token from callers (a node's --token is what it presents instead).
+    `allowed` (--tls-allow, else `allow_default`): client certificate names that may call.
+    `token`: require it from callers (a node's --token is what it presents instead: pass None).
     """
-    files = tls.tls_from_args(args)
-    tls.check_plaintext_allowed(listen, files, bool(args.insecure), what="listen address")
+    files = options.files()
+    tls.check_plaintext_allowed(listen, files, options.insecure, what="listen address")
     interceptors: list[Interceptor] = []
     parts = []
     if files is not None:
-        allowed = list(getattr(args, "tls_allow", None) or allow_default)
+        allowed = list(allowed or allow_default)
         if allowed and "*" not in allowed:
             interceptors.append(tls.PeerNameInterceptor(allowed))
             parts.append(f"mtls(clients={','.join(allowed)})")
@@ -81,7 +87,6 @@ def server_security(
             parts.append("mtls")
     else:
         parts.append("plaintext")
-    token = getattr(args, "token", None) if check_token else None
     if token:
         interceptors.append(tls.BearerTokenInterceptor(token))
         parts.append("token")

@@ -10,6 +10,11 @@ Every option of a command is also
   every command that has it, ignored by the others) or in the command's own table
   (`[node]`, `[controller]`, `[client]`), which wins; repeatable options take a list.
 
+Commands never see the argparse namespace: `command(SettingsClass, run)` is the parser's `func`,
+and hands `run` one frozen dataclass (`typed`) built from the resolved namespace, field by
+field by option name; a field whose type is itself such a dataclass (TLS, MQTT options) is
+filled from the same options. Lists become tuples.
+
 How: `defer_defaults(parser, section)` runs last when a command's parser is built and replaces
 every default with a `Deferred` marker that remembers how to convert a value; right after that
 parser parsed (also as a subcommand), `resolve(args)` replaces each marker still there (no flag
@@ -22,13 +27,17 @@ again first thing (a no-op once resolved) for namespaces built some other way.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tomllib
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+S = TypeVar("S")
 
 ENV_PREFIX = "KVMTIMER_"
 CONFIG_DEST = "config"
@@ -294,3 +303,41 @@ def resolve_or_exit(args: argparse.Namespace, prog: str) -> argparse.Namespace:
     except ConfigError as err:
         print(f"{prog}: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+# --- typed settings ------------------------------------------------------------------------------
+
+
+def typed(cls: type[S], args: argparse.Namespace) -> S:
+    """`cls` (a frozen dataclass) from a resolved namespace: each field is the option of that
+    name, or, when the field's type is a dataclass, that dataclass built from the same options."""
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        kind = hints[f.name]
+        if isinstance(kind, type) and dataclasses.is_dataclass(kind):
+            values[f.name] = typed(kind, args)
+        else:
+            value = getattr(args, f.name)
+            values[f.name] = tuple(value) if isinstance(value, list) else value
+    return cls(**values)
+
+
+def option_names(cls: type) -> set[str]:
+    """The option destinations `typed(cls, ...)` reads (for tests: they match the parser's)."""
+    hints = typing.get_type_hints(cls)
+    names: set[str] = set()
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        names |= option_names(kind) if isinstance(kind, type) and dataclasses.is_dataclass(kind) else {f.name}
+    return names
+
+
+def command(cls: type[S], run: Callable[[S], int]) -> Callable[[argparse.Namespace], int]:
+    """The argparse `func` of a command: resolve env and file values, build `cls`, call `run`."""
+
+    def func(args: argparse.Namespace) -> int:
+        prog = f"kvmtimer {getattr(args, 'command', None) or ''}".rstrip()
+        return run(typed(cls, resolve_or_exit(args, prog)))
+
+    return func

@@ -318,5 +318,16 @@ def add_tls_arguments(parser: argparse.ArgumentParser, *, server: bool) -> None:
     )
 
 
-def tls_from_args(args: argparse.Namespace) -> TlsFiles | None:
-    return tls_files(args.tls_cert, args.tls_key, args.tls_ca)
+@dataclass(frozen=True, slots=True)
+class TlsOptions:
+    """The options of `add_tls_arguments`."""
+
+    tls_cert: str | None  # --tls-cert: this process's certificate (chain), PEM
+    tls_key: str | None  # --tls-key: its private key
+    tls_ca: str | None  # --tls-ca: CA bundle that signed the peers
+    insecure: bool  # --insecure: plaintext allowed off loopback
+    tls_server_name: str | None  # --tls-server-name: name expected in the peer server's certificate
+
+    def files(self) -> TlsFiles | None:
+        """The three PEM files, or None for plaintext; TlsConfigError when only some are given."""
+        return tls_files(self.tls_cert, self.tls_key, self.tls_ca)

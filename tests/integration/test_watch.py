@@ -13,7 +13,6 @@ Edge cases covered:
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import time
@@ -31,6 +30,7 @@ from controller.service.server import build_server, mark_serving
 from controller.telemetry import record
 from node.core.features import ApiProfile, EcvLevel, HostFeatures
 from node.core.workload import WorkloadSpec
+from node.runtime.settings import typed
 from tests.support.cluster import CNTFRQ, sim_cluster
 
 NODES = [
@@ -150,8 +150,10 @@ class FakeStub:
         return cpb.ListNodesResponse(nodes=[cpb.NodeStatus(node_id="n1", cntfrq_hz=CNTFRQ)])
 
 
-def parse(*argv: str) -> argparse.Namespace:
-    return build_parser().parse_args(["watch", "--controller", "127.0.0.1:1", *argv])
+def parse(*argv: str) -> telemetry.WatchSettings:
+    return typed(
+        telemetry.WatchSettings, build_parser().parse_args(["watch", "--controller", "127.0.0.1:1", *argv])
+    )
 
 
 def event(

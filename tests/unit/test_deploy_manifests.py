@@ -33,7 +33,9 @@ import yaml
 from controller.cli import build_parser
 from node.core.features import ApiProfile, EcvLevel
 from node.process import main as node_main
+from node.process.settings import NodeSettings
 from node.runtime import settings
+from node.runtime.settings import typed
 from tests.support.kustomize import Obj, render
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -234,14 +236,14 @@ def test_pool_environment_gives_the_pool_hardware(pool: str, tmp_path: Path) -> 
     env["KVMTIMER_CONFIG"] = str(config_file)
     clean = {k: v for k, v in os.environ.items() if not k.startswith(settings.ENV_PREFIX)}
     with mock.patch.dict(os.environ, {**clean, **env}, clear=True):
-        args = build_parser().parse_args(["node"])
-    host = node_main.host_from_args(args)
+        args = typed(NodeSettings, build_parser().parse_args(["node"]))
+    host = node_main.host_from_settings(args)
     f = host.features
     assert (f.ecv, f.vhe, f.api_profile) == POOLS[pool]
     assert host.node_id == f"kvmtimer-node-{pool}-0"
     assert args.listen == "0.0.0.0:7000" and args.health_listen == "0.0.0.0:7001"
     assert args.advertise == f"kvmtimer-node-{pool}-0.kvmtimer-node.kvmtimer.svc.cluster.local:7000"
-    assert args.tls_cert and args.tls_key and args.tls_ca and not args.insecure
+    assert args.tls.tls_cert and args.tls.tls_key and args.tls.tls_ca and not args.tls.insecure
     assert args.clock == "realtime" and args.cntfrq == 25_000_000
 
 

@@ -21,9 +21,10 @@ from kvmtimer.v1 import controller_pb2 as cpb
 from kvmtimer.v1 import node_pb2 as pb
 
 from node.runtime import mqtt_schema
-from node.runtime.mqtt import add_mqtt_arguments, parse_mqtt_url, settings_from_args
+from node.runtime.mqtt import MqttOptions, add_mqtt_arguments, mqtt_settings, parse_mqtt_url
 from node.runtime.mqtt_schema import SampleBuffer, Topics
 from node.runtime.publisher import OutMessage
+from node.runtime.settings import typed
 
 U64_MAX = 2**64 - 1
 
@@ -56,20 +57,20 @@ def test_parse_mqtt_url_rejects(url: str) -> None:
         parse_mqtt_url(url)
 
 
-def _args(*argv: str) -> argparse.Namespace:
+def _args(*argv: str) -> MqttOptions:
     parser = argparse.ArgumentParser()
     add_mqtt_arguments(parser)
-    return parser.parse_args(list(argv))
+    return typed(MqttOptions, parser.parse_args(list(argv)))
 
 
-def test_settings_from_args() -> None:
-    assert settings_from_args(_args()) is None
-    s = settings_from_args(_args("--mqtt", "mqtts://h", "--mqtt-ca", "ca.pem", "--mqtt-prefix", "lab/kt/"))
+def test_mqtt_settings_from_options() -> None:
+    assert mqtt_settings(_args()) is None
+    s = mqtt_settings(_args("--mqtt", "mqtts://h", "--mqtt-ca", "ca.pem", "--mqtt-prefix", "lab/kt/"))
     assert s is not None and s.tls and s.ca_file == "ca.pem" and s.prefix == "lab/kt"
     with pytest.raises(ValueError, match="mqtts://"):
-        settings_from_args(_args("--mqtt", "mqtt://h", "--mqtt-ca", "ca.pem"))
+        mqtt_settings(_args("--mqtt", "mqtt://h", "--mqtt-ca", "ca.pem"))
     with pytest.raises(ValueError, match="go together"):
-        settings_from_args(_args("--mqtt", "mqtts://h", "--mqtt-cert", "c.pem"))
+        mqtt_settings(_args("--mqtt", "mqtts://h", "--mqtt-cert", "c.pem"))
 
 
 @pytest.mark.parametrize("prefix", ["", "/", "a/+/b", "a/#", "a//b"])

@@ -16,14 +16,14 @@ from controller.service.telemetry import node_statuses, start_controller_telemet
 from controller.telemetry.bridge import MqttTelemetry
 from controller.telemetry.broker import EmbeddedBroker, embedded_broker
 from controller.telemetry.record import TelemetryRecorder
-from node.runtime.mqtt import MqttSettings, settings_from_args
+from node.runtime.mqtt import MqttOptions, MqttSettings, mqtt_settings
 
 
 @dataclass(slots=True)
 class LocalTelemetry:
     settings: MqttSettings | None  # where MQTT goes (None: --no-mqtt)
     broker: EmbeddedBroker | None  # the embedded broker, when no --mqtt was given
-    args: argparse.Namespace
+    options: MqttOptions  # --mqtt* as given
     mqtt: MqttTelemetry | None = None
     recorder: TelemetryRecorder | None = None
     record_path: str = ""
@@ -33,7 +33,7 @@ class LocalTelemetry:
         """Options for `kvmtimer node` so the node processes publish their own status."""
         if self.settings is None:
             return []
-        out = ["--mqtt", self.args.mqtt or (self.broker.url if self.broker else ""), "--mqtt-prefix"]
+        out = ["--mqtt", self.options.mqtt or (self.broker.url if self.broker else ""), "--mqtt-prefix"]
         out.append(self.settings.prefix)
         for flag, value in (
             ("--mqtt-ca", self.settings.ca_file),
@@ -118,25 +118,25 @@ def add_local_telemetry_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 @contextlib.asynccontextmanager
-async def local_telemetry(args: argparse.Namespace) -> AsyncIterator[LocalTelemetry]:
+async def local_telemetry(options: MqttOptions, *, off: bool = False) -> AsyncIterator[LocalTelemetry]:
     """Settings from the options (ValueError when invalid); the embedded broker runs for the
-    duration of the block when no --mqtt was given."""
-    if args.no_mqtt:
-        yield LocalTelemetry(None, None, args)
+    duration of the block when no --mqtt was given; `off` (--no-mqtt): no MQTT at all."""
+    if off:
+        yield LocalTelemetry(None, None, options)
         return
-    if args.mqtt:
-        settings = settings_from_args(args)
+    if options.mqtt:
+        settings = mqtt_settings(options)
         assert settings is not None
-        telemetry = LocalTelemetry(settings, None, args)
+        telemetry = LocalTelemetry(settings, None, options)
         try:
             yield telemetry
         finally:
             await telemetry.stop()
         return
     async with embedded_broker() as broker:
-        settings = settings_from_args(args, url=broker.url)
+        settings = mqtt_settings(options, url=broker.url)
         assert settings is not None
-        telemetry = LocalTelemetry(settings, broker, args)
+        telemetry = LocalTelemetry(settings, broker, options)
         try:
             yield telemetry
         finally:
