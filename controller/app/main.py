@@ -196,11 +196,14 @@ def run(args: ControllerSettings) -> int:
     return asyncio.run(serve(args))
 
 
+run_command = command(ControllerSettings, run)  # the argparse `func` of `kvmtimer controller`
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kvmtimer controller", description=__doc__)
     add_controller_arguments(parser)
     with contextlib.suppress(KeyboardInterrupt):
-        return command(ControllerSettings, run)(parser.parse_args(argv))
+        return run_command(parser.parse_args(argv))
     return 130
 
 

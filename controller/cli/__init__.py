@@ -45,22 +45,18 @@ def _configure_up(p: argparse.ArgumentParser) -> None:
 
 def _configure_node(p: argparse.ArgumentParser) -> None:
     from node.process import main as node_main
-    from node.process.settings import NodeSettings
-    from node.runtime.settings import command
 
     p.description = node_main.__doc__
     node_main.add_node_arguments(p)
-    p.set_defaults(func=command(NodeSettings, node_main.run))
+    p.set_defaults(func=node_main.run_command)
 
 
 def _configure_controller(p: argparse.ArgumentParser) -> None:
     from controller.app import main as controller_main
-    from controller.app.settings import ControllerSettings
-    from node.runtime.settings import command
 
     p.description = controller_main.__doc__
     controller_main.add_controller_arguments(p)
-    p.set_defaults(func=command(ControllerSettings, controller_main.run))
+    p.set_defaults(func=controller_main.run_command)
 
 
 def _configure_certs(p: argparse.ArgumentParser) -> None:

@@ -152,11 +152,14 @@ def run(args: NodeSettings) -> int:
     return 0
 
 
+run_command = command(NodeSettings, run)  # the argparse `func` of `kvmtimer node`
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kvmtimer node", description=__doc__)
     add_node_arguments(parser)
     with contextlib.suppress(KeyboardInterrupt):
-        return command(NodeSettings, run)(parser.parse_args(argv))
+        return run_command(parser.parse_args(argv))
     return 130
 
 
