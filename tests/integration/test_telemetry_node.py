@@ -32,6 +32,7 @@ from node.core.features import ClockMode, EcvLevel, HostFeatures
 from node.core.host import Host
 from node.service.server import build_server, mark_serving
 from node.service.telemetry import TelemetryStreams
+from tests.support.wait import until
 
 H0 = 86_400 * 25_000_000  # the host booted a day ago at 25 MHz
 EOF = grpc.aio.EOF  # type: ignore[attr-defined]  # end-of-stream marker of call.read()
@@ -85,11 +86,11 @@ async def first_batches(
 
 
 async def wait_until_closed(streams: TelemetryStreams) -> None:
-    for _ in range(200):
-        if streams.open_streams == 0 and not sampler_tasks():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{streams.open_streams} streams / {sampler_tasks()} sampler tasks still open")
+    await until(
+        lambda: streams.open_streams == 0 and not sampler_tasks(),
+        timeout_s=2.0,
+        what=f"streams and sampler tasks closed ({streams.open_streams} / {sampler_tasks()} open)",
+    )
 
 
 def sampler_tasks() -> list[asyncio.Task[object]]:

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
@@ -16,10 +12,13 @@ from dataclasses import dataclass
 import grpc
 from kvmtimer.v1 import node_pb2_grpc
 
+from controller.cli.up.launch import kvmtimer_command, kvmtimer_process, wait_for_log_event
 from node.core.clock import ManualClock
 from node.core.features import ClockMode, HostFeatures
 from node.core.host import Host
 from node.service.server import build_server, mark_serving
+
+__all__ = ["kvmtimer_command", "kvmtimer_process", "wait_for_log_event"]
 
 
 @dataclass
@@ -75,53 +74,6 @@ class NodeProcess:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
-
-
-def kvmtimer_command() -> list[str]:
-    return [sys.executable, "-m", "controller.cli"]
-
-
-def wait_for_log_event(proc: subprocess.Popen[str], event: str, timeout_s: float = 20.0) -> dict[str, object]:
-    """Read JSON log lines from the process's stderr until `event` appears."""
-    assert proc.stderr is not None
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            if proc.poll() is not None:
-                raise RuntimeError(f"process exited with {proc.returncode} before logging {event!r}")
-            continue
-        with contextlib.suppress(json.JSONDecodeError):
-            record = json.loads(line)
-            if isinstance(record, dict) and record.get("event") == event:
-                return record
-    raise TimeoutError(f"no {event!r} log line within {timeout_s} s")
-
-
-@contextlib.contextmanager
-def kvmtimer_process(
-    command: str, args: Sequence[str], *, stop_timeout_s: float = 15.0
-) -> Iterator[subprocess.Popen[str]]:
-    """Run `kvmtimer COMMAND ARGS` with its JSON logs on a pipe; SIGTERM (then SIGKILL) it at the end."""
-    proc = subprocess.Popen(
-        [*kvmtimer_command(), command, *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
-    )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=stop_timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
 
 
 @contextlib.contextmanager

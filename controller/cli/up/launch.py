@@ -11,9 +11,11 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import sys
+import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -21,6 +23,74 @@ from controller.cli.up.scenario import NodePlan
 
 NODE_START_TIMEOUT_S = 30.0
 NODE_STOP_TIMEOUT_S = 10.0
+
+
+def kvmtimer_command() -> list[str]:
+    """The console script, run by this interpreter (no PATH look-up, works in any venv)."""
+    return [sys.executable, "-m", "controller.cli"]
+
+
+def child_env(*, inherit_settings: bool = True) -> dict[str, str]:
+    """This process's environment, unbuffered; without KVMTIMER_* settings unless `inherit_settings`."""
+    env = {k: v for k, v in os.environ.items() if inherit_settings or not k.startswith("KVMTIMER_")}
+    return {**env, "PYTHONUNBUFFERED": "1"}
+
+
+def log_event(line: str | bytes) -> dict[str, object] | None:
+    """The JSON log record on one line of a child's stderr, or None for anything else."""
+    with contextlib.suppress(ValueError):
+        record = json.loads(line)
+        if isinstance(record, dict):
+            return record
+    return None
+
+
+def wait_for_log_event(proc: subprocess.Popen[str], event: str, timeout_s: float = 20.0) -> dict[str, object]:
+    """Read JSON log lines from the process's stderr until `event` appears."""
+    assert proc.stderr is not None
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            if proc.poll() is not None:
+                raise RuntimeError(f"process exited with {proc.returncode} before logging {event!r}")
+            continue
+        record = log_event(line)
+        if record is not None and record.get("event") == event:
+            return record
+    raise TimeoutError(f"no {event!r} log line within {timeout_s} s")
+
+
+@contextlib.contextmanager
+def kvmtimer_process(
+    command: str, args: Sequence[str], *, stop_timeout_s: float = 15.0
+) -> Iterator[subprocess.Popen[str]]:
+    """Run `kvmtimer COMMAND ARGS` with its JSON logs on a pipe; SIGTERM (then SIGKILL) it at the end."""
+    proc = subprocess.Popen(
+        [*kvmtimer_command(), command, *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    try:
+        yield proc
+    finally:
+        stop_process(proc, stop_timeout_s)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+def stop_process(proc: subprocess.Popen[str], timeout_s: float = NODE_STOP_TIMEOUT_S) -> int:
+    """SIGTERM, wait up to `timeout_s`, then SIGKILL; the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
 
 
 @dataclass(slots=True)
@@ -41,9 +111,7 @@ class NodeProcess:
 
 async def spawn_node(plan: NodePlan, log_file: TextIO | None, extra_args: Sequence[str] = ()) -> NodeProcess:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "controller.cli",
+        *kvmtimer_command(),
         *plan.argv(),
         *extra_args,
         stdin=asyncio.subprocess.DEVNULL,
@@ -51,10 +119,7 @@ async def spawn_node(plan: NodePlan, log_file: TextIO | None, extra_args: Sequen
         stderr=asyncio.subprocess.PIPE,
         # Only `up` configures its nodes: KVMTIMER_* settings meant for client commands (TLS
         # files, token, config file) must not reach them.
-        env={
-            **{k: v for k, v in os.environ.items() if not k.startswith("KVMTIMER_")},
-            "PYTHONUNBUFFERED": "1",
-        },
+        env=child_env(inherit_settings=False),
         # Own process group: a terminal Ctrl-C reaches only `up`, which stops the nodes in order.
         start_new_session=True,
     )
@@ -76,14 +141,15 @@ async def _drain(node: NodeProcess, listening: asyncio.Future[int], log_file: Te
         node.tail.append(line.rstrip())
         if log_file is not None:
             log_file.write(line)
-        with contextlib.suppress(ValueError, KeyError, TypeError):
-            record = json.loads(line)
-            if not isinstance(record, dict):
-                continue
-            if record.get("event") == "node_listening" and not listening.done():
-                listening.set_result(int(record["port"]))
-            elif record.get("event") == "node_stopped":
-                node.stopped_cleanly = True
+        record = log_event(line)
+        if record is None:
+            continue
+        if record.get("event") == "node_listening" and not listening.done():
+            port = record.get("port")
+            if isinstance(port, int):
+                listening.set_result(port)
+        elif record.get("event") == "node_stopped":
+            node.stopped_cleanly = True
     if not listening.done():
         tail = "\n  ".join(node.tail)
         listening.set_exception(RuntimeError(f"{node.plan.node_id} exited before listening:\n  {tail}"))

@@ -9,16 +9,24 @@ Edge cases covered:
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from kvmtimer.v1 import controller_pb2 as cpb
 
 from controller.core.migration import Method, Phase
+from controller.core.model import GuestRecord
 from controller.service import convert
 from controller.service.cluster import Cluster
 from node.core.workload import WorkloadSpec
 from tests.support.nodes import node_process
+from tests.support.wait import until
+
+pytestmark = pytest.mark.e2e
+
+
+async def timer_fired_on_every_vcpu(cluster: Cluster, guest: GuestRecord) -> bool:
+    obs = await cluster.observations(guest)
+    return obs.running and all(v.vtimer_received > 0 for v in obs.vcpus)
+
 
 NOISE_TICKS = 25_000  # 1 ms at 25 MHz: generous for a loaded 2-core machine
 
@@ -34,8 +42,8 @@ async def test_realtime_migrations_keep_guest_time() -> None:
         try:
             for name, proc in (("old", old), ("new", new), ("series", series)):
                 await cluster.register_node(name, proc.address)
-            await cluster.create_guest("g", 2, WorkloadSpec(250_000), "old")
-            await asyncio.sleep(0.1)
+            guest = await cluster.create_guest("g", 2, WorkloadSpec(250_000), "old")
+            await until(lambda: timer_fired_on_every_vcpu(cluster, guest), what="the guest running")
             to_new = await cluster.migrate("g", "new", Method.AUTO, wait=True)
             assert to_new.phase is Phase.SUCCEEDED, to_new.reason
             assert to_new.applied_as.startswith("TIMER_CNT+PTIMER_CNT")

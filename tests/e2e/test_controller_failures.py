@@ -15,9 +15,24 @@ import signal
 import pytest
 
 from controller.core.migration import Method, MigrationRecord, Phase
+from controller.core.model import GuestRecord
 from controller.service.cluster import Cluster
 from node.core.workload import WorkloadSpec
 from tests.support.nodes import NodeProcess, node_process
+from tests.support.wait import until
+
+pytestmark = pytest.mark.e2e
+
+
+async def timer_fired_on_every_vcpu(cluster: Cluster, guest: GuestRecord) -> bool:
+    obs = await cluster.observations(guest)
+    return obs.running and all(v.vtimer_received > 0 for v in obs.vcpus)
+
+
+async def kept_running(cluster: Cluster, guest: GuestRecord) -> bool:
+    obs = await cluster.observations(guest)
+    return obs.running and all(v.reads > 10 for v in obs.vcpus)
+
 
 PERIOD = 250_000  # 10 ms at 25 MHz
 
@@ -39,7 +54,7 @@ async def test_destination_killed_mid_migration_guest_resumes_on_source(when: st
             await cluster.register_node("src", src.address)
             await cluster.register_node("dst", dst.address)
             guest = await cluster.create_guest("g", 2, WorkloadSpec(PERIOD, use_ptimer=True), "src")
-            await asyncio.sleep(0.2)
+            await until(lambda: timer_fired_on_every_vcpu(cluster, guest), what="the guest running")
 
             if when == "prepare":
                 kill(dst)
@@ -60,7 +75,7 @@ async def test_destination_killed_mid_migration_guest_resumes_on_source(when: st
             else:
                 assert record.steps[-1] == "rollback"
 
-            await asyncio.sleep(0.3)
+            await until(lambda: kept_running(cluster, guest), what="the guest running on after the failure")
             obs = await cluster.observations(guest)
             assert obs.running
             for v in obs.vcpus:
