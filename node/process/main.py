@@ -6,8 +6,12 @@ import argparse
 import asyncio
 import contextlib
 import time
+from typing import TYPE_CHECKING
 
 import structlog
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 from node.core.clock import Clock, ManualClock, SystemClock
 from node.core.errors import EmulatorError
@@ -25,7 +29,6 @@ from node.runtime.mqtt import mqtt_settings as mqtt_settings_of
 from node.runtime.options import add_log_level_argument
 from node.runtime.settings import command, defer_defaults
 from node.runtime.tls import TlsConfigError
-from node.service.metrics import node_registry
 from node.service.server import build_server, mark_not_serving, mark_serving
 from node.service.telemetry import TelemetryStreams
 
@@ -88,6 +91,13 @@ def host_from_settings(args: NodeSettings) -> Host:
     return Host(args.node_id, features, clock, counter_base=base, clock_mode=mode)
 
 
+def node_metrics(host: Host, telemetry: TelemetryStreams) -> CollectorRegistry:
+    """The node's Prometheus registry (imported here: only --metrics-listen needs prometheus-client)."""
+    from node.service.metrics import node_registry
+
+    return node_registry(host, telemetry)
+
+
 async def serve(args: NodeSettings) -> None:
     stop = stop_on_signals()
     mqtt_settings = mqtt_settings_of(args.mqtt)  # ValueError: bad --mqtt options
@@ -104,7 +114,7 @@ async def serve(args: NodeSettings) -> None:
     extras = deploy.Extras(args, health_servicer, port, host.node_id)
     await server.start()
     metrics = (
-        await start_metrics(node_registry(host, telemetry), args.metrics_listen)
+        await start_metrics(node_metrics(host, telemetry), args.metrics_listen)
         if args.metrics_listen
         else None
     )

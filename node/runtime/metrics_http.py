@@ -10,15 +10,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+from typing import TYPE_CHECKING
 
 import structlog
-from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
 from node.runtime.addr import listen_address
 
 MAX_REQUEST_BYTES = 16_384
 REQUEST_TIMEOUT_S = 5.0
+
+# prometheus-client (with the http/email/wsgiref modules it pulls in) loads only when metrics
+# are served: a process without --metrics-listen never imports it.
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 log = structlog.get_logger("kvmtimer.metrics")
 
@@ -81,6 +85,8 @@ class MetricsServer:
             return "405 Method Not Allowed", "text/plain", b"only GET\n"
         if path not in ("/metrics", "/"):
             return "404 Not Found", "text/plain", b"try /metrics\n"
+        from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+
         return "200 OK", CONTENT_TYPE_PLAIN_0_0_4, generate_latest(self.registry)
 
 
