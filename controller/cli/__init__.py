@@ -1,7 +1,7 @@
 """The `kvmtimer` command line: `node`, `controller`, `up` and the client commands.
 
 Subcommands load lazily: `kvmtimer COMMAND` imports the modules of COMMAND only, so a
-`kvmtimer node` process loads no controller module (tests/unit/test_cli_dispatch.py checks it).
+`kvmtimer node` process loads no controller module but this one (tests/e2e/test_process_imports.py).
 The other commands appear in the parser as bare names with their help line, which is all
 `kvmtimer --help` and argparse's "invalid choice" message show.
 """

@@ -1,7 +1,7 @@
 """The README's settings table, generated from the command-line parsers.
 
 `python -m controller.cli.settings_doc` prints it; `--write` replaces the block between the
-markers in README.md. tests/unit/test_settings_doc.py fails when README.md is out of date, so
+markers in README.md. tests/repo/test_settings_doc.py fails when README.md is out of date, so
 every option of `kvmtimer node`, `kvmtimer controller` and the client commands is documented
 with its environment variable and config-file key.
 """
