@@ -24,7 +24,7 @@ from controller.core.errors import FailedPrecondition, InvalidArgument
 from controller.core.model import GuestId, MigrationId, NodeId
 from node.core.clock import NS_PER_S, U64_MASK
 from node.core.features import ApiProfile, HostFeatures
-from node.core.regs import Cap, OneReg
+from node.core.uapi import Cap, OneReg
 
 
 class Method(IntEnum):

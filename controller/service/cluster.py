@@ -50,8 +50,8 @@ from controller.service import convert
 from controller.telemetry.collector import TelemetryCollector
 from controller.telemetry.hub import Hub
 from node.core.features import ApiProfile, ClockMode
-from node.core.regs import OneReg, TimerAttr
 from node.core.timer import DEFAULT_PPI, TimerId
+from node.core.uapi import OneReg, TimerAttr
 from node.core.workload import WorkloadSpec
 from node.service.convert import features_from_info, workload_spec_to_pb
 from node.tls import is_loopback

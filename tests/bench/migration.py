@@ -65,7 +65,7 @@ from controller.service.cluster import Cluster
 from node.core.clock import NS_PER_S, ManualClock
 from node.core.features import ApiProfile, ClockMode, EcvLevel, HostFeatures
 from node.core.host import Host
-from node.core.regs import OneReg
+from node.core.uapi import OneReg
 from node.core.workload import MAX_SAMPLES, WorkloadSpec
 from node.core.world import advance_hosts
 from node.logs import configure_logging
