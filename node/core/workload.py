@@ -6,6 +6,8 @@ reads its counters, records how late the interrupt was, and re-arms for the
 next deadline (`cval += period`: missed deadlines are caught up, never lost).
 It also reads its counters when the VMM stops and continues it (the guest
 was executing at that moment), which is what measures a migration's jump.
+Deadlines missed while the guest was stopped (or the counter jumped) are all
+accounted by the next interrupt, so a jump of any size costs one interrupt.
 
 All of this is guest memory: `WorkloadState` moves with the guest on migration.
 Every register access goes through the Vm's guest accessors, so traps count.
@@ -189,10 +191,15 @@ class Workload:
         if lateness < 0:
             vm.guest_write(vcpu, reg, comparator_value(stats.next_deadline, now))
             return False
-        stats.received += 1
+        # Every deadline passed by now is accounted in this one interrupt (a tick handler
+        # catching up, as Linux's does): a counter that jumped far ahead costs one interrupt,
+        # not one per missed period. Lateness of deadline j is lateness - j * period.
+        period = self.spec.period_ticks
+        due = lateness // period + 1
+        stats.received += due
         stats.max_lateness_ticks = max(stats.max_lateness_ticks, lateness)
-        stats.total_lateness_ticks += lateness
-        stats.next_deadline = (stats.next_deadline + self.spec.period_ticks) & U64_MASK
+        stats.total_lateness_ticks += due * lateness - period * due * (due - 1) // 2
+        stats.next_deadline = (stats.next_deadline + due * period) & U64_MASK
         vm.guest_write(vcpu, reg, comparator_value(stats.next_deadline, now))
         return True
 

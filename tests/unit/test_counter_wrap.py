@@ -20,6 +20,7 @@ from node.core.clock import U64_MASK, ManualClock
 from node.core.features import ALL_FEATURE_COMBINATIONS, HostFeatures
 from node.core.host import Host
 from node.core.timer import TimerId
+from node.core.uapi import OneReg
 from node.core.vm import Vm
 from node.core.workload import Workload, WorkloadSpec, comparator_value
 from node.core.world import advance_hosts
@@ -121,3 +122,27 @@ def test_a_cval_set_by_the_vmm_does_not_make_the_loop_spin(
 )
 def test_comparator_value(deadline: int, now: int, cval: int) -> None:
     assert comparator_value(deadline, now) == cval
+
+
+@pytest.mark.parametrize("features", FEATURES)
+@pytest.mark.parametrize("jump", [10**6, 1 << 62, (1 << 63) - 5000])
+def test_a_counter_jump_costs_one_interrupt_per_timer(
+    features: HostFeatures, jump: int, deliveries: list[tuple[int, TimerId, bool]]
+) -> None:
+    host = Host("n", features, ManualClock(), counter_base=1000)
+    vm = host.create_vm("g")
+    vm.create_vcpu(0)
+    vm.start_workload(WorkloadSpec(PERIOD))
+    vm.resume()
+    host.step_clock(3 * PERIOD)
+    vm.pause()
+    # The VMM moves the guest virtual counter far ahead (by value).
+    vm.set_one_reg(0, OneReg.TIMER_CNT, (vm.get_one_reg(0, OneReg.TIMER_CNT) + jump) & U64_MASK)
+    vm.resume()
+    host.step_clock(0)
+    assert vm.workload is not None
+    w = vm.workload.vcpus[0]
+    now = vm.cntvct(host.counter.read())
+    assert w.vtimer.received == w.vtimer.expected(now, PERIOD)
+    # Three on-time interrupts, then the whole jump in one (or a spurious one near the wrap).
+    assert len(deliveries) <= 5
