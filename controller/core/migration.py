@@ -25,7 +25,7 @@ from controller.core.errors import FailedPrecondition, InvalidArgument
 from controller.core.model import GuestId, MigrationId, NodeId
 from node.core.clock import NS_PER_S, U64_MASK
 from node.core.features import ApiProfile, HostFeatures
-from node.core.uapi import Cap, OneReg, timer_reg_list
+from node.core.uapi import Cap, OneReg, reg_name, timer_reg_list
 
 
 class Method(IntEnum):
@@ -144,13 +144,6 @@ def predicted_reg_list(features: HostFeatures) -> tuple[int, ...]:
 
 # Counter and offset ids: carried by the method (offsets or by-value writes), never copied as state.
 COUNTER_IDS = frozenset({int(OneReg.TIMER_CNT), int(OneReg.PTIMER_CNT), int(OneReg.TIMER_OFFSET)})
-
-
-def reg_name(reg_id: int) -> str:
-    try:
-        return OneReg(reg_id).name
-    except ValueError:
-        return f"{reg_id:#018x}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,6 +48,14 @@ class OneReg(IntEnum):
     TIMER_OFFSET = 0x6030_0000_0013_E703  # guest CNTVOFF_EL2 (2021 series, opt-in)
 
 
+def reg_name(reg_id: int) -> str:
+    """The uapi name of a timer id ("PTIMER_CTL"), or the id in hex."""
+    try:
+        return OneReg(reg_id).name
+    except ValueError:
+        return f"{reg_id:#018x}"
+
+
 # KVM_GET_REG_LIST's timer ids per kernel, in the kernel's order (spec §2.1 table).
 VTIMER_REGS = (OneReg.TIMER_CTL, OneReg.TIMER_CNT, OneReg.TIMER_CVAL)  # copy_timer_indices(), every kernel
 PTIMER_REGS = (OneReg.PTIMER_CTL, OneReg.PTIMER_CNT, OneReg.PTIMER_CVAL)  # 6.4+ only (Linux 680232a94c12)

@@ -27,7 +27,7 @@ import grpc
 from kvmtimer.v1 import node_pb2 as pb
 from kvmtimer.v1 import node_pb2_grpc
 
-from node.core.uapi import OneReg
+from node.core.uapi import OneReg, reg_name
 
 # QEMU writes the guest counters back only on a full state put, after the other registers.
 COUNTER_IDS = (int(OneReg.TIMER_CNT), int(OneReg.PTIMER_CNT))
@@ -48,13 +48,6 @@ class SavedVm:
     def from_json(cls, text: str) -> SavedVm:
         raw = json.loads(text)
         return cls({int(i): [(int(r, 16), int(v)) for r, v in regs] for i, regs in raw.items()})
-
-
-def reg_name(reg_id: int) -> str:
-    try:
-        return OneReg(reg_id).name
-    except ValueError:
-        return f"{reg_id:#018x}"
 
 
 def vcpu_count(stub: node_pb2_grpc.NodeStub, vm_id: str) -> int:
