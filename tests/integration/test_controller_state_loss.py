@@ -7,6 +7,9 @@ Edge cases covered:
   and the guest's own observations show its physical-timer interrupts stopped
 - `kvmtimer migrate` exits 2 (refused) without --allow-state-loss, 0 with it, and prints what
   was not carried
+- the "uses its physical timer" criterion's second half: a PTIMER_CTL with ENABLE set on a
+  6.4+ source, with a virtual-timer-only workload
+- a guest without a physical timer moves without opt-in; the record still lists what one side lacked
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from kvmtimer.v1 import controller_pb2_grpc
 from kvmtimer.v1 import node_pb2 as pb
 
 from controller.cli import main
+from controller.core.errors import FailedPrecondition
+from controller.core.migration import Method, Phase
 from controller.service.server import build_server, mark_serving
 from node.core.features import ApiProfile, EcvLevel, HostFeatures
 from tests.support.cluster import CNTFRQ, SimCluster, controller_stub, sim_cluster
@@ -94,3 +99,33 @@ async def test_kvmtimer_migrate_allow_state_loss_flag(capsys: pytest.CaptureFixt
             assert sim.cluster.guest("g").node_id == "old"
         finally:
             await server.stop(grace=None)
+
+
+@pytest.mark.asyncio
+async def test_a_ptimer_enabled_by_the_guest_counts_as_used_where_the_source_can_read_it() -> None:
+    """Criterion, second half: on a 6.4+ source, a vCPU whose PTIMER_CTL has ENABLE set."""
+    async with sim_cluster(NODES) as sim:
+        await sim.cluster.create_guest("g", 2, None, "src")  # workload: virtual timer only
+        node = sim.nodes["src"].stub
+        await node.PauseVm(pb.PauseVmRequest(vm_id="g"))
+        op = pb.GuestOp(write=pb.SysRegWrite(reg=pb.SYS_REG_CNTP_CTL_EL0, value=1))
+        await node.RunVcpu(pb.RunVcpuRequest(vm_id="g", vcpu_index=1, ops=[op]))
+        await node.ResumeVm(pb.ResumeVmRequest(vm_id="g"))
+        with pytest.raises(FailedPrecondition):
+            await sim.cluster.migrate("g", "old", Method.AUTO, wait=True)
+        assert sim.nodes["old"].host.vms == {}
+        record = await sim.cluster.migrate("g", "old", Method.AUTO, wait=True, allow_state_loss=True)
+        assert record.guest_uses_ptimer and record.phase is Phase.SUCCEEDED
+
+
+@pytest.mark.asyncio
+async def test_a_virtual_timer_guest_moves_without_opt_in_and_the_record_says_what_one_side_lacked() -> None:
+    async with sim_cluster(NODES) as sim:
+        await sim.cluster.create_guest("g", 1, None, "src")
+        record = await sim.cluster.migrate("g", "old", Method.AUTO, wait=True)
+        assert (record.phase, record.guest_uses_ptimer, record.method) == (
+            Phase.SUCCEEDED,
+            False,
+            Method.BY_VALUE,
+        )
+        assert record.not_carried == ["PTIMER_CTL", "PTIMER_CVAL", "PTIMER_CNT"]
