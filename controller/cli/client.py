@@ -124,6 +124,7 @@ class MigrateSettings:
     to: str | None  # --to NODE (None: the controller picks one)
     method: str  # --method: a MigrationMethod name without prefix
     id: str | None  # --id: client-chosen migration id
+    allow_state_loss: bool  # --allow-state-loss: move even if a pre-6.4 kernel loses ptimer state
 
 
 def exit_code_for(code: grpc.StatusCode) -> int:
@@ -260,6 +261,7 @@ def cmd_migrate(args: MigrateSettings, stub: cpb_grpc.ControllerStub) -> int:
         method=views.method_value(args.method),
         migration_id=args.id or "",
         wait=True,
+        allow_state_loss=args.allow_state_loss,
     )
     try:
         record: cpb.Migration = stub.Migrate(request, timeout=timeout(args, DEFAULT_MIGRATE_TIMEOUT_S))
@@ -376,6 +378,12 @@ def _migrate(p: argparse.ArgumentParser) -> None:
         help="how guest time is carried over (default AUTO: the best both ends support)",
     )
     p.add_argument("--id", metavar="MIGRATION_ID", help="client-chosen id making the request idempotent")
+    p.add_argument(
+        "--allow-state-loss",
+        action="store_true",
+        help="move a guest that uses its physical timer even where a pre-6.4 kernel cannot carry its "
+        "ptimer state (as QEMU would); the record lists what was not carried",
+    )
     p.set_defaults(func=settings.command(MigrateSettings, run_client(cmd_migrate)))
 
 

@@ -10,8 +10,8 @@ from typing import NewType
 from node.core.clock import Clock, HostCounter, ManualClock
 from node.core.errors import AlreadyExists, BadRequest, VmNotFound, WrongClockMode
 from node.core.features import ClockMode, HostFeatures
-from node.core.regs import Cap
 from node.core.state import VmState
+from node.core.uapi import Cap
 from node.core.vcpu import AccessKind, AccessResult, GuestOp
 from node.core.vm import IrqLevel, Vm, check_u64
 

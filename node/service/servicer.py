@@ -253,4 +253,5 @@ _BATCH_HANDLERS = {
     "destroy_vm": "DestroyVm",
     "start_workload": "StartWorkload",
     "get_guest_observations": "GetGuestObservations",
+    "get_reg_list": "GetRegList",
 }

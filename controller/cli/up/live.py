@@ -86,6 +86,7 @@ def frame(demo: Demo) -> str:
             "DOWNTIME MS",
             "ERR TICKS",
             "APPLIED AS",
+            "LOST",
         ),
         (
             (
@@ -97,6 +98,7 @@ def frame(demo: Demo) -> str:
                 views.ms(m.downtime) if m.downtime else None,
                 views.counter_error(m),
                 m.applied_as,
+                views.state_lost(m) or None,
             )
             for m in reversed(demo.recent.values())
         ),

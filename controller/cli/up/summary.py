@@ -88,6 +88,11 @@ def build_summary(
             for n in demo.nodes
         ],
         "migrations": {"succeeded": succeeded, "failed": failed, "refused": len(demo.refusals)},
+        "moved_with_state_loss": [
+            {"migration_id": m.migration_id, "guest_id": m.guest_id, "not_carried": list(m.not_carried)}
+            for m in migrations
+            if m.phase == cpb.MIGRATION_PHASE_SUCCEEDED and views.state_lost(m)
+        ],
         "by_method": methods,
         "refused_by_method": {"AUTO": len(demo.refusals)} if demo.refusals else {},
         "refused_by_code": dict(Counter(r.code for r in demo.refusals)),
@@ -148,6 +153,12 @@ def summary_text(summary: dict[str, object]) -> str:
             ("METHOD", "SUCCEEDED", "FAILED", "REFUSED", "DOWNTIME P50 MS", "P99 MS", "MAX |ERR| TICKS"), rows
         )
     )
+    lossy = summary.get("moved_with_state_loss")
+    if isinstance(lossy, list) and lossy:
+        lines.append(
+            f"{len(lossy)} move(s) lost a guest's physical timer (a pre-6.4 kernel cannot carry it): "
+            + ", ".join(f"{x['guest_id']} ({x['migration_id']})" for x in lossy)
+        )
     by_code = get("refused_by_code")
     if by_code:
         lines.append("refusals: " + ", ".join(f"{code} x{n}" for code, n in by_code.items()))
