@@ -58,7 +58,7 @@ from node.core.timer import CTL_ENABLE, DEFAULT_PPI, TimerId
 from node.core.uapi import KVM_ARM_VCPU_TIMER_PHYS_OFFSET, OneReg, TimerAttr
 from node.core.workload import WorkloadSpec
 from node.runtime.addr import is_loopback
-from node.service.convert import features_from_info, workload_spec_to_pb
+from node.wire import features_from_info, workload_spec_to_pb
 
 log = structlog.get_logger("kvmtimer.controller")
 
