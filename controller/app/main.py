@@ -24,7 +24,7 @@ from node.runtime.metrics_http import add_metrics_argument, start_metrics
 from node.runtime.mqtt import add_mqtt_arguments
 from node.runtime.mqtt import mqtt_settings as mqtt_settings_of
 from node.runtime.options import add_log_level_argument, positive_int
-from node.runtime.settings import command, defer_defaults
+from node.runtime.settings import command, defer_defaults, standalone
 from node.runtime.tls import TlsConfigError
 
 log = structlog.get_logger("kvmtimer.controller")
@@ -200,11 +200,7 @@ run_command = command(ControllerSettings, run)  # the argparse `func` of `kvmtim
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="kvmtimer controller", description=__doc__)
-    add_controller_arguments(parser)
-    with contextlib.suppress(KeyboardInterrupt):
-        return run_command(parser.parse_args(argv))
-    return 130
+    return standalone("kvmtimer controller", __doc__, add_controller_arguments)(run_command, argv)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import time
 from typing import TYPE_CHECKING
 
@@ -27,7 +26,7 @@ from node.runtime.metrics_http import add_metrics_argument, start_metrics
 from node.runtime.mqtt import add_mqtt_arguments
 from node.runtime.mqtt import mqtt_settings as mqtt_settings_of
 from node.runtime.options import add_log_level_argument
-from node.runtime.settings import command, defer_defaults
+from node.runtime.settings import command, defer_defaults, standalone
 from node.runtime.tls import TlsConfigError
 from node.service.server import build_server, mark_not_serving, mark_serving
 from node.service.telemetry import TelemetryStreams
@@ -166,11 +165,7 @@ run_command = command(NodeSettings, run)  # the argparse `func` of `kvmtimer nod
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="kvmtimer node", description=__doc__)
-    add_node_arguments(parser)
-    with contextlib.suppress(KeyboardInterrupt):
-        return run_command(parser.parse_args(argv))
-    return 130
+    return standalone("kvmtimer node", __doc__, add_node_arguments)(run_command, argv)
 
 
 if __name__ == "__main__":

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
 
 import structlog
 
 
-def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
-    """Log to stderr; `json=None` picks JSON when stderr is not a terminal."""
-    use_json = (not sys.stderr.isatty()) if json is None else json
+def configure_logging(level: str = "info", *, json: bool | None = None, file: TextIO | None = None) -> None:
+    """Log to `file` (default stderr); `json=None` picks JSON when it is not a terminal."""
+    out = sys.stderr if file is None else file
+    use_json = (not out.isatty()) if json is None else json
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
     )
@@ -23,6 +25,6 @@ def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=True,
     )

@@ -333,6 +333,23 @@ def option_names(cls: type) -> set[str]:
     return names
 
 
+def standalone(
+    prog: str, description: str | None, add_arguments: Callable[[argparse.ArgumentParser], None]
+) -> Callable[[Callable[[argparse.Namespace], int], list[str] | None], int]:
+    """`python -m` entry of one command, outside the console script: its own parser, and exit
+    status 130 on Ctrl-C. Returns main(func, argv) for the command's `func` (see `command`)."""
+
+    def main(func: Callable[[argparse.Namespace], int], argv: list[str] | None) -> int:
+        parser = argparse.ArgumentParser(prog=prog, description=description)
+        add_arguments(parser)
+        try:
+            return func(parser.parse_args(argv))
+        except KeyboardInterrupt:
+            return 130
+
+    return main
+
+
 def command(cls: type[S], run: Callable[[S], int]) -> Callable[[argparse.Namespace], int]:
     """The argparse `func` of a command: resolve env and file values, build `cls`, call `run`."""
 

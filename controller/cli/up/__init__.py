@@ -47,8 +47,9 @@ from controller.cli.up.telemetry import add_local_telemetry_arguments, local_tel
 from controller.service.cluster import Cluster
 from controller.service.server import build_server, mark_serving
 from node.runtime.addr import host_port, local_address
+from node.runtime.logs import configure_logging
 from node.runtime.options import add_log_level_argument, int_at_least, positive_float
-from node.runtime.settings import command
+from node.runtime.settings import command, standalone
 
 IN_FLIGHT_TIMEOUT_S = 30.0
 
@@ -57,22 +58,7 @@ log = structlog.get_logger("kvmtimer.up")
 
 def configure_up_logging(level: str, log_file: TextIO | None) -> None:
     """JSON lines to --log-file; without one, only errors reach stderr (the view owns the terminal)."""
-    import logging
-
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[(level if log_file is not None else "error").upper()]
-        ),
-        logger_factory=structlog.PrintLoggerFactory(file=log_file or sys.stderr),
-        cache_logger_on_first_use=True,
-    )
+    configure_logging(level if log_file is not None else "error", json=True, file=log_file)
 
 
 async def wait_for_stop(stop: asyncio.Event, duration: float | None) -> None:
@@ -285,6 +271,4 @@ def run(args: UpSettings) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="kvmtimer up", description=__doc__)
-    add_up_arguments(parser)
-    return command(UpSettings, run)(parser.parse_args(argv))
+    return standalone("kvmtimer up", __doc__, add_up_arguments)(command(UpSettings, run), argv)
