@@ -220,14 +220,15 @@ async def test_slow_consumer_drops_are_counted_and_node_stays_responsive() -> No
         assert isinstance(first, pb.TelemetryBatch)
         assert (first.sequence, first.dropped, len(first.samples)) == (0, 0, 50)
         # The client stops reading; transport windows fill, then the node's buffer.
-        deadline = time.monotonic() + 10
-        while node.streams.dropped_total == 0 and time.monotonic() < deadline:
+
+        async def dropping_and_responsive() -> bool:
             start = time.monotonic()
             info = await node.stub.GetHostInfo(pb.GetHostInfoRequest(), timeout=2)
             assert info.vcpu_count == 50
             assert time.monotonic() - start < 0.5
-            await asyncio.sleep(0.05)
-        assert node.streams.dropped_total > 0
+            return node.streams.dropped_total > 0
+
+        await until(dropping_and_responsive, timeout_s=10, poll_s=0.05, what="the node dropping samples")
         # Reading again: the batches queued in transport come first, then ones reporting drops.
         last_sequence, last_dropped, received = 0, 0, 0
         while last_dropped == 0:

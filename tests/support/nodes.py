@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import subprocess
-import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -17,6 +15,7 @@ from node.core.clock import ManualClock
 from node.core.features import ClockMode, HostFeatures
 from node.core.host import Host
 from node.service.server import build_server, mark_serving
+from tests.support.wait import until
 
 __all__ = ["kvmtimer_command", "kvmtimer_process", "wait_for_log_event"]
 
@@ -89,15 +88,14 @@ def node_process(args: Sequence[str]) -> Iterator[NodeProcess]:
 async def wait_healthy(address: str, timeout_s: float = 10.0) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    deadline = time.monotonic() + timeout_s
     async with grpc.aio.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
-        while True:
+
+        async def serving() -> bool:
             try:
                 resp = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
-                if resp.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
             except grpc.aio.AioRpcError:
-                if time.monotonic() > deadline:
-                    raise
-            await asyncio.sleep(0.05)
+                return False
+            return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
+
+        await until(serving, timeout_s=timeout_s, poll_s=0.05, what=f"{address} SERVING")
