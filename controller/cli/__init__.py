@@ -1,4 +1,4 @@
-"""The `kvmtimer` command line: `node`, `controller`, `up` and the client commands.
+"""The `kvmtimer` command line: `node`, `fleet`, `controller`, `up` and the client commands.
 
 Subcommands load lazily: `kvmtimer COMMAND` imports the modules of COMMAND only, so a
 `kvmtimer node` process loads no controller module but this one (tests/e2e/test_process_imports.py).
@@ -51,6 +51,15 @@ def _configure_node(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=node_main.run_command)
 
 
+def _configure_fleet(p: argparse.ArgumentParser) -> None:
+    from node.process import fleet
+
+    p.description = fleet.__doc__
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    fleet.add_fleet_arguments(p)
+    p.set_defaults(func=fleet.run_command)
+
+
 def _configure_controller(p: argparse.ArgumentParser) -> None:
     from controller.app import main as controller_main
 
@@ -74,6 +83,9 @@ _TELEMETRY = "controller.cli.telemetry"
 COMMANDS: dict[str, Command] = {
     "up": Command("run a local demo cluster and keep migrating guests", __name__, "_configure_up"),
     "node": Command("serve one emulated arm64 KVM host", __name__, "_configure_node"),
+    "fleet": Command(
+        "serve several emulated hosts from one process (a local fleet)", __name__, "_configure_fleet"
+    ),
     "controller": Command(
         "serve the controller (inventory, guests, migrations)", __name__, "_configure_controller"
     ),

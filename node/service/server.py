@@ -12,6 +12,7 @@ from grpc_reflection.v1alpha import reflection
 from kvmtimer.v1 import node_pb2, node_pb2_grpc
 
 from node.core.host import Host
+from node.service.driver import TimerScheduler
 from node.service.servicer import NodeServicer
 from node.service.telemetry import TelemetryStreams
 
@@ -25,15 +26,17 @@ def build_server(
     credentials: grpc.ServerCredentials | None = None,
     telemetry: TelemetryStreams | None = None,
     interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
+    scheduler: TimerScheduler | None = None,
 ) -> tuple[grpc.aio.Server, int, HealthServicer]:
     """A ready-to-start server for `host`; returns (server, bound port, health servicer).
 
     Pass `telemetry` to see the node's telemetry streams (metrics) and to end them
     (`telemetry.close()`) before stopping the server. `credentials`/`interceptors`: mutual TLS
-    and caller checks (node.runtime.serving).
+    and caller checks (node.runtime.serving). `scheduler`: the process's guest timer scheduler
+    when several hosts share one (a fleet process).
     """
     server = grpc.aio.server(interceptors=interceptors)
-    node_pb2_grpc.add_NodeServicer_to_server(NodeServicer(host, telemetry), server)
+    node_pb2_grpc.add_NodeServicer_to_server(NodeServicer(host, telemetry, scheduler), server)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((NODE_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

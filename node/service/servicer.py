@@ -12,7 +12,7 @@ from node.core.errors import BadRequest, EmulatorError
 from node.core.features import ClockMode
 from node.core.host import Host
 from node.service import convert
-from node.service.driver import WorkloadDriver
+from node.service.driver import TimerScheduler
 from node.service.errors import Ctx, rpc, status_for, stream_rpc, trailing_metadata_for
 from node.service.telemetry import TelemetryStreams
 
@@ -20,20 +20,25 @@ from node.service.telemetry import TelemetryStreams
 class NodeServicer(pb_grpc.NodeServicer):
     """Every method is one KVM ioctl (or VMM action) on the injected Host."""
 
-    def __init__(self, host: Host, telemetry: TelemetryStreams | None = None) -> None:
+    def __init__(
+        self,
+        host: Host,
+        telemetry: TelemetryStreams | None = None,
+        scheduler: TimerScheduler | None = None,
+    ) -> None:
+        """`scheduler`: the process's guest timer scheduler (a fleet process shares one between
+        its hosts); a realtime host without one gets its own."""
         self.host = host
         self.telemetry = telemetry if telemetry is not None else TelemetryStreams()
-        self._driver = WorkloadDriver(host) if host.clock_mode is ClockMode.REALTIME else None
-        self._driver_started = False
+        realtime = host.clock_mode is ClockMode.REALTIME
+        self._scheduler = (scheduler or TimerScheduler()) if realtime else None
 
     def _guests_changed(self) -> None:
-        """Deliver interrupts due right now and let a realtime driver re-plan its sleep."""
-        self.host.run_due_events()
-        if self._driver is not None:
-            if not self._driver_started:
-                self._driver.start()
-                self._driver_started = True
-            self._driver.kick()
+        """Deliver interrupts due right now and let a realtime scheduler plan this host again."""
+        if self._scheduler is not None:
+            self._scheduler.kick(self.host)
+        else:
+            self.host.run_due_events()
 
     @rpc
     async def GetHostInfo(self, request: pb.GetHostInfoRequest, context: Ctx) -> pb.HostInfo:
@@ -105,6 +110,7 @@ class NodeServicer(pb_grpc.NodeServicer):
         reference = request.counter_reference if request.HasField("counter_reference") else None
         entries = [(r.vcpu_index, r.reg_id, r.value) for r in request.regs]
         self.host.vm(request.vm_id).set_regs(entries, reference)
+        self._guests_changed()
         return pb.SetRegsResponse()
 
     @rpc
@@ -121,6 +127,7 @@ class NodeServicer(pb_grpc.NodeServicer):
     async def SetDeviceAttr(self, request: pb.SetDeviceAttrRequest, context: Ctx) -> pb.SetDeviceAttrResponse:
         vm = self.host.vm(request.vm_id)
         vm.set_attr(request.vcpu_index, request.group, request.attr, request.value)
+        self._guests_changed()
         return pb.SetDeviceAttrResponse()
 
     @rpc
@@ -128,6 +135,7 @@ class NodeServicer(pb_grpc.NodeServicer):
         self, request: pb.SetCounterOffsetRequest, context: Ctx
     ) -> pb.SetCounterOffsetResponse:
         self.host.vm(request.vm_id).set_counter_offset(request.counter_offset, request.reserved)
+        self._guests_changed()
         return pb.SetCounterOffsetResponse()
 
     @rpc

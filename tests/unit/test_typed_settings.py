@@ -18,12 +18,14 @@ from controller.app.settings import ControllerSettings
 from controller.cli import COMMANDS, build_parser, client, telemetry
 from controller.cli.certs import CertsSettings
 from controller.cli.up.settings import UpSettings
+from node.process.fleet import FleetSettings
 from node.process.settings import NodeSettings
 from node.runtime.settings import ENV_PREFIX, option_names, typed
 
 SETTINGS: dict[str, type] = {
     "up": UpSettings,
     "node": NodeSettings,
+    "fleet": FleetSettings,
     "controller": ControllerSettings,
     "certs": CertsSettings,
     "nodes": client.NodesSettings,

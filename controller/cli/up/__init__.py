@@ -39,19 +39,108 @@ from kvmtimer.v1 import controller_pb2_grpc as cpb_grpc
 from kvmtimer.v1 import node_pb2 as pb
 
 from controller.cli.up import live
-from controller.cli.up.launch import NodeProcess, spawn_node, stop_node
-from controller.cli.up.scenario import PERIOD_TICKS, RPC_TIMEOUT_S, Demo, guest_plans, node_plans
+from controller.cli.up.launch import NodeProcess, spawn_fleet, spawn_node, stop_node
+from controller.cli.up.retry import Progress
+from controller.cli.up.scenario import (
+    RPC_TIMEOUT_S,
+    Demo,
+    GuestPlan,
+    NodePlan,
+    default_period_ticks,
+    guest_plans,
+    node_plans,
+)
 from controller.cli.up.settings import UpSettings
 from controller.cli.up.summary import build_summary, summary_text
 from controller.cli.up.telemetry import add_local_telemetry_arguments, local_telemetry
 from controller.service.cluster import Cluster
 from controller.service.server import build_server, mark_serving
+from node.core.features import DEFAULT_CNTFRQ_HZ
+from node.core.workload import MIN_PERIOD_TICKS
 from node.runtime.addr import host_port, local_address
 from node.runtime.logs import configure_logging
-from node.runtime.options import add_log_level_argument, int_at_least, positive_float
+from node.runtime.options import add_log_level_argument, int_at_least, int_between, positive_float
 from node.runtime.settings import command, standalone
 
 IN_FLIGHT_TIMEOUT_S = 30.0
+FLEET_ABOVE = 8  # more nodes than this: fleet processes (several hosts each) instead of one per host
+FLEET_HOSTS_PER_PROCESS = 25
+VERBOSE_MAX = 20  # up to this many nodes/guests, one line each at start-up
+CREATE_PARALLEL = 16  # CreateGuest calls in flight at once
+TELEMETRY_BUDGET_HZ = 2000  # vCPU samples per second the controller collects, whole cluster
+
+
+def hosts_per_process(args: UpSettings) -> int:
+    """--hosts-per-process, else one process per host for a small cluster and fleet processes
+    of FLEET_HOSTS_PER_PROCESS hosts for a large one."""
+    if args.hosts_per_process is not None:
+        return args.hosts_per_process
+    return 1 if args.nodes <= FLEET_ABOVE else FLEET_HOSTS_PER_PROCESS
+
+
+def health_interval_s(nodes: int) -> float:
+    """Health checks every second for a small cluster, about 20 checks per second for a large one."""
+    return max(1.0, nodes / 20)
+
+
+def telemetry_rate_hz(vcpus: int) -> float:
+    """Samples per vCPU per second: 10 Hz while the cluster stays within the budget, less beyond."""
+    return min(10.0, max(0.2, TELEMETRY_BUDGET_HZ / max(1, vcpus)))
+
+
+async def _start_group(
+    group: list[NodePlan], per_process: int, log_file: TextIO | None, node_args: list[str], progress: Progress
+) -> NodeProcess:
+    n = await (
+        spawn_node(group[0], log_file, node_args) if per_process == 1 else spawn_fleet(group, log_file)
+    )
+    progress.advance(len(group))
+    return n
+
+
+async def register_node(demo: Demo, node_id: str, address: str) -> None:
+    request = cpb.RegisterNodeRequest(node_id=node_id, address=address)
+
+    async def attempt(_: int) -> None:
+        await demo.stub.RegisterNode(request, timeout=RPC_TIMEOUT_S)
+
+    await demo.retrier.call(attempt)
+
+
+async def get_guest(demo: Demo, guest_id: str) -> cpb.Guest:
+    async def attempt(_: int) -> cpb.Guest:
+        guest: cpb.Guest = await demo.stub.GetGuest(
+            cpb.GetGuestRequest(guest_id=guest_id), timeout=RPC_TIMEOUT_S
+        )
+        return guest
+
+    return await demo.retrier.call(attempt)
+
+
+async def create_guest(demo: Demo, g: GuestPlan, period: int) -> cpb.Guest:
+    """CreateGuest, retried on transient errors; a retry that finds the guest (ALREADY_EXISTS:
+    the earlier attempt went through after all) returns it."""
+    request = cpb.CreateGuestRequest(
+        guest_id=g.guest_id,
+        vcpus=g.vcpus,
+        node_id=g.node_id,
+        workload=pb.WorkloadSpec(period_ticks=period, use_ptimer=g.use_ptimer),
+    )
+
+    async def attempt(n: int) -> cpb.Guest:
+        try:
+            created: cpb.Guest = await demo.stub.CreateGuest(request, timeout=RPC_TIMEOUT_S)
+            return created
+        except grpc.aio.AioRpcError as err:
+            if n > 0 and err.code() is grpc.StatusCode.ALREADY_EXISTS:
+                found: cpb.Guest = await demo.stub.GetGuest(
+                    cpb.GetGuestRequest(guest_id=g.guest_id), timeout=RPC_TIMEOUT_S
+                )
+                return found
+            raise
+
+    return await demo.retrier.call(attempt)
+
 
 log = structlog.get_logger("kvmtimer.up")
 
@@ -93,7 +182,7 @@ async def run_up(args: UpSettings, tty: bool, log_file: TextIO | None, record_fi
     rng = random.Random(args.seed)
     plans = node_plans(args.nodes)
     nodes: list[NodeProcess] = []
-    cluster = Cluster(health_interval_s=1.0)
+    cluster = Cluster(health_interval_s=health_interval_s(args.nodes))
     server, port, health_servicer = build_server(cluster, args.listen)
     address = local_address(args.listen, port)
     channel = grpc.aio.insecure_channel(address)
@@ -109,39 +198,61 @@ async def run_up(args: UpSettings, tty: bool, log_file: TextIO | None, record_fi
             flush=True,
         )
         telemetry.start_mqtt(cluster, address)
+        per_process = hosts_per_process(args)
+        groups = [plans[i : i + per_process] for i in range(0, len(plans), per_process)]
+        progress = Progress("hosts listening", len(plans), tty)
         spawned = await asyncio.gather(
-            *(spawn_node(p, log_file, telemetry.node_args()) for p in plans), return_exceptions=True
+            *(
+                _start_group(group, per_process, log_file, telemetry.node_args(), progress)
+                for group in groups
+            ),
+            return_exceptions=True,
         )
+        progress.finish()
         nodes = [n for n in spawned if isinstance(n, NodeProcess)]
         failures = [e for e in spawned if isinstance(e, BaseException)]
         if failures:
             raise failures[0]
+        if per_process > 1:
+            print(f"  {len(plans)} hosts served by {len(nodes)} fleet processes ({per_process} hosts each)")
+        verbose = len(plans) <= VERBOSE_MAX
         for n in nodes:
-            print(
-                f"  node {n.plan.node_id} at {n.address}: ecv{n.plan.ecv} {'VHE' if n.plan.vhe else 'nVHE'} "
-                f"{n.plan.api_profile.name}"
-            )
-            await demo.stub.RegisterNode(
-                cpb.RegisterNodeRequest(node_id=n.plan.node_id, address=n.address), timeout=RPC_TIMEOUT_S
-            )
+            for plan in n.plans:
+                if verbose:
+                    print(
+                        f"  node {plan.node_id} at {n.address_of(plan.node_id)}: ecv{plan.ecv} "
+                        f"{'VHE' if plan.vhe else 'nVHE'} {plan.api_profile.name}"
+                    )
+                await register_node(demo, plan.node_id, n.address_of(plan.node_id))
         await telemetry.nodes_changed()
         telemetry.start_recording(cluster, record_file, str(args.record or ""))
         cluster.start()
-        for g in guest_plans(args.guests, plans, rng):
-            created: cpb.Guest = await demo.stub.CreateGuest(
-                cpb.CreateGuestRequest(
-                    guest_id=g.guest_id,
-                    vcpus=g.vcpus,
-                    node_id=g.node_id,
-                    workload=pb.WorkloadSpec(period_ticks=PERIOD_TICKS, use_ptimer=g.use_ptimer),
-                ),
-                timeout=RPC_TIMEOUT_S,
-            )
-            print(
-                f"  guest {created.guest_id} on {created.node_id}: {created.vcpus} "
-                + ("vCPUs, " if created.vcpus > 1 else "vCPU, ")
-                + ("virtual + physical timers" if g.use_ptimer else "virtual timer")
-            )
+        gplans = guest_plans(args.guests, plans, rng)
+        period = args.period_ticks or default_period_ticks(
+            sum(g.vcpus * (2 if g.use_ptimer else 1) for g in gplans)
+        )
+        cluster.collector.rate_hz = telemetry_rate_hz(sum(g.vcpus for g in gplans))
+        print(
+            f"  guest timer period {period:,} ticks ({period / DEFAULT_CNTFRQ_HZ * 1000:g} ms)"
+            + ("" if args.period_ticks else " (sized to the fleet; --period-ticks sets it)")
+        )
+        progress = Progress("guests created", len(gplans), tty)
+        limit = asyncio.Semaphore(CREATE_PARALLEL)
+
+        async def create(g: GuestPlan) -> None:
+            async with limit:
+                created = await create_guest(demo, g, period)
+            progress.advance()
+            if len(gplans) <= VERBOSE_MAX:
+                print(
+                    f"  guest {created.guest_id} on {created.node_id}: {created.vcpus} "
+                    + ("vCPUs, " if created.vcpus > 1 else "vCPU, ")
+                    + ("virtual + physical timers" if g.use_ptimer else "virtual timer")
+                )
+
+        await asyncio.gather(*(create(g) for g in gplans))
+        progress.finish()
+        demo.period_ticks = period
         await demo.refresh()
         demo.started = time.monotonic()
         if tty:
@@ -162,13 +273,8 @@ async def run_up(args: UpSettings, tty: bool, log_file: TextIO | None, record_fi
             await demo.refresh()
         if tty:
             live.draw(demo)
-        listed: cpb.ListMigrationsResponse = await demo.stub.ListMigrations(
-            cpb.ListMigrationsRequest(), timeout=RPC_TIMEOUT_S
-        )
-        guests: list[cpb.Guest] = [
-            await demo.stub.GetGuest(cpb.GetGuestRequest(guest_id=g.guest_id), timeout=RPC_TIMEOUT_S)
-            for g in demo.guests
-        ]
+        listed = await demo.list_migrations()
+        guests: list[cpb.Guest] = [await get_guest(demo, g.guest_id) for g in demo.guests]
         final = list(listed.migrations), guests
     except asyncio.CancelledError:
         print("kvmtimer up: interrupted again: stopping without a summary", file=sys.stderr)
@@ -193,7 +299,8 @@ async def run_up(args: UpSettings, tty: bool, log_file: TextIO | None, record_fi
         return 1
     processes: dict[str, tuple[int | None, int | None]] = {p.node_id: (None, None) for p in plans}
     for n, code in zip(nodes, codes, strict=True):
-        processes[n.plan.node_id] = (n.proc.pid, code if isinstance(code, int) else None)
+        for plan in n.plans:
+            processes[plan.node_id] = (n.proc.pid, code if isinstance(code, int) else None)
     summary = build_summary(demo, *final, processes)
     summary["telemetry"] = telemetry.summary()
     print(summary_text(summary))
@@ -217,6 +324,21 @@ def add_up_arguments(parser: argparse.ArgumentParser) -> None:
         default=1.0,
         metavar="S",
         help="seconds between migrations (default 1.0)",
+    )
+    parser.add_argument(
+        "--period-ticks",
+        type=int_at_least(MIN_PERIOD_TICKS),
+        default=None,
+        metavar="TICKS",
+        help="guest timer period in counter ticks (default: 10 ms, longer for large fleets)",
+    )
+    parser.add_argument(
+        "--hosts-per-process",
+        type=int_between(1, 1000),
+        default=None,
+        metavar="N",
+        help=f"hosts served by one process: 1 = a `kvmtimer node` each, more = `kvmtimer fleet` processes "
+        f"(default 1 up to {FLEET_ABOVE} nodes, else {FLEET_HOSTS_PER_PROCESS})",
     )
     parser.add_argument(
         "--record",

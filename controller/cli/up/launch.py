@@ -95,25 +95,59 @@ def stop_process(proc: subprocess.Popen[str], timeout_s: float = NODE_STOP_TIMEO
 
 @dataclass(slots=True)
 class NodeProcess:
-    """One `kvmtimer node` child process; its stderr is drained into `tail` (and the log file)."""
+    """One child serving `plans`: a `kvmtimer node` (one host) or a `kvmtimer fleet` (several
+    hosts, each on its own port); its stderr is drained into `tail` (and the log file)."""
 
-    plan: NodePlan
+    plans: list[NodePlan]
     proc: asyncio.subprocess.Process
-    port: int = 0
+    ports: dict[str, int] = field(default_factory=dict)  # node id -> port, from `node_listening`
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=20))
     drain: asyncio.Task[None] | None = None
-    stopped_cleanly: bool = False
+    stopped: set[str] = field(default_factory=set)  # node ids that logged `node_stopped`
+
+    @property
+    def plan(self) -> NodePlan:
+        return self.plans[0]
+
+    @property
+    def port(self) -> int:
+        return self.ports.get(self.plan.node_id, 0)
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return self.address_of(self.plan.node_id)
+
+    def address_of(self, node_id: str) -> str:
+        return f"127.0.0.1:{self.ports[node_id]}"
+
+    @property
+    def stopped_cleanly(self) -> bool:
+        return all(p.node_id in self.stopped for p in self.plans)
+
+
+def fleet_argv(plans: Sequence[NodePlan]) -> list[str]:
+    """`kvmtimer fleet` serving `plans`, which must be consecutive hosts of node.core.fleet's mix."""
+    first = int(plans[0].node_id.removeprefix("node-"))
+    expected = [f"node-{first + i}" for i in range(len(plans))]
+    if [p.node_id for p in plans] != expected:
+        raise ValueError("a fleet process serves consecutive hosts of the mix (node-K, node-K+1, ...)")
+    return ["fleet", "--hosts", str(len(plans)), "--first-index", str(first), "--clock", "realtime"]
 
 
 async def spawn_node(plan: NodePlan, log_file: TextIO | None, extra_args: Sequence[str] = ()) -> NodeProcess:
+    """A `kvmtimer node` process for `plan`."""
+    return await _spawn([plan], [*plan.argv(), *extra_args], log_file)
+
+
+async def spawn_fleet(plans: Sequence[NodePlan], log_file: TextIO | None) -> NodeProcess:
+    """A `kvmtimer fleet` process serving every host of `plans` (consecutive hosts of the mix)."""
+    return await _spawn(list(plans), fleet_argv(plans), log_file)
+
+
+async def _spawn(plans: list[NodePlan], argv: Sequence[str], log_file: TextIO | None) -> NodeProcess:
     proc = await asyncio.create_subprocess_exec(
         *kvmtimer_command(),
-        *plan.argv(),
-        *extra_args,
+        *argv,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
@@ -123,20 +157,22 @@ async def spawn_node(plan: NodePlan, log_file: TextIO | None, extra_args: Sequen
         # Own process group: a terminal Ctrl-C reaches only `up`, which stops the nodes in order.
         start_new_session=True,
     )
-    node = NodeProcess(plan, proc)
+    node = NodeProcess(plans, proc)
     listening = asyncio.get_running_loop().create_future()
-    node.drain = asyncio.create_task(_drain(node, listening, log_file), name=f"drain-{plan.node_id}")
+    node.drain = asyncio.create_task(_drain(node, listening, log_file), name=f"drain-{node.plan.node_id}")
     try:
-        node.port = await asyncio.wait_for(listening, NODE_START_TIMEOUT_S)
+        await asyncio.wait_for(listening, NODE_START_TIMEOUT_S)
     except BaseException:
         await stop_node(node)
         raise
     return node
 
 
-async def _drain(node: NodeProcess, listening: asyncio.Future[int], log_file: TextIO | None) -> None:
-    """Read the node's JSON log lines: the port from `node_listening`, `node_stopped` at the end."""
+async def _drain(node: NodeProcess, listening: asyncio.Future[None], log_file: TextIO | None) -> None:
+    """Read the child's JSON log lines: each host's port from `node_listening` (listening once
+    every host has one), `node_stopped` at the end."""
     assert node.proc.stderr is not None
+    wanted = {p.node_id for p in node.plans}
     while line := (await node.proc.stderr.readline()).decode(errors="replace"):
         node.tail.append(line.rstrip())
         if log_file is not None:
@@ -144,12 +180,15 @@ async def _drain(node: NodeProcess, listening: asyncio.Future[int], log_file: Te
         record = log_event(line)
         if record is None:
             continue
-        if record.get("event") == "node_listening" and not listening.done():
+        event, node_id = record.get("event"), record.get("node_id")
+        if event == "node_listening":
             port = record.get("port")
-            if isinstance(port, int):
-                listening.set_result(port)
-        elif record.get("event") == "node_stopped":
-            node.stopped_cleanly = True
+            if isinstance(port, int) and isinstance(node_id, str) and node_id in wanted:
+                node.ports[node_id] = port
+                if wanted <= node.ports.keys() and not listening.done():
+                    listening.set_result(None)
+        elif event == "node_stopped" and isinstance(node_id, str):
+            node.stopped.add(node_id)
     if not listening.done():
         tail = "\n  ".join(node.tail)
         listening.set_exception(RuntimeError(f"{node.plan.node_id} exited before listening:\n  {tail}"))

@@ -14,19 +14,26 @@ from kvmtimer.v1 import controller_pb2 as cpb
 from kvmtimer.v1 import controller_pb2_grpc as cpb_grpc
 
 from controller.cli import views
+from controller.cli.up.retry import Retrier
 from controller.cli.up.settings import UpSettings
 from node.core.features import DEFAULT_CNTFRQ_HZ, ApiProfile
+from node.core.fleet import fleet_host
 
-PERIOD_TICKS = 250_000  # 10 ms at 25 MHz
-DAY_TICKS = 86_400 * DEFAULT_CNTFRQ_HZ
+PERIOD_TICKS = 250_000  # 10 ms at 25 MHz: the guest timer period of a small cluster
+MAX_PERIOD_TICKS = 10 * DEFAULT_CNTFRQ_HZ  # 10 s
+# Guest timer interrupts per second the whole demo is sized for on a 2-core machine (every
+# timer of every vCPU together; tests/bench/fleet.py): beyond it the period grows.
+INTERRUPT_BUDGET_HZ = 2000
 LAST_MIGRATIONS = 8
 RPC_TIMEOUT_S = 10.0
 MIGRATE_TIMEOUT_S = 60.0
 
-# Host hardware and kernel API cycle independently, so any 3 consecutive nodes have every
-# API profile and include ECV2 nVHE, ECV2 VHE (CNTPOFF) and non-ECV hosts.
-HARDWARE = ((2, False), (2, True), (0, True), (0, False))  # (ECV level, VHE)
-PROFILES = (ApiProfile.VM_COUNTER_OFFSET, ApiProfile.VCPU_OFFSETS, ApiProfile.BY_VALUE)
+
+def default_period_ticks(timers: int) -> int:
+    """The guest timer period `up` picks for `timers` periodic timers in the cluster: 10 ms while
+    they stay within the interrupt budget, longer (at most 10 s) for larger fleets."""
+    needed = -(-timers * DEFAULT_CNTFRQ_HZ // INTERRUPT_BUDGET_HZ)  # ticks for timers / budget s
+    return min(MAX_PERIOD_TICKS, max(PERIOD_TICKS, -(-needed // PERIOD_TICKS) * PERIOD_TICKS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,13 +74,13 @@ class NodePlan:
 
 
 def node_plans(count: int) -> list[NodePlan]:
-    """node-1 ecv2/nVHE/VM_COUNTER_OFFSET, node-2 ecv2/VHE/VCPU_OFFSETS, node-3 ecv0/VHE/BY_VALUE, ..."""
+    """node-1 ecv2/nVHE/VM_COUNTER_OFFSET, node-2 ecv2/VHE/VCPU_OFFSETS, node-3 ecv0/VHE/BY_VALUE, ...
+    (node.core.fleet's mix, which `kvmtimer fleet` serves too)."""
     plans = []
-    for i in range(count):
-        ecv, vhe = HARDWARE[i % len(HARDWARE)]
-        plans.append(
-            NodePlan(f"node-{i + 1}", ecv, vhe, PROFILES[i % len(PROFILES)], (3 + 7 * i) * DAY_TICKS)
-        )
+    for i in range(1, count + 1):
+        h = fleet_host(i)
+        f = h.features
+        plans.append(NodePlan(h.node_id, int(f.ecv), f.vhe, f.api_profile, h.counter_base))
     return plans
 
 
@@ -126,6 +133,8 @@ class Demo:
     refusals: list[Refusal] = field(default_factory=list)
     in_flight: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # by guest id
     last_error: dict[str, int] = field(default_factory=dict)  # guest -> counter error of its last move
+    retrier: Retrier = field(default_factory=Retrier)  # transient gRPC errors retried (and counted)
+    period_ticks: int = PERIOD_TICKS  # the guests' timer period
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -148,13 +157,30 @@ class Demo:
     # --- migrations --------------------------------------------------------
 
     async def refresh(self) -> None:
-        nodes: cpb.ListNodesResponse = await self.stub.ListNodes(
-            cpb.ListNodesRequest(), timeout=RPC_TIMEOUT_S
-        )
-        guests: cpb.ListGuestsResponse = await self.stub.ListGuests(
-            cpb.ListGuestsRequest(), timeout=RPC_TIMEOUT_S
-        )
+        async def nodes_of(_: int) -> cpb.ListNodesResponse:
+            listed: cpb.ListNodesResponse = await self.stub.ListNodes(
+                cpb.ListNodesRequest(), timeout=RPC_TIMEOUT_S
+            )
+            return listed
+
+        async def guests_of(_: int) -> cpb.ListGuestsResponse:
+            listed: cpb.ListGuestsResponse = await self.stub.ListGuests(
+                cpb.ListGuestsRequest(), timeout=RPC_TIMEOUT_S
+            )
+            return listed
+
+        nodes = await self.retrier.call(nodes_of)
+        guests = await self.retrier.call(guests_of)
         self.nodes, self.guests = list(nodes.nodes), list(guests.guests)
+
+    async def list_migrations(self) -> cpb.ListMigrationsResponse:
+        async def attempt(_: int) -> cpb.ListMigrationsResponse:
+            listed: cpb.ListMigrationsResponse = await self.stub.ListMigrations(
+                cpb.ListMigrationsRequest(), timeout=RPC_TIMEOUT_S
+            )
+            return listed
+
+        return await self.retrier.call(attempt)
 
     async def migrate_one(self) -> None:
         """Pick a guest that is not moving and another node, and start moving it (AUTO)."""
