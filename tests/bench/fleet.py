@@ -38,16 +38,16 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from kvmtimer.v1 import node_pb2 as pb
 
 from controller.cli.up.launch import NodeProcess, spawn_fleet, stop_node
 from controller.cli.up.scenario import GuestPlan, default_period_ticks, guest_plans, node_plans
 from controller.cli.views import percentile
 from controller.cli.views import table as views_table
-from controller.core.migration import Limits, Method, MigrationRecord, Phase
+from controller.core.migration import Limits, Phase
 from controller.service.cluster import Cluster
 from node.core.workload import WorkloadSpec
 from node.runtime.logs import configure_logging
+from tests.support.fleet import check_guests, storm
 
 GIB = 1 << 30
 START_GOAL_S = 60.0
@@ -86,60 +86,6 @@ async def rtt_s(cluster: Cluster, samples: int = 200) -> float:
     value = percentile(times, 0.5)
     assert value is not None
     return value
-
-
-async def storm(
-    cluster: Cluster, limits: Limits, count: int, rng: random.Random
-) -> tuple[float, list[MigrationRecord], float]:
-    """`count` migrations, every guest at most once per round of the guest list; (wall s, records, CPU s)."""
-    cluster.limits = limits
-    nodes = list(cluster.nodes)
-    order: list[str] = []
-    while len(order) < count:
-        batch = list(cluster.guests)
-        rng.shuffle(batch)
-        order += batch[: count - len(order)]
-    cpu0, t0 = time.process_time(), time.monotonic()
-
-    async def one(guest_id: str) -> MigrationRecord:
-        source = cluster.guest(guest_id).node_id
-        destination = rng.choice([n for n in nodes if n != source])
-        return await cluster.migrate(guest_id, destination, Method.AUTO, wait=True, allow_state_loss=True)
-
-    # A guest appears at most once per batch of len(guests), so no guest is moved twice at once.
-    records: list[MigrationRecord] = []
-    step = len(cluster.guests)
-    for i in range(0, len(order), step):
-        records += await asyncio.gather(*(one(g) for g in order[i : i + step]))
-    return time.monotonic() - t0, records, time.process_time() - cpu0
-
-
-async def check_guests(cluster: Cluster, expected: int) -> tuple[int, int, int, int]:
-    """(guests found, lost or duplicated, backwards counters, interrupt shortfalls beyond lateness)."""
-    found = lost = backwards = short = 0
-    vm_owners: dict[tuple[str, str], int] = {}
-    for node_id, client in cluster.clients.items():
-        listed = await client.stub.ListVms(pb.ListVmsRequest())
-        for vm in listed.vms:
-            vm_owners[(node_id, vm.vm_id)] = vm_owners.get((node_id, vm.vm_id), 0) + 1
-    for guest in cluster.guests.values():
-        if (guest.node_id, guest.vm_id) not in vm_owners:
-            lost += 1
-            continue
-        found += 1
-        obs = await cluster.observations(guest)
-        period = obs.spec.period_ticks
-        for v in obs.vcpus:
-            if (v.HasField("min_step_v") and v.min_step_v < 0) or (
-                v.HasField("min_step_p") and v.min_step_p < 0
-            ):
-                backwards += 1
-            allowed = 1 + v.max_lateness_ticks // max(1, period)
-            if v.vtimer_expected - v.vtimer_received > allowed:
-                short += 1
-    lost += max(0, expected - found - lost)
-    lost += max(0, len(vm_owners) - expected)  # a VM on some host that no guest owns: duplicated
-    return found, lost, backwards, short
 
 
 async def main_async(args: argparse.Namespace) -> int:
@@ -200,9 +146,9 @@ async def main_async(args: argparse.Namespace) -> int:
         all_ok = start_s <= START_GOAL_S and memory <= MEMORY_GOAL_BYTES
         for label, limits in (("50 parallel", Limits(50, 50)), ("KubeVirt 5/2", Limits(5, 2))):
             rtt = await rtt_s(cluster)
-            wall, records, cpu = await storm(cluster, limits, args.migrations, rng)
+            wall, records, cpu, refused = await storm(cluster, limits, args.migrations, rng)
             ok = [r for r in records if r.phase is Phase.SUCCEEDED]
-            failed = len(records) - len(ok)
+            failed = len(records) - len(ok) + len(refused)
             downs = [r.downtime_us() / 1e6 for r in ok]
             p50, p99 = percentile(downs, 0.5) or 0.0, percentile(downs, 0.99) or 0.0
             errors: dict[str, int] = {}

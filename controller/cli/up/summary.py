@@ -11,6 +11,8 @@ from controller.cli import views
 from controller.cli.up.scenario import Demo
 from controller.cli.views import percentile
 
+GUEST_ROWS_MAX = 50  # guests listed in the text summary (the JSON has every one)
+
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
@@ -68,6 +70,18 @@ def build_summary(
                 "max_lateness_ticks": max((o.max_lateness_ticks for o in g.observations.vcpus), default=0),
             }
         guest_rows.append(row)
+    period = demo.period_ticks
+    worst_late = max((int(str(r.get("max_lateness_ticks", 0))) for r in guest_rows), default=0)
+    short = sum(1 for r in guest_rows if int(str(r.get("max_timer_shortfall", 0))) > 1 + worst_late // period)
+    load = {
+        "timer_period_ticks": period,
+        "max_lateness_ticks": worst_late,
+        "max_lateness_periods": round(worst_late / period, 3),
+        "guests_missing_interrupts": short,
+        # Interrupts taken later than half a period: the machine does not keep up with this fleet.
+        "overloaded": worst_late > period // 2 or short > 0,
+        "retried_calls": dict(demo.retrier.retried),
+    }
     succeeded = sum(c["succeeded"] for c in by_method.values())
     failed = sum(c["failed"] for c in by_method.values())
     steps = [r.get("min_step") for r in guest_rows]
@@ -105,6 +119,7 @@ def build_summary(
             "offset_methods": max(offset_errors, default=None),
             "by_value": max(by_value_errors, default=None),
         },
+        "load": load,
         "guests": guest_rows,
         "all_min_steps_non_negative": all(isinstance(s, int) and s >= 0 for s in steps),
         "node_processes_stopped": all(code is not None for _, code in processes.values()),
@@ -162,9 +177,27 @@ def summary_text(summary: dict[str, object]) -> str:
     by_code = get("refused_by_code")
     if by_code:
         lines.append("refusals: " + ", ".join(f"{code} x{n}" for code, n in by_code.items()))
+    load = get("load")
+    period_ms = float(str(load["timer_period_ticks"])) / 25_000
+    late_ms = float(str(load["max_lateness_ticks"])) / 25_000
+    retried = load["retried_calls"]
+    lines.append(
+        f"guest timers: period {period_ms:g} ms, worst interrupt lateness {late_ms:.1f} ms "
+        f"({load['max_lateness_periods']} periods), "
+        f"{load['guests_missing_interrupts']} guest(s) missing interrupts"
+        + (
+            "; OVERLOADED: this machine does not keep up with the fleet"
+            " (a longer --period-ticks or fewer guests helps)"
+            if load["overloaded"]
+            else ""
+        )
+    )
+    if isinstance(retried, dict) and retried:
+        lines.append("retried after transient errors: " + ", ".join(f"{k} x{v}" for k, v in retried.items()))
     lines.append("")
     guests = summary["guests"]
     assert isinstance(guests, list)
+    shown = guests if len(guests) <= GUEST_ROWS_MAX else guests[:GUEST_ROWS_MAX]
     lines.append(
         views.table(
             (
@@ -188,10 +221,12 @@ def summary_text(summary: dict[str, object]) -> str:
                     f"{g.get('interrupts_received', '?')}/{g.get('interrupts_expected', '?')}",
                     g.get("max_lateness_ticks", "?"),
                 )
-                for g in guests
+                for g in shown
             ),
         )
     )
+    if len(shown) < len(guests):
+        lines.append(f"... and {len(guests) - len(shown)} more guests (all of them in the SUMMARY line)")
     verdict = (
         "every guest counter monotonic" if summary["all_min_steps_non_negative"] else "COUNTER WENT BACKWARDS"
     )
