@@ -41,6 +41,16 @@ class TimerScheduler:
         self._plan(host, asyncio.get_running_loop())
         self._arm()
 
+    @property
+    def planned(self) -> int:
+        """Hosts with a guest interrupt ahead (an idle host is not planned: no timer, no wake-up)."""
+        return len(self._due)
+
+    @property
+    def armed(self) -> bool:
+        """An event-loop timer is pending."""
+        return self._handle is not None
+
     def forget(self, host: Host) -> None:
         """The host stops: its entry is dropped (lazily, from the heap)."""
         self._due.pop(id(host), None)
