@@ -32,6 +32,7 @@ import os
 import random
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -156,6 +157,10 @@ async def main_async(args: argparse.Namespace) -> int:
                 if r.counter_error_ticks is not None and r.method is not None:
                     name = r.method.name
                     errors[name] = max(errors.get(name, 0), abs(r.counter_error_ticks))
+            reasons = Counter(
+                [r.reason.split(":")[0][:60] for r in records if r.phase is not Phase.SUCCEEDED]
+                + [type(e).__name__ + ": " + str(e)[:50] for e in refused]
+            )
             found, lost, backwards, short = await check_guests(cluster, args.guests)
             storm_ok = wall <= STORM_GOAL_S and failed == 0 and lost == 0 and backwards == 0
             all_ok = all_ok and storm_ok and short == 0
@@ -167,6 +172,7 @@ async def main_async(args: argparse.Namespace) -> int:
                     met(wall <= STORM_GOAL_S),
                 ],
                 [f"storm {label}: failed", str(failed), "0", met(failed == 0)],
+                *([f"  failure reason x{n}", reason, "", ""] for reason, n in reasons.most_common(3)),
                 [
                     f"storm {label}: downtime p50 / p99",
                     f"{p50 / rtt:.1f} / {p99 / rtt:.1f} RTT"
