@@ -38,11 +38,13 @@ sys.exit(code)
 HEAVY_UNUSED = ("aiomqtt", "paho", "dns", "cryptography", "amqtt", "matplotlib", "yaml")
 
 
-def modules_of_serving_node(tmp_path: Path, entry: str) -> set[str]:
+def modules_of_serving_node(tmp_path: Path, entry: str, command: str = "node") -> set[str]:
     out = tmp_path / "modules.json"
     argv = ["--listen", "127.0.0.1:0", "--clock", "simulated"]
+    if command == "fleet":
+        argv = ["--hosts", "3", "--clock", "simulated"]
     if entry == "controller.cli:main":
-        argv = ["node", *argv]
+        argv = [command, *argv]
     proc = subprocess.Popen(
         [sys.executable, "-c", DUMP, str(out), entry, *argv],
         stdout=subprocess.DEVNULL,
@@ -81,6 +83,13 @@ def test_kvmtimer_node_loads_only_the_dispatcher_of_controller(tmp_path: Path) -
     modules = modules_of_serving_node(tmp_path, "controller.cli:main")
     assert {m for m in modules if m.split(".")[0] == "controller"} == {"controller", "controller.cli"}
     assert "node.process.main" in modules and "node.service.servicer" in modules
+    assert roots(modules).isdisjoint(HEAVY_UNUSED)
+
+
+def test_kvmtimer_fleet_loads_only_the_dispatcher_of_controller(tmp_path: Path) -> None:
+    modules = modules_of_serving_node(tmp_path, "controller.cli:main", "fleet")
+    assert {m for m in modules if m.split(".")[0] == "controller"} == {"controller", "controller.cli"}
+    assert "node.process.fleet" in modules and "node.service.driver" in modules
     assert roots(modules).isdisjoint(HEAVY_UNUSED)
 
 
