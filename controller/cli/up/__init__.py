@@ -263,6 +263,7 @@ async def run_up(args: UpSettings, tty: bool, log_file: TextIO | None, record_fi
             asyncio.create_task(demo.migrate_loop(stop), name="migrate"),
         ]
         await wait_for_stop(stop, args.duration)
+        demo.stopped = time.monotonic()
         # Stop migrating; let the migrations in flight end.
         await background[2]
         if demo.in_flight:
@@ -274,7 +275,13 @@ async def run_up(args: UpSettings, tty: bool, log_file: TextIO | None, record_fi
         if tty:
             live.draw(demo)
         listed = await demo.list_migrations()
-        guests: list[cpb.Guest] = [await get_guest(demo, g.guest_id) for g in demo.guests]
+        limit = asyncio.Semaphore(CREATE_PARALLEL)
+
+        async def final_guest(guest_id: str) -> cpb.Guest:
+            async with limit:
+                return await get_guest(demo, guest_id)
+
+        guests = list(await asyncio.gather(*(final_guest(g.guest_id) for g in demo.guests)))
         final = list(listed.migrations), guests
     except asyncio.CancelledError:
         print("kvmtimer up: interrupted again: stopping without a summary", file=sys.stderr)

@@ -126,6 +126,7 @@ class Demo:
     address: str
     rng: random.Random
     started: float = field(default_factory=time.monotonic)
+    stopped: float | None = None  # monotonic time the migrating stopped
     nodes: list[cpb.NodeStatus] = field(default_factory=list)
     guests: list[cpb.Guest] = field(default_factory=list)
     recent: dict[str, cpb.Migration] = field(default_factory=dict)  # last migrations by id, oldest first
@@ -137,7 +138,8 @@ class Demo:
     period_ticks: int = PERIOD_TICKS  # the guests' timer period
 
     def elapsed(self) -> float:
-        return time.monotonic() - self.started
+        """Seconds of migrations so far (until the stop, once stopped)."""
+        return (self.stopped or time.monotonic()) - self.started
 
     def counts(self) -> tuple[int, int, int]:
         ok = sum(1 for m in self.finished if m.phase == cpb.MIGRATION_PHASE_SUCCEEDED)
