@@ -58,15 +58,17 @@ def add_controller_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-parallel",
+        "--parallel",
         type=positive_int,
         default=5,
-        help="migrations running at once in the cluster (default 5)",
+        help="migrations running at once in the cluster (default 5; also --parallel)",
     )
     parser.add_argument(
         "--max-outbound",
+        "--outbound-per-node",
         type=positive_int,
         default=2,
-        help="migrations leaving one node at once (default 2)",
+        help="migrations leaving one node at once (default 2; also --outbound-per-node)",
     )
     parser.add_argument(
         "--health-interval", type=float, default=1.0, help="seconds between node health checks (0 = off)"

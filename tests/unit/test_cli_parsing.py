@@ -65,6 +65,9 @@ def test_controller_arguments() -> None:
     assert (args.max_parallel, args.max_outbound, args.health_interval) == (5, 2, 1.0)
     args = build_parser().parse_args(["controller", "--max-parallel", "9", "--max-outbound", "3"])
     assert (args.listen, args.node, args.max_parallel, args.max_outbound) == ("127.0.0.1:7070", [], 9, 3)
+    # The names for the same limits (#13): --parallel, --outbound-per-node.
+    args = build_parser().parse_args(["controller", "--parallel", "50", "--outbound-per-node", "7"])
+    assert (args.max_parallel, args.max_outbound) == (50, 7)
 
 
 @pytest.mark.parametrize(
