@@ -324,3 +324,43 @@ def test_summary_accounting() -> None:
     assert "1 move(s) lost a guest's physical timer" in text and "g1 (m3)" in text
     assert "3 succeeded, 1 failed, 1 refused" in text
     assert "BY_VALUE 250000 ticks" in text
+    # One interrupt short with no lateness recorded is within 1 period; nothing overloaded.
+    assert result["load"] == {
+        "timer_period_ticks": scenario.PERIOD_TICKS,
+        "max_lateness_ticks": 0,
+        "max_lateness_periods": 0.0,
+        "guests_missing_interrupts": 0,
+        "overloaded": False,
+        "retried_calls": {},
+    }
+    assert "OVERLOADED" not in text
+
+
+def test_summary_reports_overload_and_ignores_physical_timers_lost_by_design() -> None:
+    settings = typed(UpSettings, build_parser().parse_args(["up"]))
+    demo = scenario.Demo(settings, False, None, "127.0.0.1:1", random.Random(0))  # type: ignore[arg-type]
+    demo.period_ticks = 1000
+    demo.retrier.retried["DEADLINE_EXCEEDED"] += 2
+    lossy = _migration("m1", cpb.MIGRATION_METHOD_BY_VALUE, cpb.MIGRATION_PHASE_SUCCEEDED, 1_000, -25)
+    lossy.guest_id = "g1"
+    lossy.not_carried.extend(["PTIMER_CTL", "PTIMER_CVAL"])
+    lost_ptimer = pb.VcpuObservations(
+        vcpu_index=0, vtimer_received=10, vtimer_expected=10, ptimer_received=3, ptimer_expected=10
+    )
+    g1 = cpb.Guest(
+        guest_id="g1", node_id="b", vcpus=1, observations=pb.GuestObservations(vcpus=[lost_ptimer])
+    )
+    late = pb.VcpuObservations(vcpu_index=0, vtimer_received=4, vtimer_expected=10, max_lateness_ticks=600)
+    g2 = cpb.Guest(guest_id="g2", node_id="a", vcpus=1, observations=pb.GuestObservations(vcpus=[late]))
+    result = summary.build_summary(demo, [lossy], [g1, g2], {})
+    load = result["load"]
+    assert isinstance(load, dict)
+    assert (load["guests_missing_interrupts"], load["overloaded"], load["max_lateness_periods"]) == (
+        1,
+        True,
+        0.6,
+    )
+    assert load["retried_calls"] == {"DEADLINE_EXCEEDED": 2}
+    text = summary.summary_text(result)
+    assert "OVERLOADED" in text and "1 guest(s) missing interrupts" in text
+    assert "DEADLINE_EXCEEDED x2" in text

@@ -52,6 +52,13 @@ def build_summary(
         for name, counts in sorted(by_method.items())
     }
     guest_rows: list[dict[str, object]] = []
+    # Guests whose physical timer a pre-6.4 kernel could not carry: its interrupts stop by design
+    # (allow_state_loss), so only their virtual timer counts towards missing interrupts.
+    lossy = {
+        m.guest_id
+        for m in migrations
+        if m.phase == cpb.MIGRATION_PHASE_SUCCEEDED and any("PTIMER" in name for name in m.not_carried)
+    }
     for g in guests:
         row: dict[str, object] = {
             "guest_id": g.guest_id,
@@ -67,12 +74,25 @@ def build_summary(
                 "interrupts_received": received,
                 "interrupts_expected": expected,
                 "max_timer_shortfall": shortfall,
+                "max_kept_timer_shortfall": max(
+                    (
+                        max(
+                            o.vtimer_expected - o.vtimer_received,
+                            0 if g.guest_id in lossy else o.ptimer_expected - o.ptimer_received,
+                            0,
+                        )
+                        for o in g.observations.vcpus
+                    ),
+                    default=0,
+                ),
                 "max_lateness_ticks": max((o.max_lateness_ticks for o in g.observations.vcpus), default=0),
             }
         guest_rows.append(row)
     period = demo.period_ticks
     worst_late = max((int(str(r.get("max_lateness_ticks", 0))) for r in guest_rows), default=0)
-    short = sum(1 for r in guest_rows if int(str(r.get("max_timer_shortfall", 0))) > 1 + worst_late // period)
+    short = sum(
+        1 for r in guest_rows if int(str(r.get("max_kept_timer_shortfall", 0))) > 1 + worst_late // period
+    )
     load = {
         "timer_period_ticks": period,
         "max_lateness_ticks": worst_late,
