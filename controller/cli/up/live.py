@@ -8,12 +8,14 @@ import shutil
 import sys
 
 import grpc
+from kvmtimer.v1 import controller_pb2 as cpb
 
 from controller.cli import views
 from controller.cli.up.scenario import Demo
 
 REFRESH_S = 0.5  # live view period
 PROGRESS_S = 5.0  # plain-mode status line period
+MAX_ROWS = 16  # nodes and guests shown in the live view each (a fleet has more than a screen)
 
 
 async def view_loop(demo: Demo, stop: asyncio.Event) -> None:
@@ -59,7 +61,7 @@ def frame(demo: Demo) -> str:
                 n.guest_count,
                 n.vcpu_count,
             )
-            for n in demo.nodes
+            for n in demo.nodes[:MAX_ROWS]
         ),
     )
     guests = views.table(
@@ -73,7 +75,7 @@ def frame(demo: Demo) -> str:
                 g.migrations,
                 demo.last_error.get(g.guest_id),
             )
-            for g in demo.guests
+            for g in shown_guests(demo)
         ),
     )
     migrations = views.table(
@@ -103,11 +105,24 @@ def frame(demo: Demo) -> str:
             for m in reversed(demo.recent.values())
         ),
     )
-    lines = [header, status_line(demo), "", nodes, "", guests, "", "Last migrations", migrations]
+    lines = [header, status_line(demo), "", nodes, *more(len(demo.nodes), "nodes", demo), "", guests]
+    lines += [*more(len(demo.guests), "guests", demo), "", "Last migrations", migrations]
     if demo.refusals:
         r = demo.refusals[-1]
         lines += ["", f"Last refusal: {r.guest_id} -> {r.destination}: {r.code}: {r.details}"]
     return "\n".join(lines)
+
+
+def shown_guests(demo: Demo) -> list[cpb.Guest]:
+    """The guests moving now first, then those that moved, at most MAX_ROWS."""
+    ranked = sorted(demo.guests, key=lambda g: (not g.migrating, g.guest_id not in demo.last_error))
+    return ranked[:MAX_ROWS]
+
+
+def more(count: int, what: str, demo: Demo) -> list[str]:
+    if count <= MAX_ROWS:
+        return []
+    return [f"... and {count - MAX_ROWS} more {what} (kvmtimer {what} --controller {demo.address})"]
 
 
 def draw(demo: Demo) -> None:
