@@ -27,6 +27,7 @@ each storm completes in <= 60 s with 0 failures, 0 guests lost, 0 backwards coun
 from __future__ import annotations
 
 import argparse
+import re
 import asyncio
 import os
 import random
@@ -158,7 +159,11 @@ async def main_async(args: argparse.Namespace) -> int:
                     name = r.method.name
                     errors[name] = max(errors.get(name, 0), abs(r.counter_error_ticks))
             reasons = Counter(
-                [r.reason.split(":")[0][:60] for r in records if r.phase is not Phase.SUCCEEDED]
+                [
+                    re.sub(r"node-\d+", "node-N", r.reason)[:60]
+                    for r in records
+                    if r.phase is not Phase.SUCCEEDED
+                ]
                 + [type(e).__name__ + ": " + str(e)[:50] for e in refused]
             )
             found, lost, backwards, short = await check_guests(cluster, args.guests)
