@@ -27,10 +27,10 @@ each storm completes in <= 60 s with 0 failures, 0 guests lost, 0 backwards coun
 from __future__ import annotations
 
 import argparse
-import re
 import asyncio
 import os
 import random
+import re
 import sys
 import time
 from collections import Counter
