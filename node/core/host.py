@@ -124,7 +124,11 @@ class Host:
 
     def run_due_events(self) -> int:
         """Deliver every guest timer interrupt due now; returns how many were taken."""
-        taken = sum(vm.deliver_due_irqs() for vm in self.vms.values())
+        return sum(self.run_vm_due_events(vm) for vm in self.vms.values())
+
+    def run_vm_due_events(self, vm: Vm) -> int:
+        """`run_due_events` for one VM of this host (a scheduler that tracks each VM's deadline)."""
+        taken = vm.deliver_due_irqs()
         self.guest_interrupts += taken
         return taken
 
