@@ -364,3 +364,26 @@ def test_summary_reports_overload_and_ignores_physical_timers_lost_by_design() -
     text = summary.summary_text(result)
     assert "OVERLOADED" in text and "1 guest(s) missing interrupts" in text
     assert "DEADLINE_EXCEEDED x2" in text
+
+
+def test_summary_physical_counter_reset_by_value_is_not_a_backwards_clock() -> None:
+    settings = typed(UpSettings, build_parser().parse_args(["up"]))
+    demo = scenario.Demo(settings, False, None, "127.0.0.1:1", random.Random(0))  # type: ignore[arg-type]
+    moved = _migration("m1", cpb.MIGRATION_METHOD_BY_VALUE, cpb.MIGRATION_PHASE_SUCCEEDED, 1_000, -25)
+    moved.guest_id = "g1"
+    reset = pb.VcpuObservations(vcpu_index=0, min_step_v=10, min_step_p=-(10**13))
+    g1 = cpb.Guest(guest_id="g1", node_id="b", vcpus=1, observations=pb.GuestObservations(vcpus=[reset]))
+    result = summary.build_summary(demo, [moved], [g1], {})
+    assert result["physical_counter_reset_by_value"] == ["g1"]
+    assert result["all_min_steps_non_negative"] is True
+    assert "restarted lower: g1" in summary.summary_text(result)
+    # Not moved by value: a physical counter going back is a backwards clock.
+    g2 = cpb.Guest(guest_id="g2", node_id="b", vcpus=1, observations=pb.GuestObservations(vcpus=[reset]))
+    result = summary.build_summary(demo, [moved], [g2], {})
+    assert (result["physical_counter_reset_by_value"], result["all_min_steps_non_negative"]) == ([], False)
+    assert "COUNTER WENT BACKWARDS" in summary.summary_text(result)
+    # Moved by value, but the virtual counter went back: still a backwards clock.
+    bad = pb.VcpuObservations(vcpu_index=0, min_step_v=-1, min_step_p=-(10**13))
+    g1 = cpb.Guest(guest_id="g1", node_id="b", vcpus=1, observations=pb.GuestObservations(vcpus=[bad]))
+    result = summary.build_summary(demo, [moved], [g1], {})
+    assert (result["physical_counter_reset_by_value"], result["all_min_steps_non_negative"]) == ([], False)

@@ -71,6 +71,9 @@ def build_summary(
             received, expected, shortfall = views.interrupts(g.observations)
             row |= {
                 "min_step": views.min_step(g.observations),
+                "min_step_virtual": min(
+                    (o.min_step_v for o in g.observations.vcpus if o.HasField("min_step_v")), default=None
+                ),
                 "interrupts_received": received,
                 "interrupts_expected": expected,
                 "max_timer_shortfall": shortfall,
@@ -104,7 +107,22 @@ def build_summary(
     }
     succeeded = sum(c["succeeded"] for c in by_method.values())
     failed = sum(c["failed"] for c in by_method.values())
-    steps = [r.get("min_step") for r in guest_rows]
+    # The virtual counter never goes back. The physical one is not carried by value to a
+    # pre-6.4 kernel (it reads that host's counter, as on real hardware): a guest moved by
+    # value may see it restart from the destination's boot time, which is kernel truth.
+    by_value = {
+        m.guest_id
+        for m in migrations
+        if m.phase == cpb.MIGRATION_PHASE_SUCCEEDED and m.method == cpb.MIGRATION_METHOD_BY_VALUE
+    }
+    physical_reset = sorted(
+        str(r["guest_id"])
+        for r in guest_rows
+        if r["guest_id"] in by_value
+        and isinstance(r.get("min_step"), int)
+        and int(str(r["min_step"])) < 0 <= int(str(r.get("min_step_virtual", -1)))
+    )
+    steps = [r.get("min_step_virtual" if r["guest_id"] in physical_reset else "min_step") for r in guest_rows]
     return {
         "duration_s": round(demo.elapsed(), 3),
         "controller": demo.address,
@@ -142,6 +160,7 @@ def build_summary(
         "load": load,
         "guests": guest_rows,
         "all_min_steps_non_negative": all(isinstance(s, int) and s >= 0 for s in steps),
+        "physical_counter_reset_by_value": physical_reset,
         "node_processes_stopped": all(code is not None for _, code in processes.values()),
     }
 
@@ -248,10 +267,21 @@ def summary_text(summary: dict[str, object]) -> str:
     if len(shown) < len(guests):
         lines.append(f"... and {len(guests) - len(shown)} more guests (all of them in the SUMMARY line)")
     verdict = (
-        "every guest counter monotonic" if summary["all_min_steps_non_negative"] else "COUNTER WENT BACKWARDS"
+        "every guest counter monotonic (physical: where carried)"
+        if summary["all_min_steps_non_negative"]
+        else "COUNTER WENT BACKWARDS"
     )
     stopped = (
         "node processes stopped" if summary["node_processes_stopped"] else "SOME NODE PROCESSES DID NOT STOP"
     )
+    reset = summary.get("physical_counter_reset_by_value")
+    if isinstance(reset, list) and reset:
+        lines += [
+            "",
+            f"{len(reset)} guest(s) moved by value to a pre-6.4 kernel read that host's physical counter"
+            " (not carried there, as on real hardware), which restarted lower: "
+            + ", ".join(reset[:10])
+            + (" ..." if len(reset) > 10 else ""),
+        ]
     lines += ["", f"{verdict}; {stopped}"]
     return "\n".join(lines)
