@@ -43,7 +43,7 @@ ACCEPTED_LINTS = {
 @contextlib.contextmanager
 def cluster() -> Iterator[tuple[controller_pb2_grpc.ControllerStub, dict[str, int]]]:
     """Two nodes and a controller, each with --metrics-listen; yields (controller stub, job -> port)."""
-    base = ["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--clock", "simulated"]
+    base = ["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"]
     with (
         kvmtimer_process("node", [*base, "--node-id", "n1", "--ecv", "2", "--vhe"]) as p1,
         kvmtimer_process("node", [*base, "--node-id", "n2", "--api-profile", "BY_VALUE"]) as p2,

@@ -49,7 +49,7 @@ def test_trustme_certificates_everywhere(tmp_path: Path) -> None:
     pki = tmp_path / "pki"
     pki.mkdir()
     issue(pki)
-    base = ["--listen", "127.0.0.1:0", "--clock", "simulated"]
+    base = ["--listen", "127.0.0.1:0"]
     with (
         kvmtimer_process("node", [*base, "--node-id", "n1", "--ecv", "2", "--vhe", *flags(pki, "n1")]) as p1,
         kvmtimer_process(
