@@ -22,6 +22,7 @@ from node.config import defer_defaults, resolve_or_exit
 from node.logs import configure_logging
 from node.metrics_http import add_metrics_argument, start_metrics
 from node.registration import advertise_address
+from node.service.grpc_metrics import GrpcServerMetrics
 from node.tls import TlsConfigError
 
 log = structlog.get_logger("kvmtimer.controller")
@@ -126,12 +127,13 @@ async def serve(args: argparse.Namespace) -> int:
         node_credentials=security.node_credentials,
         node_server_name=args.tls_server_name,
     )
+    rpc_metrics = GrpcServerMetrics()
     try:
         server, port, health_servicer = build_server(
             cluster,
             args.listen,
             credentials=security.server.credentials,
-            interceptors=security.server.interceptors,
+            interceptors=(rpc_metrics, *security.server.interceptors),
         )
         extras = deploy.Extras(args, cluster, health_servicer)
     except RuntimeError as err:  # grpc cannot bind the address
@@ -139,7 +141,7 @@ async def serve(args: argparse.Namespace) -> int:
         return 2
     try:
         metrics = (
-            await start_metrics(controller_registry(cluster), args.metrics_listen)
+            await start_metrics(rpc_metrics.register(controller_registry(cluster)), args.metrics_listen)
             if args.metrics_listen
             else None
         )

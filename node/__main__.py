@@ -21,6 +21,7 @@ from node.logs import configure_logging
 from node.metrics_http import add_metrics_argument, start_metrics
 from node.mqtt import start_node_status
 from node.registration import advertise_address
+from node.service.grpc_metrics import GrpcServerMetrics
 from node.service.metrics import node_registry
 from node.service.server import build_server, mark_not_serving, mark_serving
 from node.service.telemetry import TelemetryStreams
@@ -90,17 +91,18 @@ async def serve(args: argparse.Namespace) -> None:
     host = host_from_args(args)
     security = deploy.security(args)  # TlsConfigError: bad TLS options or plaintext off loopback
     telemetry = TelemetryStreams()
+    rpc_metrics = GrpcServerMetrics()
     server, port, health_servicer = build_server(
         host,
         args.listen,
         telemetry=telemetry,
         credentials=security.credentials,
-        interceptors=security.interceptors,
+        interceptors=(rpc_metrics, *security.interceptors),
     )
     extras = deploy.Extras(args, health_servicer, port, host.node_id)
     await server.start()
     metrics = (
-        await start_metrics(node_registry(host, telemetry), args.metrics_listen)
+        await start_metrics(rpc_metrics.register(node_registry(host, telemetry)), args.metrics_listen)
         if args.metrics_listen
         else None
     )

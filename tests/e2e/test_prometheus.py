@@ -2,8 +2,10 @@
 
 * `promtool check metrics` (Prometheus' exposition linter) accepts the node's and the
   controller's /metrics after a migration, when every family has samples (histograms included).
+  Their per-RPC gRPC metrics are there (grpc_server_handled_total, grpc_server_handling_seconds).
 * A real Prometheus server scrapes two nodes and the controller every second: every target is
-  `up`, and the migration counter it stores goes from 1 to 2 when a second migration ends.
+  `up`, and the migration counter it stores goes from 1 to 2 when a second migration ends (and
+  so does the controller's count of Migrate RPCs answered OK).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import pytest
 import yaml
 from kvmtimer.v1 import controller_pb2 as cpb
 from kvmtimer.v1 import controller_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from tests.support.mqtt import free_port
 from tests.support.nodes import kvmtimer_process, wait_for_log_event
@@ -79,6 +83,15 @@ def scrape(port: int) -> str:
         return str(resp.read().decode())
 
 
+def rpc_samples(body: str) -> list[Sample]:
+    return [
+        s
+        for f in text_string_to_metric_families(body)
+        for s in f.samples
+        if s.name.startswith("grpc_server_")
+    ]
+
+
 def test_promtool_check_metrics_accepts_both_endpoints() -> None:
     promtool = require_tool("promtool")
     with cluster() as (stub, metrics):
@@ -87,6 +100,15 @@ def test_promtool_check_metrics_accepts_both_endpoints() -> None:
         bodies = {job: scrape(port) for job, port in metrics.items()}
     assert "kvmtimer_migration_downtime_seconds_bucket" in bodies["controller"]
     assert "kvmtimer_node_timer_traps_total" in bodies["n1"]
+    rpcs = {
+        job: {
+            (s.name, s.labels.get("grpc_method"), s.labels.get("grpc_code")): s.value
+            for s in rpc_samples(body)
+        }
+        for job, body in bodies.items()
+    }
+    assert rpcs["controller"][("grpc_server_handled_total", "Migrate", "OK")] == 1
+    assert rpcs["n2"][("grpc_server_handling_seconds_count", "Batch", None)] >= 1
     for job, body in bodies.items():
         checked = subprocess.run(
             [promtool, "check", "metrics"], input=body, capture_output=True, text=True, timeout=60
@@ -194,4 +216,6 @@ def test_prometheus_scrapes_nodes_and_controller() -> None:
         prom.wait(total, {"controller": 1.0})
         migrate(stub, "g", "n1")
         prom.wait(total, {"controller": 2.0})
+        rpcs = 'sum by (job) (grpc_server_handled_total{grpc_method="Migrate",grpc_code="OK"})'
+        prom.wait(rpcs, {"controller": 2.0})
         prom.wait("sum by (job) (kvmtimer_node_vms)", {"n1": 1.0, "n2": 0.0})
