@@ -22,6 +22,7 @@ from node.metrics_http import add_metrics_argument, start_metrics
 from node.mqtt import start_node_status
 from node.registration import advertise_address
 from node.service.grpc_metrics import GrpcServerMetrics
+from node.service.guest_metrics import GuestMetrics
 from node.service.metrics import node_registry
 from node.service.server import build_server, mark_not_serving, mark_serving
 from node.service.telemetry import TelemetryStreams
@@ -102,7 +103,10 @@ async def serve(args: argparse.Namespace) -> None:
     extras = deploy.Extras(args, health_servicer, port, host.node_id)
     await server.start()
     metrics = (
-        await start_metrics(rpc_metrics.register(node_registry(host, telemetry)), args.metrics_listen)
+        await start_metrics(
+            rpc_metrics.register(GuestMetrics(host).register(node_registry(host, telemetry))),
+            args.metrics_listen,
+        )
         if args.metrics_listen
         else None
     )
