@@ -5,7 +5,9 @@
   Their per-RPC gRPC metrics are there (grpc_server_handled_total, grpc_server_handling_seconds).
 * A real Prometheus server scrapes two nodes and the controller every second: every target is
   `up`, and the migration counter it stores goes from 1 to 2 when a second migration ends (and
-  so does the controller's count of Migrate RPCs answered OK).
+  so does the controller's count of Migrate RPCs answered OK). The alert rules of
+  deploy/monitoring load and evaluate healthy, and every query of the Grafana dashboard runs,
+  with data for the migrations, nodes, guest lateness and RPC panels.
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ from tests.support.nodes import kvmtimer_process, wait_for_log_event
 from tests.support.outside import require_tool
 
 pytestmark = pytest.mark.e2e
+
+MONITORING = Path(__file__).resolve().parents[2] / "deploy" / "monitoring"
+ALERTS = MONITORING / "kvmtimer-alerts.yaml"
+DASHBOARD = MONITORING / "kvmtimer-dashboard.json"
 
 # promtool's lint reads "counter" in a name as the metric type; here it is the arm64 generic
 # counter (CNTVCT_EL0) whose error the histogram measures. The name is published (README,
@@ -207,7 +213,7 @@ def prometheus(targets: dict[str, int], rule_files: Sequence[Path] = ()) -> Iter
 
 def test_prometheus_scrapes_nodes_and_controller() -> None:
     require_tool("prometheus")
-    with cluster() as (stub, metrics), prometheus(metrics) as prom:
+    with cluster() as (stub, metrics), prometheus(metrics, [ALERTS]) as prom:
         prom.wait("up", {"n1": 1.0, "n2": 1.0, "controller": 1.0})
         prom.wait("kvmtimer_controller_nodes_up", {"controller": 2.0})
         stub.CreateGuest(cpb.CreateGuestRequest(guest_id="g", vcpus=1, node_id="n1"), timeout=30)
@@ -219,3 +225,32 @@ def test_prometheus_scrapes_nodes_and_controller() -> None:
         rpcs = 'sum by (job) (grpc_server_handled_total{grpc_method="Migrate",grpc_code="OK"})'
         prom.wait(rpcs, {"controller": 2.0})
         prom.wait("sum by (job) (kvmtimer_node_vms)", {"n1": 1.0, "n2": 0.0})
+
+        # The alert rules load and evaluate; every dashboard query runs, and the ones about what
+        # happened here (migrations, nodes, lateness, RPCs) have data.
+        groups = prom.get("/api/v1/rules")["groups"]
+        rules = {r["name"]: r for g in groups for r in g["rules"]}
+        assert set(rules) == {
+            "KvmtimerNodeDown",
+            "KvmtimerControllerMetricsAbsent",
+            "KvmtimerMigrationsFailing",
+        } | {"KvmtimerGuestCounterError"}
+        deadline = time.monotonic() + 30
+        while any(r.get("health") != "ok" for r in rules.values()):
+            assert time.monotonic() < deadline, rules
+            time.sleep(0.5)
+            rules = {r["name"]: r for g in prom.get("/api/v1/rules")["groups"] for r in g["rules"]}
+        board = json.loads(DASHBOARD.read_text())
+        answered = {}
+        for panel in board["panels"]:
+            for target in panel.get("targets", []):
+                expr = target["expr"].replace("$__rate_interval", "1m")
+                answered[expr] = prom.get("/api/v1/query", query=expr)["result"]
+        with_data = {e for e, result in answered.items() if result}
+        for expected in (
+            "kvmtimer_migrations_total",
+            "kvmtimer_controller_nodes_up",
+            "grpc_server_handled_total",
+        ):
+            assert any(expected in e for e in with_data), (expected, sorted(answered))
+        assert any("guest_lateness_max_seconds" in e for e in with_data), sorted(answered)
