@@ -23,7 +23,7 @@ from kvmtimer.v1 import controller_pb2_grpc as cpb_grpc
 from kvmtimer.v1 import node_pb2 as pb
 
 from controller import views
-from node import config, tls
+from node import config, secret_files, tls
 
 ENV_CONTROLLER = "KVMTIMER_CONTROLLER"
 DEFAULT_CONTROLLER = "127.0.0.1:7070"
@@ -234,6 +234,7 @@ def _common(parser: argparse.ArgumentParser, *, output: bool = True) -> None:
     parser.add_argument(
         "--token", default=None, help="bearer token for the controller (prefer KVMTIMER_TOKEN)"
     )
+    secret_files.add_file_option(parser, "token", "the bearer token")
     config.add_config_argument(parser)
     config.defer_defaults(parser, "client")  # the options above; a command's own options stay flags
 

@@ -49,6 +49,7 @@ from controller.client_cli import host_port
 from controller.service.cluster import Cluster
 from controller.service.server import build_server, mark_serving
 from controller.telemetry.local import add_local_telemetry_arguments, local_telemetry
+from node import secret_files
 from node.core.features import ApiProfile
 
 CNTFRQ_HZ = 25_000_000
@@ -862,6 +863,11 @@ def add_up_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     args.tty = sys.stdout.isatty()
+    try:
+        secret_files.read_secret_files(args)  # --mqtt-file
+    except secret_files.SecretFileError as err:
+        print(f"kvmtimer up: {err}", file=sys.stderr)
+        return 2
     with contextlib.ExitStack() as files:
         try:
             log_file = (

@@ -32,6 +32,8 @@ from typing import Any
 
 import yaml
 
+from node.secret_files import SecretFileError, read_secret_files
+
 ENV_PREFIX = "KVMTIMER_"
 CONFIG_DEST = "config"
 CONFIG_ENV = "KVMTIMER_CONFIG"
@@ -290,7 +292,7 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> a
 def resolve_or_exit(args: argparse.Namespace, prog: str) -> argparse.Namespace:
     """`resolve`, exiting with status 2 and the reason on stderr (like a bad flag) on error."""
     try:
-        return resolve(args)
-    except ConfigError as err:
+        return read_secret_files(resolve(args))  # then --token-file/--mqtt-file
+    except (ConfigError, SecretFileError) as err:
         print(f"{prog}: {err}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -17,7 +17,7 @@ import structlog
 from kvmtimer.v1 import controller_pb2 as cpb
 from kvmtimer.v1 import controller_pb2_grpc as cpb_grpc
 
-from node import tls
+from node import secret_files, tls
 
 log = structlog.get_logger("kvmtimer.node")
 
@@ -48,6 +48,7 @@ def add_register_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--token", default=None, help="bearer token presented to the controller (prefer KVMTIMER_TOKEN)"
     )
+    secret_files.add_file_option(parser, "token", "the bearer token")
 
 
 def advertise_address(listen: str, port: int, advertise: str | None = None) -> str:

@@ -35,6 +35,7 @@ from controller.telemetry import schema
 from controller.telemetry.bridge import DEFAULT_FLUSH_INTERVAL_S, DEFAULT_STATUS_INTERVAL_S, TelemetryBridge
 from controller.telemetry.publisher import OutMessage
 from controller.telemetry.schema import DEFAULT_PREFIX, Topics, check_prefix
+from node import secret_files
 
 log = structlog.get_logger("kvmtimer.mqtt")
 
@@ -104,6 +105,7 @@ def add_mqtt_arguments(parser: argparse.ArgumentParser, *, what: str = "telemetr
         default=None,
         help=f"publish {what} to this MQTT broker: mqtt://[USER:PASS@]HOST:PORT, or mqtts:// for TLS",
     )
+    secret_files.add_file_option(parser, "mqtt", "the broker URL (it may hold a password)")
     parser.add_argument(
         "--mqtt-prefix",
         default=DEFAULT_PREFIX,

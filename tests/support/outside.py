@@ -20,20 +20,26 @@ SOURCES = {
     "mosquitto_sub": "Debian mosquitto-clients",
     "mosquitto_pub": "Debian mosquitto-clients",
     "podman": "Debian podman",
-    "checkov": "PyPI checkov (.ci/test installs it into .venv-checkov)",
+    "checkov": "PyPI checkov (.ci/test installs it into build/checkov-venv)",
 }
 
 
+# Tools installed into their own virtual environment (their pinned dependencies would clash
+# with ours); .ci/test creates it.
+TOOL_VENV = Path(__file__).resolve().parents[2] / "build" / "checkov-venv"
+
+
 def find_tool(name: str) -> str | None:
-    """The tool's path: next to this interpreter (venv scripts), on PATH, or in /usr/sbin."""
-    beside = Path(sys.executable).parent / name
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
+    """The tool's path: next to this interpreter (venv scripts), in TOOL_VENV, on PATH, or in /usr/sbin."""
+    for directory in (Path(sys.executable).parent, TOOL_VENV / "bin"):
+        beside = directory / name
+        if beside.is_file() and os.access(beside, os.X_OK):
+            return str(beside)
     found = shutil.which(name)
     if found:
         return found
-    for directory in ("/usr/sbin", "/sbin"):
-        path = Path(directory) / name
+    for system in (Path("/usr/sbin"), Path("/sbin")):
+        path = system / name
         if path.is_file() and os.access(path, os.X_OK):
             return str(path)
     return None

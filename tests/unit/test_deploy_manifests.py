@@ -289,9 +289,20 @@ def test_tls_files_come_from_mounted_secrets(overlay: str) -> None:
             assert secret["secretName"].endswith("-tls")
             assert secret["defaultMode"] & 0o007 == 0  # not world-readable
         assert "KVMTIMER_INSECURE" not in env
-        token = [e for e in c["env"] if e["name"] == "KVMTIMER_TOKEN"]
-        for e in token:  # only ever from a Secret
-            assert set(e) == {"name", "valueFrom"} and "secretKeyRef" in e["valueFrom"]
+        # Secrets only as mounted files, never in the environment.
+        assert not [e for e in c["env"] if "secretKeyRef" in e.get("valueFrom", {})]
+        assert "KVMTIMER_TOKEN" not in env and "KVMTIMER_MQTT" not in env
+        secret_files = {
+            "KVMTIMER_TOKEN_FILE": ("kvmtimer-token", "token"),
+            "KVMTIMER_MQTT_FILE": ("kvmtimer-mqtt", "url"),
+        }
+        for key, (secret_name, item) in secret_files.items():
+            if key not in env:
+                continue
+            directory, _, name = env[key].rpartition("/")
+            assert name == item and mounts[directory]["readOnly"] is True
+            assert volumes[mounts[directory]["name"]]["secret"]["secretName"] == secret_name
+        assert "KVMTIMER_MQTT_FILE" in env
 
 
 def policy(objs: list[Obj], name: str) -> Obj:
