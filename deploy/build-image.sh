@@ -34,11 +34,12 @@ while [ $# -gt 0 ]; do
 done
 
 PY=${PYTHON:-python3}
-BASE_TAG=localhost/kvmtimer-base:bookworm
 SUITE=bookworm
 # What the base rootfs holds: Python with venv (and pip's bundled wheel), useradd, libstdc++ for
 # grpcio's wheels. Nothing else: no shell tools beyond minbase, no compiler, no package cache.
 BASE_PACKAGES=python3,python3-venv,libstdc++6,passwd
+# The base is made once per package list (remove the image to refresh its packages).
+BASE_TAG=localhost/kvmtimer-base:$SUITE-$(printf %s "$BASE_PACKAGES" | sha256sum | cut -c1-12)
 export CONTAINERS_CONF=${CONTAINERS_CONF:-$PWD/deploy/podman/containers.conf}
 say() { echo "build-image: $*" >&2; }
 
@@ -59,6 +60,10 @@ with open("deploy/requirements.lock", "w") as out:
 EOF
 fi
 
+if ! "$PY" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+  say "$PY is not Python 3.11, the base image's Python: its wheels would not install (set PYTHON)"
+  exit 2
+fi
 say "wheels of kvmtimer and deploy/requirements.lock -> build/wheels"
 rm -rf build/wheels
 mkdir -p build/wheels
@@ -83,12 +88,17 @@ if [ -z "$base" ]; then
       --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/info/*' \
       --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*' \
       "$SUITE" "$rootfs" "deb ${DEBIAN_MIRROR:-http://deb.debian.org/debian} $SUITE main"
-    podman import --change 'CMD ["/usr/bin/python3"]' "$rootfs" "$base" >/dev/null
+    podman import --quiet --change 'CMD ["/usr/bin/python3"]' "$rootfs" "$base" >/dev/null
     rm -rf "$(dirname "$rootfs")"
   fi
 fi
 
+previous=$(podman image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)
 say "podman build $tag (base $base, no network)"
-podman build --quiet --network=none --pull=never --build-arg "BASE=$base" \
+# --no-cache: the wheels arrive through a bind mount, which layer caching does not see.
+podman build --quiet --no-cache --network=none --pull=never --build-arg "BASE=$base" \
   -f deploy/Dockerfile -t "$tag" . >/dev/null
+if [ -n "$previous" ] && [ "$previous" != "$(podman image inspect --format '{{.Id}}' "$tag")" ]; then
+  podman rmi "$previous" >/dev/null 2>&1 || true  # the image this build replaced, unless in use
+fi
 say "built $tag"
