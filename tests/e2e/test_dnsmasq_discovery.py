@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -110,29 +109,11 @@ def namespace(resolv_conf: str) -> Iterator[str]:
             etc.rmdir()
 
 
-@contextlib.contextmanager
-def inside(ns: str, command: str, args: Sequence[str]) -> Iterator[subprocess.Popen[str]]:
-    """`kvmtimer COMMAND ARGS` inside the namespace, JSON logs on a pipe; SIGTERM at the end."""
-    proc = subprocess.Popen(
-        ["ip", "netns", "exec", ns, *kvmtimer_command(), command, *args],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=dict(client_env(), PYTHONUNBUFFERED="1"),
-    )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        assert proc.stderr is not None
-        proc.stderr.close()
+def inside(
+    ns: str, command: str, args: Sequence[str]
+) -> contextlib.AbstractContextManager[subprocess.Popen[str]]:
+    """`kvmtimer COMMAND ARGS` inside the namespace (tests.support.nodes.kvmtimer_process)."""
+    return kvmtimer_process(command, args, prefix=["ip", "netns", "exec", ns])
 
 
 def test_srv_and_a_discovery_with_dnsmasq_as_the_resolver(tmp_path: Path) -> None:

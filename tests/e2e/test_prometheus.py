@@ -33,7 +33,7 @@ from prometheus_client.samples import Sample
 
 from tests.support.mqtt import free_port
 from tests.support.nodes import kvmtimer_process, wait_for_log_event
-from tests.support.outside import require_tool
+from tests.support.outside import require_tool, stop
 
 pytestmark = pytest.mark.e2e
 
@@ -203,12 +203,7 @@ def prometheus(targets: dict[str, int], rule_files: Sequence[Path] = ()) -> Iter
                     time.sleep(0.2)
                 yield server
             finally:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                stop(proc, 20)
 
 
 def test_prometheus_scrapes_nodes_and_controller() -> None:

@@ -20,6 +20,8 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 
+from tests.support.outside import stop
+
 
 @dataclass(frozen=True, slots=True)
 class Zone:
@@ -91,9 +93,4 @@ def dnsmasq_server(
                 time.sleep(0.05)
             yield proc
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc)
