@@ -3,7 +3,8 @@
 Needs podman and the built image (see tests/e2e/test_image.py); skipped, saying which, otherwise.
 
 Played: the controller Deployment and its settings ConfigMap (`kvmtimer-config`) of the rendered
-default overlay, with the image pointed at the local build. podman then applies what the
+default overlay, with the image pointed at the local build (and the Deployment's name made unique
+to this test run). podman then applies what the
 Deployment says: the settings file mounted from the ConfigMap, the KVMTIMER_* environment
 (KVMTIMER_TOKEN_FILE and KVMTIMER_MQTT_FILE included), the pod's UID/GID 10001, the read-only root
 filesystem, no capabilities, no privilege escalation. Covers: the container runs with exactly
@@ -23,6 +24,7 @@ What podman 4.3 (Debian 12) does not support, and the test therefore leaves out 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -52,6 +54,10 @@ with grpc.insecure_channel(sys.argv[1]) as channel:
 """
 
 
+def deployment_name() -> str:
+    return f"kvmtimer-controller-{os.getpid()}"
+
+
 def playable(tmp_path: Path) -> list[dict[str, Any]]:
     """The controller's objects as podman 4.3 can play them (see the module docstring)."""
     objs = render(ROOT / "deploy" / "kubernetes" / "overlays" / "default")
@@ -71,6 +77,7 @@ def playable(tmp_path: Path) -> list[dict[str, Any]]:
     for obj in played:
         if obj["kind"] != "Deployment":
             continue
+        obj["metadata"]["name"] = deployment_name()  # its pod's name; unique for parallel runs
         spec = obj["spec"]["template"]["spec"]
         spec["containers"][0]["image"] = IMAGE
         for volume in spec["volumes"]:
@@ -88,7 +95,7 @@ def test_kube_play_runs_the_controller_deployment(podman: Podman, tmp_path: Path
     played = podman.run("kube", "play", str(manifest), timeout=300)
     try:
         pods = json.loads(
-            podman.run("pod", "ps", "--format=json", "--filter=name=kvmtimer-controller").stdout
+            podman.run("pod", "ps", "--format=json", f"--filter=name={deployment_name()}").stdout
         )
         assert len(pods) == 1, pods
         (container,) = [c["Names"] for c in pods[0]["Containers"] if not c["Names"].endswith("-infra")]
