@@ -12,6 +12,8 @@ import structlog
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
+    from node.runtime.grpc_metrics import GrpcServerMetrics
+
 from node.core.clock import Clock, ManualClock, SystemClock
 from node.core.errors import EmulatorError
 from node.core.features import DEFAULT_CNTFRQ_HZ, ApiProfile, ClockMode, EcvLevel, HostFeatures
@@ -90,11 +92,14 @@ def host_from_settings(args: NodeSettings) -> Host:
     return Host(args.node_id, features, clock, counter_base=base, clock_mode=mode)
 
 
-def node_metrics(host: Host, telemetry: TelemetryStreams) -> CollectorRegistry:
+def node_metrics(
+    host: Host, telemetry: TelemetryStreams, rpc_metrics: GrpcServerMetrics
+) -> CollectorRegistry:
     """The node's Prometheus registry (imported here: only --metrics-listen needs prometheus-client)."""
+    from node.service.guest_metrics import GuestMetrics
     from node.service.metrics import node_registry
 
-    return node_registry(host, telemetry)
+    return rpc_metrics.register(GuestMetrics(host).register(node_registry(host, telemetry)))
 
 
 async def serve(args: NodeSettings) -> None:
@@ -103,18 +108,25 @@ async def serve(args: NodeSettings) -> None:
     host = host_from_settings(args)
     security = deploy.security(args)  # TlsConfigError: bad TLS options or plaintext off loopback
     telemetry = TelemetryStreams()
+    interceptors = tuple(security.interceptors)
+    rpc_metrics = None
+    if args.metrics_listen:  # per-RPC metrics only with an endpoint (prometheus-client loads here)
+        from node.runtime.grpc_metrics import GrpcServerMetrics
+
+        rpc_metrics = GrpcServerMetrics()
+        interceptors = (rpc_metrics, *interceptors)
     server, port, health_servicer = build_server(
         host,
         args.listen,
         telemetry=telemetry,
         credentials=security.credentials,
-        interceptors=security.interceptors,
+        interceptors=interceptors,
     )
     extras = deploy.Extras(args, health_servicer, port, host.node_id)
     await server.start()
     metrics = (
-        await start_metrics(node_metrics(host, telemetry), args.metrics_listen)
-        if args.metrics_listen
+        await start_metrics(node_metrics(host, telemetry, rpc_metrics), args.metrics_listen)
+        if rpc_metrics is not None and args.metrics_listen
         else None
     )
     await mark_serving(health_servicer)
