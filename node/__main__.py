@@ -12,6 +12,7 @@ import structlog
 
 from controller.telemetry.mqtt import add_mqtt_arguments, settings_from_args
 from node import deploy
+from node.clock_settings import add_clock_effect_arguments, clock_effects_from_args
 from node.config import defer_defaults, resolve_or_exit
 from node.core.clock import Clock, ManualClock, SystemClock
 from node.core.errors import EmulatorError
@@ -51,6 +52,7 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="host counter at boot (default: derived from --node-id)",
     )
+    add_clock_effect_arguments(parser)
     parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
     add_mqtt_arguments(parser)
     add_metrics_argument(parser)
@@ -82,7 +84,8 @@ def host_from_args(args: argparse.Namespace) -> Host:
         if args.counter_base is not None
         else default_counter_base(args.node_id, args.cntfrq)
     )
-    return Host(args.node_id, features, clock, counter_base=base, clock_mode=mode)
+    effects = clock_effects_from_args(args)
+    return Host(args.node_id, features, clock, counter_base=base, clock_mode=mode, clock_effects=effects)
 
 
 async def serve(args: argparse.Namespace) -> None:

@@ -12,6 +12,7 @@ from node.core.errors import AlreadyExists, BadRequest, VmNotFound, WrongClockMo
 from node.core.features import ClockMode, HostFeatures
 from node.core.regs import Cap
 from node.core.state import VmState
+from node.core.timesync import CounterRecord, Credit, apply_record
 from node.core.vcpu import AccessKind, AccessResult, GuestOp
 from node.core.vm import IrqLevel, Vm, check_u64
 
@@ -103,6 +104,10 @@ class Host:
     def get_clock(self) -> tuple[int, int]:
         """(host counter, this host's realtime ns) of one instant."""
         return self.counter.sample()
+
+    def apply_counter_record(self, vm_id: str, record: CounterRecord, method: int) -> Credit:
+        """Apply a paused source's counter record to this paused VM at one instant of this host."""
+        return apply_record(self.vm(vm_id), record, method)
 
     def change_clock_effects(
         self, *, skew_ns: int | None = None, drift_ppm: float | None = None, step_ns: int = 0

@@ -21,6 +21,7 @@ from node.core.workload import (
     WorkloadSpec,
     WorkloadState,
 )
+from node.service import convert_time
 
 
 def api_profile_to_pb(profile: ApiProfile) -> pb.ApiProfile:
@@ -37,7 +38,7 @@ def api_profile_from_pb(value: int) -> ApiProfile:
 def host_info(host: Host) -> pb.HostInfo:
     f = host.features
     h, rt = host.get_clock()
-    return pb.HostInfo(
+    info = pb.HostInfo(
         node_id=host.node_id,
         cntfrq_hz=f.cntfrq_hz,
         ecv=int(f.ecv),
@@ -51,6 +52,7 @@ def host_info(host: Host) -> pb.HostInfo:
         vm_count=len(host.vms),
         vcpu_count=sum(len(vm.vcpus) for vm in host.vms.values()),
     )
+    return convert_time.with_clock_effects(info, host)
 
 
 def features_from_info(info: pb.HostInfo) -> HostFeatures:

@@ -12,7 +12,7 @@ from node.core.errors import BadRequest, EmulatorError
 from node.core.features import ClockMode
 from node.core.host import Host, validate_ops
 from node.core.vcpu import AccessKind, AccessResult
-from node.service import convert
+from node.service import convert, convert_time
 from node.service.driver import WorkloadDriver
 from node.service.errors import Ctx, rpc, status_for, stream_rpc, trailing_metadata_for
 from node.service.telemetry import TelemetryStreams
@@ -173,7 +173,7 @@ class NodeServicer(pb_grpc.NodeServicer):
     @rpc
     async def StepClock(self, request: pb.StepClockRequest, context: Ctx) -> pb.StepClockResponse:
         h = self.host.step_clock(request.delta_ticks)
-        return pb.StepClockResponse(host_counter=h, realtime_ns=self.host.counter.clock.realtime_ns())
+        return pb.StepClockResponse(host_counter=h, realtime_ns=self.host.counter.realtime_ns())
 
     @rpc
     async def GetVcpuState(self, request: pb.GetVcpuStateRequest, context: Ctx) -> pb.VcpuStateInfo:
@@ -226,6 +226,18 @@ class NodeServicer(pb_grpc.NodeServicer):
             getattr(add_result(), kind).CopyFrom(response)
         return out
 
+    @rpc
+    async def ApplyCounterRecord(
+        self, request: pb.ApplyCounterRecordRequest, context: Ctx
+    ) -> pb.ApplyCounterRecordResponse:
+        record = convert_time.counter_record_from_pb(request)
+        credit = self.host.apply_counter_record(request.vm_id, record, int(request.method))
+        return convert_time.credit_to_pb(credit)
+
+    @rpc
+    async def SetClockEffects(self, request: pb.SetClockEffectsRequest, context: Ctx) -> pb.ClockEffectsState:
+        return convert_time.set_clock_effects(self.host, request)
+
     @stream_rpc
     def WatchTelemetry(
         self, request: pb.WatchTelemetryRequest, context: Ctx
@@ -253,4 +265,5 @@ _BATCH_HANDLERS = {
     "destroy_vm": "DestroyVm",
     "start_workload": "StartWorkload",
     "get_guest_observations": "GetGuestObservations",
+    "apply_counter_record": "ApplyCounterRecord",
 }

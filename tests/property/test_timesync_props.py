@@ -172,9 +172,7 @@ def migrate(m: Move) -> Outcome:
     assert w.last_jump_error_ticks is not None
     steps = [before[0], record.cntvct, applied[0], after_wait[0], w.last_cntvct]
     never_decreased = all(
-        u64(b - a) < 1 << 63
-        for a, b in itertools.pairwise(steps)
-        if a is not None and b is not None
+        u64(b - a) < 1 << 63 for a, b in itertools.pairwise(steps) if a is not None and b is not None
     )
     never_decreased = never_decreased and (w.min_step_v is None or w.min_step_v >= 0)
     return Outcome(
