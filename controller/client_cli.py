@@ -199,6 +199,7 @@ def cmd_migrate(args: argparse.Namespace, stub: cpb_grpc.ControllerStub) -> int:
         method=views.method_value(args.method),
         migration_id=args.id or "",
         wait=True,
+        allow_state_loss=args.allow_state_loss,
     )
     try:
         record: cpb.Migration = stub.Migrate(request, timeout=timeout(args, DEFAULT_MIGRATE_TIMEOUT_S))
@@ -319,4 +320,10 @@ def add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         help="how guest time is carried over (default AUTO: the best both ends support)",
     )
     p.add_argument("--id", metavar="MIGRATION_ID", help="client-chosen id making the request idempotent")
+    p.add_argument(
+        "--allow-state-loss",
+        action="store_true",
+        help="move a guest that uses its physical timer even where a pre-6.4 kernel cannot carry its "
+        "ptimer state (as QEMU would); the record lists what was not carried",
+    )
     p.set_defaults(func=run_client(cmd_migrate))

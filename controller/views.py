@@ -184,6 +184,12 @@ def counter_error(m: cpb.Migration) -> str:
     return str(m.counter_error_ticks) if m.HasField("counter_error_ticks") else "-"
 
 
+def state_lost(m: cpb.Migration) -> str:
+    """The guest's physical-timer state a move could not carry ("" when none or unused)."""
+    lost = [n for n in m.not_carried if n.startswith("PTIMER_")]
+    return ", ".join(lost) if m.guest_uses_ptimer and lost else ""
+
+
 def migrations_table(migrations: Iterable[cpb.Migration]) -> str:
     return table(
         (
@@ -236,6 +242,8 @@ def migration_detail(m: cpb.Migration) -> str:
         ("traps before/after", f"{m.traps_before}/{m.traps_after}"),
         ("destination uses CNTPOFF", "yes" if m.destination_uses_cntpoff else "no"),
     ]
+    if m.not_carried:
+        fields.append(("not carried", ", ".join(m.not_carried)))
     if m.cancelled:
         fields.append(("cancelled", "yes"))
     if m.reason:

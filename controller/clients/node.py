@@ -13,7 +13,7 @@ from kvmtimer.v1 import node_pb2_grpc
 
 from controller.core.errors import NodeCallError
 from controller.core.migration import RegWrite
-from node.core.regs import KVM_ARM_VCPU_TIMER_CTRL, KVM_ARM_VCPU_TIMER_PHYS_OFFSET
+from node.core.uapi import KVM_ARM_VCPU_TIMER_CTRL, KVM_ARM_VCPU_TIMER_PHYS_OFFSET
 from node.tls import aio_channel
 
 DEFAULT_TIMEOUT_S = 5.0

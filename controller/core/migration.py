@@ -17,6 +17,7 @@ destination sample is taken: applying the same record twice gives the same offse
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 
@@ -24,7 +25,7 @@ from controller.core.errors import FailedPrecondition, InvalidArgument
 from controller.core.model import GuestId, MigrationId, NodeId
 from node.core.clock import NS_PER_S, U64_MASK
 from node.core.features import ApiProfile, HostFeatures
-from node.core.regs import Cap, OneReg
+from node.core.uapi import Cap, OneReg, reg_name, timer_reg_list
 
 
 class Method(IntEnum):
@@ -97,13 +98,16 @@ def choose_method(
     requested: Method,
     *,
     destination_id: str,
-    uses_ptimer: bool,
 ) -> Method:
     """The method to use, or FailedPrecondition explaining why the move is impossible.
 
     The source side of every method is a read of the guest counters together with
-    the host counter they were read at, which every kernel allows; so what a
-    migration can use is decided by what the destination kernel can apply.
+    the host counter they were read at, which every kernel allows (before 6.4 the
+    guest physical counter is H minus the series' physical offset, 0 on 5.15); so
+    the method is decided by what the destination kernel can apply. AUTO takes the
+    best one: the offset methods credit the guest with the real time that passed and
+    carry the physical counter; BY_VALUE stalls guest time for the downtime.
+    What the two kernels' register lists let a migration carry is `register_set()`.
     """
     if source.cntfrq_hz != destination.cntfrq_hz:
         # KVM cannot scale the counter; the guest calibrated its clock at boot.
@@ -111,21 +115,129 @@ def choose_method(
             f"counter frequencies differ: source {source.cntfrq_hz} Hz, destination "
             f"{destination_id} {destination.cntfrq_hz} Hz (KVM cannot scale the guest counter)"
         )
-    if uses_ptimer and not destination.supports_physical_offset:
-        raise FailedPrecondition(
-            f"the guest uses the physical timer and destination {destination_id} "
-            f"({destination.api_profile.name}) cannot offset the physical counter"
-        )
     if requested is Method.AUTO:
         return next(m for m in METHOD_PREFERENCE if supports(destination, m))
     if requested not in METHOD_PREFERENCE:
         raise InvalidArgument(f"unknown migration method {int(requested)}")
     if not supports(destination, requested):
         raise FailedPrecondition(
-            f"destination {destination_id} runs a {destination.api_profile.name} kernel "
+            f"destination {destination_id} runs a {kernel_label(destination)} kernel "
             f"and cannot apply method {requested.name}"
         )
     return requested
+
+
+def kernel_label(features: HostFeatures) -> str:
+    """The kernel of a profile, for messages: "BY_VALUE (5.15, pre-6.4)"."""
+    return {
+        ApiProfile.BY_VALUE: "BY_VALUE (5.15, pre-6.4)",
+        ApiProfile.VCPU_OFFSETS: "VCPU_OFFSETS (2021 series, pre-6.4)",
+        ApiProfile.VM_COUNTER_OFFSET: "VM_COUNTER_OFFSET (6.4+)",
+    }[features.api_profile]
+
+
+def predicted_reg_list(features: HostFeatures) -> tuple[int, ...]:
+    """The timer ids a node's kernel lists (spec §2.1), for checks made before any VM exists
+    there; a migration itself uses the lists the two nodes return (GetRegList)."""
+    return tuple(int(r) for r in timer_reg_list(features.api_profile))
+
+
+# Counter and offset ids: carried by the method (offsets or by-value writes), never copied as state.
+COUNTER_IDS = frozenset({int(OneReg.TIMER_CNT), int(OneReg.PTIMER_CNT), int(OneReg.TIMER_OFFSET)})
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterSet:
+    """What one migration saves and restores, from the two kernels' KVM_GET_REG_LIST (as QEMU does)."""
+
+    saved: tuple[int, ...]  # every id the source lists, read on the paused source
+    restored: tuple[int, ...]  # guest timer state written on the destination: listed by both, not counters
+    missing_on_source: tuple[str, ...]  # state the destination could take but the source cannot give
+    missing_on_destination: tuple[str, ...]  # state the source gives but the destination cannot take
+    physical_counter_carried: bool  # the method can set the guest physical counter on the destination
+
+    @property
+    def not_carried(self) -> tuple[str, ...]:
+        """Everything lost, by register name (the record's `not_carried`)."""
+        lost = dict.fromkeys((*self.missing_on_source, *self.missing_on_destination))
+        if not self.physical_counter_carried:
+            lost[OneReg.PTIMER_CNT.name] = None
+        return tuple(lost)
+
+    @property
+    def ptimer_lost(self) -> tuple[str, ...]:
+        return tuple(n for n in self.not_carried if n.startswith("PTIMER_"))
+
+
+# The physical timer's guest state (CNTP_CTL_EL0, CNTP_CVAL_EL0) by its ONE_REG names.
+PTIMER_STATE_IDS = (int(OneReg.PTIMER_CTL), int(OneReg.PTIMER_CVAL))
+
+
+def register_set(
+    source_ids: Sequence[int], destination_ids: Sequence[int], method: Method, *, uses_ptimer: bool = False
+) -> RegisterSet:
+    """The register set of a migration by `method` between kernels listing these ids.
+
+    Timer CTL/CVAL are copied where both kernels list them; before 6.4 the physical
+    timer's are not ONE_REG registers (ENOENT), so a pre-6.4 source cannot save them
+    and a pre-6.4 destination cannot restore them: that state is not carried, as with
+    QEMU there. The guest physical counter is carried by the offset methods (the
+    destination's VM-wide offset or the series' physical-offset attribute) and, by
+    value, only where the destination lists PTIMER_CNT. The state to carry is what
+    either kernel lists, plus the physical timer's CTL/CVAL when the guest uses it
+    (which then is lost even if neither kernel lists them).
+    """
+    src, dst = list(source_ids), list(destination_ids)
+    both = set(src) & set(dst)
+    used = PTIMER_STATE_IDS if uses_ptimer else ()
+    state_ids = [r for r in dict.fromkeys((*src, *dst, *used)) if r not in COUNTER_IDS]
+    return RegisterSet(
+        saved=tuple(src),
+        restored=tuple(r for r in src if r in both and r not in COUNTER_IDS),
+        missing_on_source=tuple(reg_name(r) for r in state_ids if r not in src),
+        missing_on_destination=tuple(reg_name(r) for r in state_ids if r not in dst),
+        physical_counter_carried=method is not Method.BY_VALUE or int(OneReg.PTIMER_CNT) in dst,
+    )
+
+
+def check_state_loss(
+    regs: RegisterSet,
+    *,
+    uses_ptimer: bool,
+    allow_state_loss: bool,
+    source: tuple[str, HostFeatures],
+    destination: tuple[str, HostFeatures],
+    method: Method,
+) -> None:
+    """Refuse (FailedPrecondition) to move a guest that uses its physical timer where its
+    ptimer state would be lost, unless the request allows it. Names the side that lacks it."""
+    lost = regs.ptimer_lost
+    if not uses_ptimer or not lost or allow_state_loss:
+        return
+    (src_id, src_features), (dst_id, dst_features) = source, destination
+    why = []
+    if any(n.startswith("PTIMER_") for n in regs.missing_on_source):
+        why.append(
+            f"source {src_id} runs a {kernel_label(src_features)} kernel: "
+            f"{'/'.join(n for n in regs.missing_on_source if n.startswith('PTIMER_'))} are not ONE_REG "
+            "registers there (ENOENT), so its physical timer cannot be saved"
+        )
+    if any(n.startswith("PTIMER_") for n in regs.missing_on_destination):
+        why.append(
+            f"destination {dst_id} runs a {kernel_label(dst_features)} kernel: "
+            f"{'/'.join(n for n in regs.missing_on_destination if n.startswith('PTIMER_'))} are not "
+            "ONE_REG registers there (ENOENT), so its physical timer cannot be restored"
+        )
+    if not regs.physical_counter_carried:
+        why.append(
+            f"destination {dst_id} runs a {kernel_label(dst_features)} kernel: method {method.name} "
+            "cannot set the guest physical counter there"
+        )
+    raise FailedPrecondition(
+        "the guest uses its physical timer and " + "; ".join(why) + f". Nothing was changed; "
+        f"allow_state_loss moves it anyway as QEMU would, without {', '.join(lost)} "
+        "(the guest's physical-timer interrupts stop)"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,12 +318,9 @@ class RestorePlan:
     offsets: DestinationOffsets | None = None  # the computed offsets (offset methods)
 
 
-TIMER_STATE_REGS = (OneReg.TIMER_CVAL, OneReg.TIMER_CTL, OneReg.PTIMER_CVAL, OneReg.PTIMER_CTL)
-
-
 def plan_restore(
     method: Method,
-    destination: HostFeatures,
+    destination_ids: Sequence[int],
     src: SourceSnapshot,
     timer_regs: tuple[RegWrite, ...],
     dst_sample: tuple[int, int],
@@ -223,7 +332,7 @@ def plan_restore(
     if method is Method.BY_VALUE:
         # QEMU's default: the saved values, as they were at the pause. Guest time stalls.
         counters = [RegWrite(0, OneReg.TIMER_CNT, src.cntvct)]
-        if destination.has_ptimer_cnt_write:
+        if OneReg.PTIMER_CNT in destination_ids:
             counters.append(RegWrite(0, OneReg.PTIMER_CNT, src.cntpct))
         return RestorePlan("TIMER_CNT by value (saved at pause)", regs=(*timer_regs, *counters))
 
@@ -291,6 +400,9 @@ class MigrationRecord:
     destination_voffset: int = 0
     destination_poffset: int = 0
     elapsed_ticks: int = 0
+    guest_uses_ptimer: bool = False  # the guest arms its physical timer
+    allow_state_loss: bool = False  # the request allowed losing state
+    not_carried: list[str] = field(default_factory=list)  # state the kernels could not carry
     steps: list[str] = field(default_factory=list)
 
     def advance(self, to: Phase) -> None:

@@ -32,7 +32,7 @@ from controller.core.errors import (
     Unavailable,
 )
 from controller.core.migration import (
-    TIMER_STATE_REGS,
+    METHOD_PREFERENCE,
     Limits,
     Method,
     MigrationRecord,
@@ -40,8 +40,11 @@ from controller.core.migration import (
     RegWrite,
     SourceSnapshot,
     Step,
+    check_state_loss,
     choose_method,
     plan_restore,
+    predicted_reg_list,
+    register_set,
     supports,
 )
 from controller.core.model import GuestId, GuestRecord, MigrationId, NodeId, NodeRecord, node_load
@@ -49,9 +52,10 @@ from controller.core.placement import place
 from controller.service import convert
 from controller.telemetry.collector import TelemetryCollector
 from controller.telemetry.hub import Hub
+from node.core.clock import U64_MASK
 from node.core.features import ApiProfile, ClockMode
-from node.core.regs import OneReg, TimerAttr
-from node.core.timer import DEFAULT_PPI, TimerId
+from node.core.timer import CTL_ENABLE, DEFAULT_PPI, TimerId
+from node.core.uapi import KVM_ARM_VCPU_TIMER_PHYS_OFFSET, OneReg, TimerAttr
 from node.core.workload import WorkloadSpec
 from node.service.convert import features_from_info, workload_spec_to_pb
 from node.tls import is_loopback
@@ -269,7 +273,8 @@ class Cluster:
             node = place(self.nodes.values(), list(self.guests.values()))
         if workload is None:
             workload = WorkloadSpec(period_ticks=max(node.features.cntfrq_hz // 100, 100))
-        if workload.use_ptimer and not node.features.supports_physical_offset:
+        if workload.use_ptimer and not node.features.has_ptimer_regs:
+            # Its physical timer cannot be saved on this kernel (spec §2.1): moving it loses it.
             log.info("guest_ptimer_unmovable", guest_id=guest_id, node_id=node.node_id)
         # Reserve the id before the first await so a concurrent create cannot take it.
         record = GuestRecord(GuestId(guest_id), node.node_id, guest_id, vcpus, workload)
@@ -339,7 +344,14 @@ class Cluster:
         except KeyError:
             raise NotFound(f"no migration {migration_id!r}") from None
 
-    def _destination_for(self, guest: GuestRecord, destination: str, method: Method) -> NodeRecord:
+    def _destination_for(
+        self,
+        guest: GuestRecord,
+        destination: str,
+        method: Method,
+        facts: _SourceFacts,
+        allow_state_loss: bool,
+    ) -> NodeRecord:
         source = self.node(guest.node_id)
         if destination:
             dst = self.node(destination)
@@ -348,11 +360,21 @@ class Cluster:
             if not dst.healthy:
                 raise FailedPrecondition(f"destination {destination} is down: {dst.last_error}")
             return dst
+
+        def keeps_ptimer(n: NodeRecord) -> bool:
+            m = (
+                method
+                if method is not Method.AUTO
+                else next(x for x in METHOD_PREFERENCE if supports(n.features, x))
+            )
+            regs = register_set(facts.reg_ids, predicted_reg_list(n.features), m, uses_ptimer=True)
+            return not regs.ptimer_lost
+
         candidates = [
             n
             for n in self.nodes.values()
             if (method is Method.AUTO or supports(n.features, method))
-            and (not guest.workload.use_ptimer or n.features.supports_physical_offset)
+            and (allow_state_loss or not facts.uses_ptimer or keeps_ptimer(n))
         ]
         return place(
             candidates,
@@ -361,13 +383,48 @@ class Cluster:
             cntfrq_hz=source.features.cntfrq_hz,
         )
 
+    async def _source_facts(self, guest: GuestRecord) -> _SourceFacts:
+        """What the source kernel lists, and whether the guest uses its physical timer.
+
+        Criterion: the guest's workload arms its physical timer, or — where the source
+        kernel has PTIMER_CTL as a ONE_REG register (6.4+) — any vCPU's PTIMER_CTL has
+        ENABLE set. Before 6.4 a VMM cannot read PTIMER_CTL at all; the workload is what
+        the controller knows then.
+        """
+        client = self._client(guest.node_id)
+        try:
+            listed = await client.batch(
+                [pb.BatchCall(get_reg_list=pb.GetRegListRequest(vm_id=guest.vm_id, vcpu_index=0))]
+            )
+            reg_ids = tuple(listed[0].get_reg_list.reg_ids)
+            uses_ptimer = guest.workload.use_ptimer
+            if OneReg.PTIMER_CTL in reg_ids and not uses_ptimer:
+                ctls, _, _ = await client.get_regs(
+                    guest.vm_id, [(i, OneReg.PTIMER_CTL) for i in range(guest.vcpus)]
+                )
+                uses_ptimer = any(ctl & CTL_ENABLE for ctl in ctls)
+        except NodeCallError as err:
+            raise _node_failure(err) from None
+        return _SourceFacts(reg_ids, uses_ptimer)
+
     async def migrate(
-        self, guest_id: str, destination: str, method: Method, migration_id: str = "", *, wait: bool = False
+        self,
+        guest_id: str,
+        destination: str,
+        method: Method,
+        migration_id: str = "",
+        *,
+        wait: bool = False,
+        allow_state_loss: bool = False,
     ) -> MigrationRecord:
         """Check, then start (or queue) a migration. Refusals raise and change nothing."""
         if migration_id and MigrationId(migration_id) in self.migrations:
             existing = self.migrations[MigrationId(migration_id)]
-            same = existing.guest_id == guest_id and existing.requested_method is method
+            same = (
+                existing.guest_id == guest_id
+                and existing.requested_method is method
+                and existing.allow_state_loss == allow_state_loss
+            )
             if not same or (destination and existing.destination != destination):
                 raise AlreadyExists(f"migration id {migration_id} is already used for another request")
             if wait:
@@ -377,13 +434,23 @@ class Cluster:
         if guest.migrating:
             raise Aborted(f"guest {guest_id} is already migrating ({guest.migrating})")
         source = self.node(guest.node_id)
-        dst = self._destination_for(guest, destination, method)
-        chosen = choose_method(
-            source.features,
-            dst.features,
-            method,
-            destination_id=dst.node_id,
-            uses_ptimer=guest.workload.use_ptimer,
+        facts = await self._source_facts(guest)
+        if guest.migrating:
+            raise Aborted(f"guest {guest_id} is already migrating ({guest.migrating})")
+        dst = self._destination_for(guest, destination, method, facts, allow_state_loss)
+        chosen = choose_method(source.features, dst.features, method, destination_id=dst.node_id)
+        # The destination has no VM yet: its kernel's list is predicted from its profile here;
+        # the migration re-checks against the list the destination VM returns.
+        regs = register_set(
+            facts.reg_ids, predicted_reg_list(dst.features), chosen, uses_ptimer=facts.uses_ptimer
+        )
+        check_state_loss(
+            regs,
+            uses_ptimer=facts.uses_ptimer,
+            allow_state_loss=allow_state_loss,
+            source=(source.node_id, source.features),
+            destination=(dst.node_id, dst.features),
+            method=chosen,
         )
         mid = MigrationId(migration_id or f"mig-{next(self._ids)}")
         while not migration_id and mid in self.migrations:
@@ -397,6 +464,8 @@ class Cluster:
             method=chosen,
             started_ns=time.monotonic_ns(),
             created_realtime_ns=time.time_ns(),
+            guest_uses_ptimer=facts.uses_ptimer,
+            allow_state_loss=allow_state_loss,
         )
         self.migrations[mid] = record
         guest.migrating = mid
@@ -495,6 +564,14 @@ class _Cancelled(Exception):
     """Raised inside a migration when a cancel was requested at a step boundary."""
 
 
+@dataclass(frozen=True, slots=True)
+class _SourceFacts:
+    """Read from the source before a migration is accepted."""
+
+    reg_ids: tuple[int, ...]  # the source kernel's KVM_GET_REG_LIST (vCPU 0)
+    uses_ptimer: bool  # the guest uses its physical timer
+
+
 def _node_failure(err: NodeCallError) -> ControllerError:
     if err.unreachable:
         return Unavailable(err.message)
@@ -517,7 +594,7 @@ class _Migrator:
             raise _Cancelled()
 
     async def run(self) -> None:
-        r, c, guest = self.r, self.c, self.guest
+        r, c = self.r, self.c
         assert r.destination is not None and r.method is not None
         self._check_cancel()
         c._advance(r, Phase.SCHEDULING)
@@ -526,13 +603,7 @@ class _Migrator:
             raise FailedPrecondition(f"destination {dst.node_id} is down: {dst.last_error}")
         if not source.healthy:
             raise FailedPrecondition(f"source {source.node_id} is down: {source.last_error}")
-        choose_method(
-            source.features,
-            dst.features,
-            r.method,
-            destination_id=dst.node_id,
-            uses_ptimer=guest.workload.use_ptimer,
-        )
+        choose_method(source.features, dst.features, r.method, destination_id=dst.node_id)
         c._advance(r, Phase.SCHEDULED)
         src_client, dst_client = c._client(source.node_id), c._client(dst.node_id)
         try:
@@ -556,6 +627,7 @@ class _Migrator:
         c._step(r, Step.PREPARE)
         before = await src.batch(
             [
+                pb.BatchCall(get_reg_list=pb.GetRegListRequest(vm_id=vm, vcpu_index=0)),
                 pb.BatchCall(
                     get_device_attr=pb.DeviceAttrRequest(vm_id=vm, group=1, attr=TimerAttr.IRQ_VTIMER)
                 ),
@@ -571,6 +643,7 @@ class _Migrator:
                 pb.BatchCall(save_workload=pb.SaveWorkloadRequest(vm_id=vm, live=True)),
             ]
         )
+        src_ids = tuple(before.pop(0).get_reg_list.reg_ids)
         ppis = {
             TimerId.VTIMER: before[0].get_device_attr.value,
             TimerId.PTIMER: before[1].get_device_attr.value,
@@ -591,11 +664,25 @@ class _Migrator:
         ]
         if has_workload:
             prepare.append(pb.BatchCall(load_workload=pb.LoadWorkloadRequest(vm_id=dst_vm, state=precopy)))
+        # The destination kernel's register list: with the source's, it decides what is carried.
+        prepare.append(pb.BatchCall(get_reg_list=pb.GetRegListRequest(vm_id=dst_vm, vcpu_index=0)))
         # The destination's (H, realtime) pair: any pair gives the same offsets, so it is
         # taken now, outside the downtime window.
         prepare.append(pb.BatchCall(get_clock=pb.GetClockRequest()))
         self.dst_vm = dst_vm
         prepared = await dst.batch(prepare)
+        dst_ids = tuple(prepared[-2].get_reg_list.reg_ids)
+        regs = register_set(src_ids, dst_ids, r.method, uses_ptimer=r.guest_uses_ptimer)
+        src_node = c.node(r.source)
+        check_state_loss(
+            regs,
+            uses_ptimer=r.guest_uses_ptimer,
+            allow_state_loss=r.allow_state_loss,
+            source=(src_node.node_id, src_node.features),
+            destination=(dst_node.node_id, dst_node.features),
+            method=r.method,
+        )
+        r.not_carried = list(regs.not_carried)
         dst_clock = prepared[-1].get_clock
         dst_sample = (dst_clock.host_counter, dst_clock.realtime_ns)
         sampled_ns = time.monotonic_ns()
@@ -606,12 +693,27 @@ class _Migrator:
         # RUNNING: stop the source, read the guest state in one round trip.
         c._advance(r, Phase.RUNNING)
         c._step(r, Step.PAUSE)
-        entries = [(0, OneReg.TIMER_CNT), (0, OneReg.PTIMER_CNT)]
-        entries += [(i, reg) for i in range(n) for reg in TIMER_STATE_REGS]
+        # Save every register the source lists, on every vCPU (what QEMU does).
+        entries = [(i, reg) for i in range(n) for reg in regs.saved]
+        # Before 6.4 there is no PTIMER_CNT: the guest physical counter is H minus the
+        # series' physical offset (its vCPU attribute), or H itself on 5.15.
+        read_phys_attr = OneReg.PTIMER_CNT not in regs.saved and src_node.features.has_vcpu_offsets
+        extra = (
+            [
+                pb.BatchCall(
+                    get_device_attr=pb.DeviceAttrRequest(
+                        vm_id=vm, group=1, attr=KVM_ARM_VCPU_TIMER_PHYS_OFFSET
+                    )
+                )
+            ]
+            if read_phys_attr
+            else []
+        )
         self.src_paused = True
         snap = await src.batch(
             [
                 pb.BatchCall(pause_vm=pb.PauseVmRequest(vm_id=vm)),
+                *extra,
                 pb.BatchCall(
                     get_regs=pb.GetRegsRequest(
                         vm_id=vm, regs=[pb.RegValue(vcpu_index=i, reg_id=reg) for i, reg in entries]
@@ -626,22 +728,21 @@ class _Migrator:
                 ),
             ]
         )
-        r.paused_realtime_ns = snap[0].pause_vm.realtime_ns
+        r.paused_realtime_ns = snap.pop(0).pause_vm.realtime_ns
+        phys_offset = snap.pop(0).get_device_attr.value if read_phys_attr else 0
         c._step(r, Step.SNAPSHOT)
-        regs = snap[1].get_regs
-        values = [v.value for v in regs.regs]
+        got = snap[0].get_regs
+        saved = {entry: v.value for entry, v in zip(entries, got.regs, strict=True)}
         snapshot = SourceSnapshot(
-            cntvct=values[0],
-            cntpct=values[1],
-            host_counter=regs.host_counter,
-            realtime_ns=regs.realtime_ns,
-            cntfrq_hz=c.node(r.source).features.cntfrq_hz,
+            cntvct=saved[(0, OneReg.TIMER_CNT)],
+            cntpct=saved.get((0, OneReg.PTIMER_CNT), (got.host_counter - phys_offset) & U64_MASK),
+            host_counter=got.host_counter,
+            realtime_ns=got.realtime_ns,
+            cntfrq_hz=src_node.features.cntfrq_hz,
         )
         r.source_voffset, r.source_poffset = snapshot.voffset, snapshot.poffset
-        timer_regs = tuple(
-            RegWrite(i, reg, value) for (i, reg), value in zip(entries[2:], values[2:], strict=True)
-        )
-        workload_state = snap[2].save_workload
+        timer_regs = tuple(RegWrite(i, reg, saved[(i, reg)]) for i in range(n) for reg in regs.restored)
+        workload_state = snap[1].save_workload
         self._check_cancel()
 
         c._step(r, Step.TRANSFER)
@@ -654,7 +755,7 @@ class _Migrator:
         # behind the source's, the clocks are skewed and the guest gets 0 elapsed time.
         dst_now_rt = dst_sample[1] + (time.monotonic_ns() - sampled_ns)
         plan = plan_restore(
-            r.method, dst_node.features, snapshot, timer_regs, dst_sample, dst_now_realtime_ns=dst_now_rt
+            r.method, dst_ids, snapshot, timer_regs, dst_sample, dst_now_realtime_ns=dst_now_rt
         )
         r.applied_as = plan.applied_as
         if plan.offsets is not None:

@@ -92,6 +92,9 @@ def migration_to_pb(r: MigrationRecord) -> cpb.Migration:
         destination_voffset=r.destination_voffset,
         destination_poffset=r.destination_poffset,
         elapsed_ticks=r.elapsed_ticks,
+        not_carried=r.not_carried,
+        guest_uses_ptimer=r.guest_uses_ptimer,
+        allow_state_loss=r.allow_state_loss,
     )
     if r.counter_error_ticks is not None:
         msg.counter_error_ticks = r.counter_error_ticks

@@ -69,6 +69,7 @@ class ControllerServicer(cpb_grpc.ControllerServicer):
             convert.method_from_pb(request.method),
             request.migration_id,
             wait=request.wait,
+            allow_state_loss=request.allow_state_loss,
         )
         return convert.migration_to_pb(record)
 

@@ -76,6 +76,16 @@ class HostFeatures:
         return self.api_profile is ApiProfile.VM_COUNTER_OFFSET
 
     @property
+    def has_ptimer_regs(self) -> bool:
+        """PTIMER_CTL/CVAL/CNT are ONE_REG registers (6.4+, Linux 680232a94c12); before, ENOENT."""
+        return self.api_profile is ApiProfile.VM_COUNTER_OFFSET
+
+    @property
+    def has_vm_wide_ppis(self) -> bool:
+        """Timer PPIs live VM-wide and freeze at the VM's first run (6.4+); before, per vCPU."""
+        return self.api_profile is ApiProfile.VM_COUNTER_OFFSET
+
+    @property
     def supports_physical_offset(self) -> bool:
         """Any way at all to give the guest a non-zero physical offset."""
         return self.api_profile is not ApiProfile.BY_VALUE

@@ -10,9 +10,9 @@ from typing import NewType
 from node.core.clock import Clock, ClockEffects, HostCounter, ManualClock, RealtimeState
 from node.core.errors import AlreadyExists, BadRequest, VmNotFound, WrongClockMode
 from node.core.features import ClockMode, HostFeatures
-from node.core.regs import Cap
 from node.core.state import VmState
 from node.core.timesync import CounterRecord, Credit, apply_record
+from node.core.uapi import Cap
 from node.core.vcpu import AccessKind, AccessResult, GuestOp
 from node.core.vm import IrqLevel, Vm, check_u64
 

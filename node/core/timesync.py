@@ -38,7 +38,7 @@ from enum import IntEnum
 
 from node.core.clock import U64_MASK, ticks_between
 from node.core.errors import Busy, InvalidArgument
-from node.core.regs import KVM_ARM_VCPU_TIMER_CTRL, KVM_ARM_VCPU_TIMER_PHYS_OFFSET, Cap, OneReg
+from node.core.uapi import KVM_ARM_VCPU_TIMER_CTRL, KVM_ARM_VCPU_TIMER_PHYS_OFFSET, Cap, OneReg
 from node.core.vm import Vm, check_u64
 
 

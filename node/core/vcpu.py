@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from node.core.timer import TimerContext, TimerId
+from node.core.timer import DEFAULT_PPI, TimerContext, TimerId
 
 
 class SysReg(IntEnum):
@@ -69,12 +69,17 @@ def _new_timers() -> list[TimerContext]:
     return [TimerContext(t) for t in TimerId]
 
 
+def _default_ppis() -> list[int]:
+    return [DEFAULT_PPI[t] for t in TimerId]
+
+
 @dataclass(slots=True)
 class Vcpu:
     """Mutable vCPU model: timer contexts (indexed by TimerId) and host-side counters."""
 
     index: int  # vCPU index
     timers: list[TimerContext] = field(default_factory=_new_timers)  # by TimerId
+    ppis: list[int] = field(default_factory=_default_ppis)  # timer PPI INTIDs by TimerId (irq.irq)
     trap_count: int = 0  # timer accesses emulated at EL2
     has_run: bool = False  # completed a first KVM_RUN
     in_run: bool = False  # inside KVM_RUN right now (holds the vCPU mutex)

@@ -22,20 +22,9 @@ from node.core.errors import (
     InvalidArgument,
     NoEntry,
     NoSuchAttr,
-    NotPermitted,
     VcpuNotFound,
 )
-from node.core.features import ApiProfile, HostFeatures
-from node.core.regs import (
-    KVM_ARM_VCPU_TIMER_CTRL,
-    KVM_ARM_VCPU_TIMER_PHYS_OFFSET,
-    KVM_MAX_VCPUS,
-    PPI_MAX,
-    PPI_MIN,
-    Cap,
-    OneReg,
-    TimerAttr,
-)
+from node.core.features import HostFeatures
 from node.core.state import TimerState, VcpuState, VmState
 from node.core.timer import (
     DEFAULT_PPI,
@@ -49,6 +38,18 @@ from node.core.timer import (
     tval_write,
 )
 from node.core.traps import TrapConfig, compute_traps
+from node.core.uapi import (
+    KVM_ARM_VCPU_TIMER_CTRL,
+    KVM_ARM_VCPU_TIMER_PHYS_OFFSET,
+    KVM_MAX_VCPUS,
+    PPI_MAX,
+    PPI_MIN,
+    Cap,
+    OneReg,
+    TimerAttr,
+    is_arm64_reg_id,
+    timer_reg_list,
+)
 from node.core.vcpu import (
     SELF_SYNC_REGS,
     TIMER_SYSREGS,
@@ -85,6 +86,10 @@ class IrqLevel:
     level: bool  # asserted now
 
 
+def _fresh_ppis() -> list[int]:
+    return [DEFAULT_PPI[t] for t in TimerId]
+
+
 def check_u64(value: int, what: str = "value") -> int:
     if not 0 <= value <= U64_MASK:
         raise BadRequest(f"{what} {value} is not an unsigned 64-bit value")
@@ -105,11 +110,16 @@ class Vm:
         self.poffset = 0  # timer_data.poffset
         self.counter_offset_set = False  # KVM_ARCH_FLAG_VM_COUNTER_OFFSET
         self.vtimer_offset_enabled = False  # KVM_CAP_ARM_VTIMER_OFFSET enabled (series)
-        self.ppis: list[int] = [DEFAULT_PPI[t] for t in TimerId]
-        self.ppis_frozen = False  # KVM_ARCH_FLAG_TIMER_PPIS_IMMUTABLE
+        # 6.4+ timer_data.ppi[]: the VM-wide PPIs, also given to vCPUs created later.
+        # Before 6.4 each vCPU holds its own (Vcpu.ppis); this list then stays at the defaults.
+        self.ppis: list[int] = _fresh_ppis()
+        self.ppis_frozen = False  # first run done: KVM_ARCH_FLAG_TIMER_PPIS_IMMUTABLE, vGIC initialised
         self.running = False  # resumed by the VMM (vCPUs inside KVM_RUN)
         self.vcpus: dict[int, Vcpu] = {}
         self.workload: Workload | None = None  # the guest's program, when one runs
+        # (host counter, lines) whose last interrupt at that instant was spurious: a level
+        # the guest left high is not taken again at the same instant (no zero-time storm).
+        self._spurious: tuple[int, frozenset[tuple[int, TimerId]]] = (0, frozenset())
         self._traps = compute_traps(features, 0)
 
     # --- offsets -------------------------------------------------------------
@@ -160,7 +170,8 @@ class Vm:
         if self.ppis_frozen and not self.userspace_irqchip:
             # kvm_arch_vcpu_precreate(): the vGIC is initialised at first run.
             raise Busy(f"vm {self.vm_id!r} has run: its vGIC is initialised, no new vcpus")
-        vcpu = Vcpu(index)
+        # Pre-6.4 a new vCPU starts with the default PPIs whatever earlier vCPUs were given.
+        vcpu = Vcpu(index, ppis=list(self.ppis) if self.features.has_vm_wide_ppis else _fresh_ppis())
         self.vcpus[index] = vcpu
         if not self.counter_offset_set:
             self._set_offsets(self.counter.read(), 0)
@@ -178,22 +189,27 @@ class Vm:
     # --- ONE_REG -------------------------------------------------------------
 
     def reg_list(self, index: int) -> list[int]:
+        """KVM_GET_REG_LIST's timer ids, in the kernel's order (spec §2.1 table)."""
         self.vcpu(index)
-        ids = [int(r) for r in _TIMER_REGS]
-        if self.vtimer_offset_enabled:
-            ids.append(int(OneReg.TIMER_OFFSET))
-        return ids
+        return list(self._listed_ids())
+
+    def _listed_ids(self) -> tuple[int, ...]:
+        return timer_reg_list(self.features.api_profile, vtimer_offset_enabled=self.vtimer_offset_enabled)
 
     def _check_reg(self, reg_id: int, *, write: bool) -> None:
-        """Raise what KVM would raise for this id, without touching state."""
-        if reg_id in _TIMER_REGS:
-            if write and reg_id == OneReg.PTIMER_CNT and not self.features.has_ptimer_cnt_write:
-                # Before 6.4 kvm_arm_timer_set_reg() has no PTIMER_CNT case: `return -1` (EPERM).
-                raise NotPermitted("PTIMER_CNT is read-only on this kernel (physical offset fixed at 0)")
+        """Raise what KVM would raise for this id, without touching state.
+
+        kvm_arm_get_reg/set_reg (guest.c) first reject an id whose upper half is not
+        KVM_REG_ARM64's (-EINVAL), then hand timer ids to the timer code only when
+        is_timer_reg() knows them: before 6.4 that is the vtimer trio (+ TIMER_OFFSET
+        once the series' cap is on); the PTIMER ids fall through to sys_regs.c, which
+        has no accessor for them and answers -ENOENT. Same for GET and SET.
+        """
+        if not is_arm64_reg_id(reg_id):
+            raise InvalidArgument(f"register id {reg_id:#018x} is not a KVM_REG_ARM64 id")
+        if reg_id in self._listed_ids():
             return
-        if reg_id == OneReg.TIMER_OFFSET and self.vtimer_offset_enabled:
-            return
-        raise NoEntry(f"no such register id {reg_id:#018x}")
+        raise NoEntry(f"no such register id {reg_id:#018x} on this kernel")
 
     def get_one_reg(self, index: int, reg_id: int) -> int:
         vcpu = self.vcpu(index)
@@ -249,12 +265,13 @@ class Vm:
         # read with each timer's `now` computed once; values equal _read_reg()'s.
         vcpus = self.vcpus
         targets: list[tuple[Vcpu, int]] = []
+        listed = self._listed_ids()
         for index, reg_id in entries:
             vcpu = vcpus.get(index)
             if vcpu is None:
                 vcpu = self.vcpu(index)  # raises VcpuNotFound
-            if reg_id not in _TIMER_REGS:
-                self._check_reg(reg_id, write=False)  # raises unless TIMER_OFFSET is enabled
+            if reg_id not in listed:
+                self._check_reg(reg_id, write=False)  # raises: EINVAL or ENOENT
             targets.append((vcpu, reg_id))
         h, realtime_ns = self.counter.sample()
         now = {timer_id: self._timer_now(timer_id, h) for timer_id in _EL1_TIMERS}
@@ -323,11 +340,11 @@ class Vm:
         self._irq_attr_timer(attr)
 
     def get_attr(self, index: int, group: int, attr: int) -> int:
-        self.vcpu(index)
+        vcpu = self.vcpu(index)
         if self._is_phys_offset_attr(group, attr):
             return self.poffset
         self._check_group(group)
-        return self.ppis[self._irq_attr_timer(attr)]
+        return vcpu.ppis[self._irq_attr_timer(attr)]
 
     def set_attr(self, index: int, group: int, attr: int, value: int) -> None:
         """kvm_arm_timer_set_attr(): checks in the kernel's order."""
@@ -342,10 +359,17 @@ class Vm:
             raise InvalidArgument("timer PPIs need an in-kernel irqchip")
         if not PPI_MIN <= value <= PPI_MAX:
             raise InvalidArgument(f"INTID {value} is not a PPI ({PPI_MIN}..{PPI_MAX})")
-        frozen = vcpu.has_run if self.features.api_profile is ApiProfile.BY_VALUE else self.ppis_frozen
+        timer_id = self._irq_attr_timer(attr)
+        # Spec §2.2: 6.4+ freezes the PPIs VM-wide at the first run; older kernels
+        # (5.15, and the series on 5.15-rc1) once this vCPU's timer is enabled.
+        frozen = self.ppis_frozen if self.features.has_vm_wide_ppis else vcpu.has_run
         if frozen:
             raise Busy("timer PPIs are immutable once the VM has run")
-        self.ppis[self._irq_attr_timer(attr)] = value
+        if self.features.has_vm_wide_ppis:
+            self.ppis[timer_id] = value  # timer_data.ppi[]: later vCPUs see it too
+        # Pre-6.4 set_timer_irqs(): written into every vCPU that exists right now.
+        for each in self.vcpus.values():
+            each.ppis[timer_id] = value
 
     @staticmethod
     def _check_group(group: int) -> None:
@@ -375,13 +399,17 @@ class Vm:
 
     def _first_run_checks(self) -> None:
         """kvm_timer_enable() at first run: PPIs must be distinct; then they freeze."""
-        if self.ppis_frozen or self.userspace_irqchip:
+        if self.ppis_frozen or self.userspace_irqchip or not self.vcpus:
             return
-        el1 = [self.ppis[t] for t in _EL1_TIMERS]
         timers = list(TimerId) if self.features.nv else list(_EL1_TIMERS)
-        ppis = [self.ppis[t] for t in timers]
-        if len(set(ppis)) != len(ppis) or len(set(el1)) != len(el1):
-            raise InvalidArgument(f"timer PPIs must be distinct, got {ppis}")
+        seen = {tuple(v.ppis[t] for t in timers) for v in self.vcpus.values()}
+        if len(seen) > 1:
+            # Pre-6.4 timer_irqs_are_valid(): every vCPU must carry the same PPIs; a vCPU
+            # created after SetDeviceAttr kept the defaults.
+            raise InvalidArgument(f"vcpus disagree on their timer PPIs: {sorted(seen)}")
+        (ppis,) = seen
+        if len(set(ppis)) != len(ppis):
+            raise InvalidArgument(f"timer PPIs must be distinct, got {list(ppis)}")
         self.ppis_frozen = True
 
     def pause(self) -> None:
@@ -439,36 +467,50 @@ class Vm:
         if not self.running or self.workload is None:
             return None
         best: int | None = None
+        spurious_h, spurious = self._spurious
         for index, w in self.workload.vcpus.items():
             vcpu = self.vcpus[index]
             for timer_id, _ in self.workload.timers(w):
                 ctx = vcpu.timers[timer_id]
                 ticks = ticks_until_fire(ctx.ctl, ctx.cval, self._timer_now(timer_id, h))
+                if ticks == 0 and spurious_h == h and (index, timer_id) in spurious:
+                    ticks = 1  # already taken (spuriously) at this instant: next look one tick on
                 if ticks is not None and (best is None or ticks < best):
                     best = ticks
         return best
 
     def deliver_due_irqs(self) -> int:
-        """Take every timer interrupt whose line is high now, until none is; returns how many."""
+        """Take every timer interrupt whose line is high now, until none is; returns how many.
+
+        Bounded by the deadlines that are really due: a line whose interrupt was spurious
+        (the guest's deadline is still ahead, past the counter's wrap) is taken once per
+        instant, however long the guest leaves it high.
+        """
         if not self.running or self.workload is None:
             return 0
         taken = 0
+        h = self.counter.read()
+        spurious_h, spurious = self._spurious
+        skip = set(spurious) if spurious_h == h else set()
         while True:
             h = self.counter.read()
             due = [
                 (index, timer_id)
                 for index, w in self.workload.vcpus.items()
                 for timer_id, _ in self.workload.timers(w)
-                if should_fire(
+                if (index, timer_id) not in skip
+                and should_fire(
                     self.vcpus[index].timers[timer_id].ctl,
                     self.vcpus[index].timers[timer_id].cval,
                     self._timer_now(timer_id, h),
                 )
             ]
             if not due:
+                self._spurious = (h, frozenset(skip))
                 return taken
             for index, timer_id in due:
-                self.workload.on_irq(self, self.vcpus[index], timer_id)
+                if not self.workload.on_irq(self, self.vcpus[index], timer_id):
+                    skip.add((index, timer_id))
             taken += len(due)
 
     # --- KVM_RUN -------------------------------------------------------------
@@ -543,7 +585,7 @@ class Vm:
         timers: Iterable[TimerId] = TimerId if self.features.nv else _EL1_TIMERS
         return [
             IrqLevel(
-                t, self.ppis[t], should_fire(vcpu.timers[t].ctl, vcpu.timers[t].cval, self._timer_now(t, h))
+                t, vcpu.ppis[t], should_fire(vcpu.timers[t].ctl, vcpu.timers[t].cval, self._timer_now(t, h))
             )
             for t in timers
         ]
@@ -560,7 +602,7 @@ class Vm:
             poffset=self.poffset,
             counter_offset_set=self.counter_offset_set,
             vtimer_offset_enabled=self.vtimer_offset_enabled,
-            ppis=tuple(self.ppis),
+            ppis=tuple(self._snapshot_ppis()),
             vcpus=tuple(
                 VcpuState(v.index, tuple(TimerState(c.timer_id, c.ctl, c.cval) for c in v.timers))
                 for v in sorted(self.vcpus.values(), key=lambda v: v.index)
@@ -568,6 +610,12 @@ class Vm:
             host_counter=h,
             realtime_ns=realtime_ns,
         )
+
+    def _snapshot_ppis(self) -> list[int]:
+        """The VM's PPIs: VM-wide on 6.4+, else those of its lowest vCPU (they must agree to run)."""
+        if self.features.has_vm_wide_ppis or not self.vcpus:
+            return self.ppis
+        return self.vcpus[min(self.vcpus)].ppis
 
     @classmethod
     def restore(cls, state: VmState, features: HostFeatures, counter: HostCounter) -> Vm:
@@ -581,9 +629,10 @@ class Vm:
         # ignores TIMER_CNT writes nor skips the offset reset at vCPU creation.
         vm.counter_offset_set = state.counter_offset_set and features.has_counter_offset_cap
         vm.vtimer_offset_enabled = state.vtimer_offset_enabled and features.has_vcpu_offsets
-        vm.ppis = list(state.ppis)
+        if features.has_vm_wide_ppis:
+            vm.ppis = list(state.ppis)
         for vs in state.vcpus:
-            vcpu = Vcpu(vs.index)
+            vcpu = Vcpu(vs.index, ppis=list(state.ppis))
             for ts in vs.timers:
                 vcpu.timers[ts.timer_id].ctl = ts.ctl
                 vcpu.timers[ts.timer_id].cval = ts.cval

@@ -6,6 +6,8 @@ reads its counters, records how late the interrupt was, and re-arms for the
 next deadline (`cval += period`: missed deadlines are caught up, never lost).
 It also reads its counters when the VMM stops and continues it (the guest
 was executing at that moment), which is what measures a migration's jump.
+Deadlines missed while the guest was stopped (or the counter jumped) are all
+accounted by the next interrupt, so a jump of any size costs one interrupt.
 
 All of this is guest memory: `WorkloadState` moves with the guest on migration.
 Every register access goes through the Vm's guest accessors, so traps count.
@@ -78,10 +80,9 @@ class TimerStats:
     total_lateness_ticks: int = 0  # sum, for the mean
 
     def expected(self, now: int, period: int) -> int:
-        """Deadlines that have passed by guest time `now`."""
-        if now < self.first_deadline:
-            return 0
-        return (now - self.first_deadline) // period + 1
+        """Deadlines that have passed by guest time `now` (modulo 2^64: across a wrap too)."""
+        passed = signed64(now - self.first_deadline)
+        return 0 if passed < 0 else passed // period + 1
 
 
 @dataclass(slots=True)
@@ -118,13 +119,13 @@ class Workload:
             cntvct = vm.guest_read(vcpu, SysReg.CNTVCT_EL0).value
             vstats = TimerStats((cntvct + spec.period_ticks) & U64_MASK, 0)
             vstats.next_deadline = vstats.first_deadline
-            _arm(vm, vcpu, TimerId.VTIMER, vstats.next_deadline)
+            _arm(vm, vcpu, TimerId.VTIMER, vstats.next_deadline, cntvct)
             pstats = None
             if spec.use_ptimer:
                 cntpct = vm.guest_read(vcpu, SysReg.CNTPCT_EL0).value
                 pstats = TimerStats((cntpct + spec.period_ticks) & U64_MASK, 0)
                 pstats.next_deadline = pstats.first_deadline
-                _arm(vm, vcpu, TimerId.PTIMER, pstats.next_deadline)
+                _arm(vm, vcpu, TimerId.PTIMER, pstats.next_deadline, cntpct)
             wl.vcpus[index] = VcpuWorkload(index, vstats, pstats)
             wl.read_counters(vm, vcpu, SampleCause.START)
         return wl
@@ -173,30 +174,59 @@ class Workload:
             out.append((TimerId.PTIMER, w.ptimer))
         return out
 
-    def on_irq(self, vm: Vm, vcpu: Vcpu, timer_id: TimerId) -> None:
-        """Interrupt handler: read the counter, account lateness, re-arm for the next period."""
+    def on_irq(self, vm: Vm, vcpu: Vcpu, timer_id: TimerId) -> bool:
+        """Interrupt handler: read the counter, account lateness, re-arm for the next period.
+
+        Returns False for a spurious interrupt: the comparator fired although the guest's
+        deadline, counted modulo 2^64, is still ahead (it lies beyond the counter's wrap).
+        The guest then only re-arms (see `comparator_value`); nothing is counted.
+        """
         w = self.vcpus[vcpu.index]
         stats = w.vtimer if timer_id is TimerId.VTIMER else w.ptimer
         assert stats is not None
         cause = SampleCause.VTIMER_IRQ if timer_id is TimerId.VTIMER else SampleCause.PTIMER_IRQ
         sample = self.read_counters(vm, vcpu, cause)
         now = sample.cntvct if timer_id is TimerId.VTIMER else sample.cntpct
-        lateness = max(0, signed64(now - stats.next_deadline))
-        stats.received += 1
-        stats.max_lateness_ticks = max(stats.max_lateness_ticks, lateness)
-        stats.total_lateness_ticks += lateness
-        stats.next_deadline = (stats.next_deadline + self.spec.period_ticks) & U64_MASK
         reg = SysReg.CNTV_CVAL_EL0 if timer_id is TimerId.VTIMER else SysReg.CNTP_CVAL_EL0
-        vm.guest_write(vcpu, reg, stats.next_deadline)
+        lateness = signed64(now - stats.next_deadline)
+        if lateness < 0:
+            vm.guest_write(vcpu, reg, comparator_value(stats.next_deadline, now))
+            return False
+        # Every deadline passed by now is accounted in this one interrupt (a tick handler
+        # catching up, as Linux's does): a counter that jumped far ahead costs one interrupt,
+        # not one per missed period. Lateness of deadline j is lateness - j * period.
+        period = self.spec.period_ticks
+        due = lateness // period + 1
+        stats.received += due
+        stats.max_lateness_ticks = max(stats.max_lateness_ticks, lateness)
+        stats.total_lateness_ticks += due * lateness - period * due * (due - 1) // 2
+        stats.next_deadline = (stats.next_deadline + due * period) & U64_MASK
+        vm.guest_write(vcpu, reg, comparator_value(stats.next_deadline, now))
+        return True
 
 
-def _arm(vm: Vm, vcpu: Vcpu, timer_id: TimerId, deadline: int) -> None:
+def comparator_value(deadline: int, now: int) -> int:
+    """The CVAL a wrap-aware guest programs for `deadline` at counter `now` (both mod 2^64).
+
+    The comparator fires while now >= CVAL, unsigned (DDI0487 D11.2.4), so a deadline
+    past the counter's wrap cannot be expressed before the wrap: CVAL = deadline would
+    fire at once and, re-armed, forever (the StepClock spin). Like clockevents clamping
+    a delta to the device's range, the guest then arms for the last tick before the
+    wrap (U64 max) and, on that spurious interrupt, programs the real deadline: the
+    line stays high for that one tick only. A deadline already due fires at once.
+    """
+    if signed64(deadline - now) <= 0:
+        return min(deadline, now)
+    return deadline if deadline >= now or now == U64_MASK else U64_MASK
+
+
+def _arm(vm: Vm, vcpu: Vcpu, timer_id: TimerId, deadline: int, now: int) -> None:
     cval, ctl = (
         (SysReg.CNTV_CVAL_EL0, SysReg.CNTV_CTL_EL0)
         if timer_id is TimerId.VTIMER
         else (SysReg.CNTP_CVAL_EL0, SysReg.CNTP_CTL_EL0)
     )
-    vm.guest_write(vcpu, cval, deadline)
+    vm.guest_write(vcpu, cval, comparator_value(deadline, now))
     vm.guest_write(vcpu, ctl, CTL_ENABLE)
 
 

@@ -266,4 +266,5 @@ _BATCH_HANDLERS = {
     "start_workload": "StartWorkload",
     "get_guest_observations": "GetGuestObservations",
     "apply_counter_record": "ApplyCounterRecord",
+    "get_reg_list": "GetRegList",
 }

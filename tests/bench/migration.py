@@ -60,12 +60,12 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from kvmtimer.v1 import node_pb2 as pb
 
 from controller.clients.node import NodeClient
-from controller.core.migration import TIMER_STATE_REGS, Limits, Method, MigrationRecord, Phase
+from controller.core.migration import Limits, Method, MigrationRecord, Phase
 from controller.service.cluster import Cluster
 from node.core.clock import NS_PER_S, ManualClock
 from node.core.features import ApiProfile, ClockMode, EcvLevel, HostFeatures
 from node.core.host import Host
-from node.core.regs import OneReg
+from node.core.uapi import OneReg
 from node.core.workload import MAX_SAMPLES, WorkloadSpec
 from node.core.world import advance_hosts
 from node.logs import configure_logging
@@ -378,8 +378,8 @@ def node_cost(n: int, repeat: int) -> NodeCost:
     src_vm.start_workload(WorkloadSpec(period_ticks=CNTFRQ_HZ // 100))
     src_vm.resume()
     advance_hosts([src_host], clock, int(RING_FILL_S * NS_PER_S))  # fill the sample rings
-    entries = [(0, OneReg.TIMER_CNT), (0, OneReg.PTIMER_CNT)]
-    entries += [(i, reg) for i in range(n) for reg in TIMER_STATE_REGS]
+    # Every register the source kernel lists, on every vCPU (what the controller saves).
+    entries = [(i, reg) for i in range(n) for reg in src_vm.reg_list(0)]
     src_req = pb.BatchRequest(
         calls=[
             pb.BatchCall(pause_vm=pb.PauseVmRequest(vm_id=vm_id)),
@@ -409,7 +409,9 @@ def node_cost(n: int, repeat: int) -> NodeCost:
                 set_regs=pb.SetRegsRequest(
                     vm_id=vm_id,
                     regs=[
-                        pb.RegValue(vcpu_index=r.vcpu_index, reg_id=r.reg_id, value=r.value) for r in regs[2:]
+                        pb.RegValue(vcpu_index=r.vcpu_index, reg_id=r.reg_id, value=r.value)
+                        for r in regs
+                        if r.reg_id not in (OneReg.TIMER_CNT, OneReg.PTIMER_CNT)
                     ],
                 )
             ),
@@ -417,7 +419,8 @@ def node_cost(n: int, repeat: int) -> NodeCost:
                 set_counter_offset=pb.SetCounterOffsetRequest(
                     # the simulated clock stands still: the guest continues where it paused
                     vm_id=vm_id,
-                    counter_offset=dst_host.counter.read() - regs[0].value,
+                    counter_offset=dst_host.counter.read()
+                    - next(r.value for r in regs if r.reg_id == OneReg.TIMER_CNT),
                 )
             ),
             pb.BatchCall(load_workload=pb.LoadWorkloadRequest(vm_id=vm_id, state=state)),

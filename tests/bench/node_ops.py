@@ -33,7 +33,7 @@ from kvmtimer.v1 import node_pb2_grpc
 from node.core.clock import ManualClock
 from node.core.features import ApiProfile, ClockMode, EcvLevel, HostFeatures
 from node.core.host import Host
-from node.core.regs import OneReg
+from node.core.uapi import OneReg
 from node.core.vcpu import SysReg
 from node.service.server import build_server, mark_serving
 

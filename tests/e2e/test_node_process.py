@@ -88,8 +88,11 @@ async def test_simulated_node_process_serves_and_stops_cleanly() -> None:
             )
             assert pct.value == 26_000_000
             with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.GetOneReg(pb.GetOneRegRequest(vm_id="vm", vcpu_index=0, reg_id=0x603000000013DF1F))
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND  # ENOENT: no such register
+            with pytest.raises(grpc.aio.AioRpcError) as err:
                 await stub.GetOneReg(pb.GetOneRegRequest(vm_id="vm", vcpu_index=0, reg_id=0))
-            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # EINVAL: not a KVM_REG_ARM64 id
 
             health = health_pb2_grpc.HealthStub(channel)
             for service in ("", "kvmtimer.v1.Node"):

@@ -159,5 +159,7 @@ def test_secure_cluster_on_loopback(tmp_path: Path) -> None:
                 assert addresses["env-node"].endswith(f":{a['port']}")  # found in DNS
                 cli("create-guest", "--id", "g", "--node", "env-node", "--ptimer")
                 for dst in ("file-node", "env-node"):
-                    moved = cli("migrate", "g", "--to", dst)
+                    # file-node runs the 2021 series: its kernel cannot carry the ptimer state.
+                    moved = cli("migrate", "g", "--to", dst, "--allow-state-loss")
                     assert moved["phase"] == "MIGRATION_PHASE_SUCCEEDED", moved
+                    assert moved["not_carried"] == ["PTIMER_CTL", "PTIMER_CVAL"], moved

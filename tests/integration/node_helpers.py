@@ -32,6 +32,10 @@ TIMER_OFFSET = 0x603000000013E703  # 2021 series only, opt-in
 NOT_A_REG = 0x603000000013DF1F  # encoding 3,3,14,3,7 (spec case 29)
 TIMER_CNT_U32 = 0x602000000013DF1A  # TIMER_CNT with a U32 size field (spec case 30)
 TIMER_REGS = (TIMER_CTL, TIMER_CVAL, TIMER_CNT, PTIMER_CTL, PTIMER_CVAL, PTIMER_CNT)
+# KVM_GET_REG_LIST's timer ids per kernel, in order (spec §2.1 table).
+REG_LIST_PRE_6_4 = [TIMER_CTL, TIMER_CNT, TIMER_CVAL]
+REG_LIST_SERIES_CAP = [TIMER_CTL, TIMER_CNT, TIMER_CVAL, TIMER_OFFSET]
+REG_LIST_6_4 = [TIMER_CTL, TIMER_CNT, TIMER_CVAL, PTIMER_CTL, PTIMER_CNT, PTIMER_CVAL]
 
 # vCPU device attributes (spec §2.2).
 TIMER_CTRL_GROUP = 1
@@ -131,6 +135,11 @@ async def run(stub: node_pb2_grpc.NodeStub, vm_id: str, index: int, *ops: pb.Gue
     return resp
 
 
+async def reg_list(stub: node_pb2_grpc.NodeStub, vm_id: str, index: int) -> list[int]:
+    resp: pb.GetRegListResponse = await stub.GetRegList(pb.GetRegListRequest(vm_id=vm_id, vcpu_index=index))
+    return list(resp.reg_ids)
+
+
 async def vcpu_state(stub: node_pb2_grpc.NodeStub, vm_id: str, index: int) -> pb.VcpuStateInfo:
     resp: pb.VcpuStateInfo = await stub.GetVcpuState(pb.GetVcpuStateRequest(vm_id=vm_id, vcpu_index=index))
     return resp
@@ -173,23 +182,24 @@ async def expect_error(
 
 
 async def observable_state(stub: node_pb2_grpc.NodeStub, vm_id: str, vcpus: Iterable[int]) -> list[object]:
-    """Everything a client can read about a VM without changing it (the simulated clock stands still)."""
+    """Everything a client can read about a VM without changing it (the simulated clock stands still):
+    every register GetRegList lists, and the vCPU state (which also shows the ptimer's CTL/CVAL
+    where the kernel offers no ONE_REG for them)."""
     host: pb.HostInfo = await stub.GetHostInfo(pb.GetHostInfoRequest())
     host.ClearField("realtime_ns")
     state: list[object] = [host, await vm_summary(stub, vm_id)]
     indices = list(vcpus)
+    listed = [(i, r) for i in indices for r in await reg_list(stub, vm_id, i)]
     regs: pb.GetRegsResponse = await stub.GetRegs(
-        pb.GetRegsRequest(
-            vm_id=vm_id, regs=[pb.RegValue(vcpu_index=i, reg_id=r) for i in indices for r in TIMER_REGS]
-        )
+        pb.GetRegsRequest(vm_id=vm_id, regs=[pb.RegValue(vcpu_index=i, reg_id=r) for i, r in listed])
     )
     state.append(regs)
     for i in indices:
         state.append(await vcpu_state(stub, vm_id, i))
-        reg_list: pb.GetRegListResponse = await stub.GetRegList(
+        listing: pb.GetRegListResponse = await stub.GetRegList(
             pb.GetRegListRequest(vm_id=vm_id, vcpu_index=i)
         )
-        state.append(reg_list)
+        state.append(listing)
     return state
 
 

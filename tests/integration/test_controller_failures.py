@@ -32,7 +32,7 @@ def kill(node: NodeProcess) -> None:
 async def test_destination_killed_mid_migration_guest_resumes_on_source(when: str) -> None:
     with (
         node_process(["--node-id", "src", "--ecv", "2", "--vhe"]) as src,
-        node_process(["--node-id", "dst", "--ecv", "0", "--api-profile", "VCPU_OFFSETS"]) as dst,
+        node_process(["--node-id", "dst", "--ecv", "0"]) as dst,
     ):
         cluster = Cluster(health_interval_s=0, node_timeout_s=2.0)
         try:

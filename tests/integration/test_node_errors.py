@@ -30,12 +30,14 @@ from tests.integration.node_helpers import (
     CAP_COUNTER_OFFSET,
     NOT_A_REG,
     PTIMER_CNT,
+    PTIMER_CTL,
     PTIMER_CVAL,
     TIMER_CNT,
     TIMER_CNT_U32,
     TIMER_CTL,
     TIMER_CVAL,
     TIMER_OFFSET,
+    U64_MAX,
     create_vcpu,
     create_vm,
     expect_error,
@@ -44,6 +46,7 @@ from tests.integration.node_helpers import (
     observable_state,
     read,
     realtime_node,
+    reg_list,
     run,
     set_attr,
     set_reg,
@@ -76,7 +79,8 @@ async def setup_vm(stub: Stub, vm_id: str = "vm") -> None:
     await step_to(stub, 3000)
     await set_reg(stub, vm_id, 0, TIMER_CVAL, 2500)
     await set_reg(stub, vm_id, 0, TIMER_CTL, 0x1)
-    await set_reg(stub, vm_id, 1, PTIMER_CVAL, 99)
+    if PTIMER_CVAL in await reg_list(stub, vm_id, 1):  # 6.4+ only (spec §2.1)
+        await set_reg(stub, vm_id, 1, PTIMER_CVAL, 99)
 
 
 @pytest_asyncio.fixture(params=[p for p in ApiProfile], ids=lambda p: p.name)
@@ -108,7 +112,7 @@ async def assert_fails_cleanly(
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("reg_id", [NOT_A_REG, TIMER_CNT_U32, TIMER_OFFSET, 0, 2**64 - 1])
+@pytest.mark.parametrize("reg_id", [NOT_A_REG, TIMER_CNT_U32, TIMER_OFFSET])
 async def test_enoent_get_one_reg(any_node: InProcessNode, reg_id: int) -> None:
     await assert_fails_cleanly(
         any_node,
@@ -126,6 +130,35 @@ async def test_enoent_set_one_reg(any_node: InProcessNode, reg_id: int) -> None:
         lambda s: s.SetOneReg(pb.SetOneRegRequest(vm_id="vm", vcpu_index=1, reg_id=reg_id, value=123)),
         NOT_FOUND,
         "ENOENT",
+    )
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("reg_id", [0, 2**64 - 1, 0x6030_0001_0013_DF1A, 0x4030_0000_0013_DF1A])
+async def test_foreign_upper_id_half_is_einval(any_node: InProcessNode, reg_id: int) -> None:
+    # kvm_arm_get_reg/set_reg check the id's upper half first: -EINVAL, not -ENOENT.
+    await assert_fails_cleanly(
+        any_node,
+        lambda s: s.GetOneReg(pb.GetOneRegRequest(vm_id="vm", vcpu_index=0, reg_id=reg_id)),
+        INVALID,
+        "EINVAL",
+    )
+    await assert_fails_cleanly(
+        any_node,
+        lambda s: s.SetOneReg(pb.SetOneRegRequest(vm_id="vm", vcpu_index=1, reg_id=reg_id, value=1)),
+        INVALID,
+        "EINVAL",
+    )
+    await assert_fails_cleanly(
+        any_node,
+        lambda s: s.SetRegs(
+            pb.SetRegsRequest(
+                vm_id="vm",
+                regs=[pb.RegValue(vcpu_index=0, reg_id=TIMER_CNT, value=1), pb.RegValue(reg_id=reg_id)],
+            )
+        ),
+        INVALID,
+        "EINVAL",
     )
 
 
@@ -394,21 +427,51 @@ async def test_duplicate_vcpu(node: InProcessNode) -> None:
     assert (await vcpu_state(node.stub, "vm", 0)).voffset == 1000
 
 
-# --- EPERM -> PERMISSION_DENIED ----------------------------------------------------------
+# --- case 41: the physical timer's ids are ENOENT before 6.4 (the EPERM test's successor) --------
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("profile", [ApiProfile.BY_VALUE, ApiProfile.VCPU_OFFSETS], ids=lambda p: p.name)
-async def test_ptimer_cnt_write_before_6_4(profile: ApiProfile) -> None:
+@pytest.mark.parametrize(
+    ("profile", "cap"),
+    [(ApiProfile.BY_VALUE, False), (ApiProfile.VCPU_OFFSETS, False), (ApiProfile.VCPU_OFFSETS, True)],
+    ids=["BY_VALUE", "VCPU_OFFSETS", "VCPU_OFFSETS-cap"],
+)
+@pytest.mark.parametrize("reg_id", [PTIMER_CTL, PTIMER_CVAL, PTIMER_CNT], ids=["CTL", "CVAL", "CNT"])
+async def test_case41_ptimer_ids_before_6_4(profile: ApiProfile, cap: bool, reg_id: int) -> None:
     async with in_process_node(HostFeatures(api_profile=profile)) as n:
         await setup_vm(n.stub)
+        if cap:
+            await n.stub.EnableCap(pb.EnableCapRequest(vm_id="vm", cap=CAP_ARM_VTIMER_OFFSET))
+        # The guest arms its physical timer itself (a VMM cannot).
+        await run(n.stub, "vm", 1, write(pb.SYS_REG_CNTP_CVAL_EL0, 4000), write(pb.SYS_REG_CNTP_CTL_EL0, 1))
+        for value in (0, 5, U64_MAX):
+            await assert_fails_cleanly(
+                n,
+                lambda s, v=value: s.SetOneReg(  # type: ignore[misc]
+                    pb.SetOneRegRequest(vm_id="vm", vcpu_index=1, reg_id=reg_id, value=v)
+                ),
+                NOT_FOUND,
+                "ENOENT",
+            )
         await assert_fails_cleanly(
             n,
-            lambda s: s.SetOneReg(pb.SetOneRegRequest(vm_id="vm", vcpu_index=0, reg_id=PTIMER_CNT, value=5)),
-            DENIED,
-            "EPERM",
+            lambda s: s.GetOneReg(pb.GetOneRegRequest(vm_id="vm", vcpu_index=1, reg_id=reg_id)),
+            NOT_FOUND,
+            "ENOENT",
         )
-        assert await get_reg(n.stub, "vm", 0, PTIMER_CNT) == 3000
+        await assert_fails_cleanly(
+            n,
+            lambda s: s.GetRegs(
+                pb.GetRegsRequest(
+                    vm_id="vm", regs=[pb.RegValue(reg_id=TIMER_CNT), pb.RegValue(reg_id=reg_id)]
+                )
+            ),
+            NOT_FOUND,
+            "ENOENT",
+        )
+        state = await vcpu_state(n.stub, "vm", 1)
+        ptimer = [t for t in state.timers if t.timer == pb.TIMER_ID_PTIMER]
+        assert (state.cntpct, ptimer[0].cval, ptimer[0].ctl & 3) == (3000, 4000, 1)
 
 
 # --- unknown VM / vCPU: NOT_FOUND without kvm-errno ----------------------------------------

@@ -27,6 +27,7 @@ from tests.integration.node_helpers import (
     ATTR_VTIMER,
     CAP_ARM_VTIMER_OFFSET,
     CAP_COUNTER_OFFSET,
+    NOT_A_REG,
     PTIMER_CNT,
     PTIMER_CTL,
     PTIMER_CVAL,
@@ -200,7 +201,7 @@ async def test_case2_timer_cnt_write_is_vm_wide(profile: ApiProfile) -> None:
         assert await get_reg(n.stub, "vm", 1, TIMER_CNT) == 900
         assert await get_reg(n.stub, "vm", 0, TIMER_CNT) == 900
         # The physical view is untouched by a virtual counter write.
-        assert await get_reg(n.stub, "vm", 1, PTIMER_CNT) == 1500
+        assert (await vcpu_state(n.stub, "vm", 1)).cntpct == 1500
 
 
 @pytest.mark.asyncio
@@ -229,7 +230,16 @@ async def test_case4_fresh_vm_physical_counter_is_host_counter(profile: ApiProfi
         await step_to(n.stub, 300)
         await create_vcpu(n.stub, "vm", 0)
         await step_to(n.stub, 5000)
-        assert await get_reg(n.stub, "vm", 0, PTIMER_CNT) == 5000
+        if profile is ApiProfile.VM_COUNTER_OFFSET:
+            assert await get_reg(n.stub, "vm", 0, PTIMER_CNT) == 5000
+        else:  # case 41: not a ONE_REG register before 6.4; the guest still reads it
+            await expect_error(
+                n.stub.GetOneReg(pb.GetOneRegRequest(vm_id="vm", reg_id=PTIMER_CNT)),
+                grpc.StatusCode.NOT_FOUND,
+                "ENOENT",
+            )
+        result = await run(n.stub, "vm", 0, read(pb.SYS_REG_CNTPCT_EL0))
+        assert result.results[0].value == 5000
         assert await get_reg(n.stub, "vm", 0, TIMER_CNT) == 4700
 
 
@@ -541,8 +551,7 @@ async def test_case31_series_timer_offset_and_phys_offset() -> None:
         before: pb.GetRegListResponse = await n.stub.GetRegList(
             pb.GetRegListRequest(vm_id="vm", vcpu_index=0)
         )
-        assert {TIMER_CTL, TIMER_CVAL, TIMER_CNT} <= set(before.reg_ids)
-        assert TIMER_OFFSET not in before.reg_ids
+        assert list(before.reg_ids) == [TIMER_CTL, TIMER_CNT, TIMER_CVAL]
 
         await n.stub.EnableCap(pb.EnableCapRequest(vm_id="vm", cap=CAP_ARM_VTIMER_OFFSET))
         after: pb.GetRegListResponse = await n.stub.GetRegList(pb.GetRegListRequest(vm_id="vm", vcpu_index=1))
@@ -557,7 +566,7 @@ async def test_case31_series_timer_offset_and_phys_offset() -> None:
         assert (state.voffset, state.poffset) == (1300, 300)
         assert await get_reg(n.stub, "vm", 1, TIMER_OFFSET) == 1000
         await step_to(n.stub, 5000)
-        assert await get_reg(n.stub, "vm", 1, PTIMER_CNT) == 4700
+        assert (await vcpu_state(n.stub, "vm", 1)).cntpct == 4700
         assert await get_reg(n.stub, "vm", 1, TIMER_CNT) == 3700
 
         # Guest CNTVOFF = 200 is relative to the guest physical counter.
@@ -565,7 +574,7 @@ async def test_case31_series_timer_offset_and_phys_offset() -> None:
         state = await vcpu_state(n.stub, "vm", 0)
         assert (state.voffset, state.poffset) == (500, 300)
         assert await get_reg(n.stub, "vm", 0, TIMER_CNT) == 4500
-        assert await get_reg(n.stub, "vm", 0, PTIMER_CNT) == 4700
+        assert (await vcpu_state(n.stub, "vm", 0)).cntpct == 4700
         # This VHE host has no CNTPOFF (ECV=0), so P != 0 makes CNTPCT reads trap.
         result = await run(n.stub, "vm", 0, read(pb.SYS_REG_CNTPCT_EL0), read(pb.SYS_REG_CNTVCT_EL0))
         assert [(r.value, r.trapped) for r in result.results] == [(4700, True), (4500, False)]
@@ -682,8 +691,9 @@ async def test_set_regs_all_or_nothing(
 
 
 @pytest.mark.asyncio
-async def test_set_regs_eperm_entry_on_by_value_applies_nothing() -> None:
-    async with in_process_node(HostFeatures(api_profile=ApiProfile.BY_VALUE)) as n:
+@pytest.mark.parametrize("profile", [ApiProfile.BY_VALUE, ApiProfile.VCPU_OFFSETS], ids=lambda p: p.name)
+async def test_set_regs_ptimer_entry_before_6_4_is_enoent_and_applies_nothing(profile: ApiProfile) -> None:
+    async with in_process_node(HostFeatures(api_profile=profile)) as n:
         await create_vm(n.stub, "vm")
         await create_vcpu(n.stub, "vm", 0)
         await step_to(n.stub, 100)
@@ -698,8 +708,8 @@ async def test_set_regs_eperm_entry_on_by_value_applies_nothing() -> None:
                     ],
                 )
             ),
-            grpc.StatusCode.PERMISSION_DENIED,
-            "EPERM",
+            grpc.StatusCode.NOT_FOUND,
+            "ENOENT",
         )
         assert await observable_state(n.stub, "vm", (0,)) == before
         assert await get_reg(n.stub, "vm", 0, TIMER_CNT) == 100
@@ -711,11 +721,24 @@ async def test_get_regs_bad_entry_fails_whole_batch(vm2: InProcessNode) -> None:
         vm2.stub.GetRegs(
             pb.GetRegsRequest(
                 vm_id="vm",
-                regs=[pb.RegValue(vcpu_index=0, reg_id=TIMER_CNT), pb.RegValue(vcpu_index=0, reg_id=0)],
+                regs=[
+                    pb.RegValue(vcpu_index=0, reg_id=TIMER_CNT),
+                    pb.RegValue(vcpu_index=0, reg_id=NOT_A_REG),
+                ],
             )
         ),
         grpc.StatusCode.NOT_FOUND,
         "ENOENT",
+    )
+    await expect_error(
+        vm2.stub.GetRegs(
+            pb.GetRegsRequest(
+                vm_id="vm",
+                regs=[pb.RegValue(vcpu_index=0, reg_id=TIMER_CNT), pb.RegValue(vcpu_index=0, reg_id=0)],
+            )
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "EINVAL",
     )
     await expect_error(
         vm2.stub.GetRegs(pb.GetRegsRequest(vm_id="vm", regs=[pb.RegValue(vcpu_index=2, reg_id=TIMER_CNT)])),

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from node.core.clock import ManualClock
 from node.core.features import ApiProfile, EcvLevel, HostFeatures
 from node.core.host import Host
-from node.core.regs import KVM_ARM_VCPU_TIMER_CTRL, KVM_ARM_VCPU_TIMER_PHYS_OFFSET, Cap, OneReg
+from node.core.uapi import KVM_ARM_VCPU_TIMER_CTRL, KVM_ARM_VCPU_TIMER_PHYS_OFFSET, Cap, OneReg
 from node.core.vcpu import TIMER_SYSREGS, AccessKind, GuestOp, SysReg
 from node.core.vm import Vm
 

@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 from node.core.clock import ManualClock
 from node.core.features import ALL_FEATURE_COMBINATIONS, HostFeatures
 from node.core.host import Host
-from node.core.regs import OneReg
 from node.core.timer import (
     TimerId,
     TimerOffset,
@@ -28,7 +27,9 @@ from node.core.timer import (
     tval_read,
     tval_write,
 )
+from node.core.uapi import OneReg
 from node.core.vcpu import SysReg
+from tests.unit.conftest import get_reg, set_reg
 
 U64 = 1 << 64
 u64s = st.integers(min_value=0, max_value=U64 - 1)
@@ -106,13 +107,13 @@ def test_line_rises_exactly_when_predicted(
     timer = TimerId.PTIMER if physical else TimerId.VTIMER
     if not physical:
         vm.set_one_reg(0, OneReg.TIMER_CNT, cnt)
-    now = vm.get_one_reg(0, OneReg.PTIMER_CNT if physical else OneReg.TIMER_CNT)
+    now = get_reg(vm, 0, OneReg.PTIMER_CNT if physical else OneReg.TIMER_CNT)
     cval = (now + distance) % U64
     ctl_reg, cval_reg = (
         (OneReg.PTIMER_CTL, OneReg.PTIMER_CVAL) if physical else (OneReg.TIMER_CTL, OneReg.TIMER_CVAL)
     )
-    vm.set_one_reg(0, cval_reg, cval)
-    vm.set_one_reg(0, ctl_reg, 1)
+    set_reg(vm, 0, cval_reg, cval)
+    set_reg(vm, 0, ctl_reg, 1)
     ctx = vm.vcpu(0).timer(timer)
     predicted = ticks_until_fire(ctx.ctl, ctx.cval, now)
     level = {lvl.timer_id: lvl.level for lvl in vm.irq_levels(0)}
@@ -170,4 +171,4 @@ def test_by_value_counter_writes_read_back(
         pcnt = base
     host.step_clock(step)
     assert vm.get_one_reg(0, OneReg.TIMER_CNT) == (cnt + step) % U64
-    assert vm.get_one_reg(0, OneReg.PTIMER_CNT) == (pcnt + step) % U64
+    assert get_reg(vm, 0, OneReg.PTIMER_CNT) == (pcnt + step) % U64

@@ -18,9 +18,10 @@ from hypothesis import strategies as st
 from node.core.clock import NS_PER_S, ManualClock
 from node.core.features import ALL_FEATURE_COMBINATIONS, ApiProfile, HostFeatures
 from node.core.host import Host
-from node.core.regs import KVM_ARM_VCPU_TIMER_CTRL, KVM_ARM_VCPU_TIMER_PHYS_OFFSET, Cap, OneReg, TimerAttr
 from node.core.state import VmState
+from node.core.uapi import KVM_ARM_VCPU_TIMER_CTRL, KVM_ARM_VCPU_TIMER_PHYS_OFFSET, Cap, OneReg, TimerAttr
 from node.core.vm import Vm
+from tests.unit.conftest import get_reg, set_reg
 
 U64 = 1 << 64
 u64s = st.integers(min_value=0, max_value=U64 - 1)
@@ -37,7 +38,7 @@ def build_vm(data: st.DataObject, host: Host) -> Vm:
         host.step_clock(data.draw(st.integers(0, 10_000), label="step"))
     for index in indices:
         for reg in TIMER_REGS:
-            vm.set_one_reg(index, reg, data.draw(u64s, label=reg.name))
+            set_reg(vm, index, reg, data.draw(u64s, label=reg.name))
     if not vm.userspace_irqchip:
         attrs = [TimerAttr.IRQ_VTIMER, TimerAttr.IRQ_PTIMER]
         if features.nv and not features.has_vcpu_offsets:
@@ -140,7 +141,7 @@ def test_guest_counters_continuous_across_migration(
     dst = Host("dst", dst_features, clock, counter_base=dst_base)
     vm = build_vm(data, src)
     index = min(vm.vcpus)
-    cntvct_s, cntpct_s = vm.get_regs([(index, OneReg.TIMER_CNT), (index, OneReg.PTIMER_CNT)])[0]
+    cntvct_s, cntpct_s = get_reg(vm, index, OneReg.TIMER_CNT), get_reg(vm, index, OneReg.PTIMER_CNT)
     state = vm.snapshot()
     clock.advance_ns(transit_ns)
     h_d, realtime_d = dst.get_clock()

@@ -28,8 +28,8 @@ from hypothesis import strategies as st
 from node.core.clock import NS_PER_S, ClockEffects, ManualClock, u64
 from node.core.features import ApiProfile, HostFeatures
 from node.core.host import Host
-from node.core.regs import OneReg
 from node.core.timesync import CounterRecord, RestoreMethod, apply_record
+from node.core.uapi import OneReg
 from node.core.vm import Vm
 from node.core.workload import WorkloadSpec
 from node.core.world import advance_hosts
@@ -145,11 +145,12 @@ def migrate(m: Move) -> Outcome:
     vm.pause()  # the guest's last reading before the stop
     before = counters(vm)
     advance_hosts(hosts, clock, m.read_delay_ns)
-    regs = [(0, int(r)) for r in (OneReg.TIMER_CNT, OneReg.PTIMER_CNT, OneReg.TIMER_CVAL, OneReg.TIMER_CTL)]
+    regs = [(0, int(r)) for r in (OneReg.TIMER_CNT, OneReg.TIMER_CVAL, OneReg.TIMER_CTL)]
     values, h_s, rt_s = vm.get_regs(regs)
     t_read = clock.instant_ns()[0]
     assert rt_s == t_read + effect_ns(m.skews_ns[0], m.drifts_ppb[0], boot_src, t_read)
-    record = CounterRecord(values[0], values[1], h_s, rt_s, m.hz)
+    # CNTPCT at the same instant (PTIMER_CNT does not exist before 6.4; the offset does).
+    record = CounterRecord(values[0], vm.cntpct(h_s), h_s, rt_s, m.hz)
     state = vm.save_workload()
     assert state is not None
 
@@ -158,7 +159,7 @@ def migrate(m: Move) -> Outcome:
     advance_hosts(hosts, clock, m.downtime_ns - m.downtime_ns // 2)
     dvm = dst.create_vm("g")
     dvm.create_vcpu(0)
-    dvm.set_regs([(0, int(OneReg.TIMER_CVAL), values[2]), (0, int(OneReg.TIMER_CTL), values[3])])
+    dvm.set_regs([(0, int(OneReg.TIMER_CVAL), values[1]), (0, int(OneReg.TIMER_CTL), values[2])])
     dvm.load_workload(state)
     credit = apply_record(dvm, record, m.method)
     t_apply = clock.instant_ns()[0]

@@ -13,7 +13,6 @@ from kvmtimer.v1 import node_pb2 as pb
 from kvmtimer.v1 import node_pb2_grpc
 
 TIMER_CNT = 0x603000000013DF1A
-PTIMER_CNT = 0x603000000013DF01
 TIMER_STATE = (0x603000000013DF02, 0x603000000013DF19, 0x603000000013DF12, 0x603000000013DF11)
 
 
@@ -37,22 +36,28 @@ async def migrate_by_hand(
     vcpus: int,
     method: pb.CounterRestoreMethod,
 ) -> HandMigration:
-    reads = [pb.RegValue(vcpu_index=0, reg_id=r) for r in (TIMER_CNT, PTIMER_CNT)]
-    reads += [pb.RegValue(vcpu_index=i, reg_id=r) for i in range(vcpus) for r in TIMER_STATE]
+    listed: pb.GetRegListResponse = await src.GetRegList(pb.GetRegListRequest(vm_id=vm_id, vcpu_index=0))
+    state_ids = [r for r in TIMER_STATE if r in listed.reg_ids]
+    reads = [pb.RegValue(vcpu_index=0, reg_id=TIMER_CNT)]
+    reads += [pb.RegValue(vcpu_index=i, reg_id=r) for i in range(vcpus) for r in state_ids]
     out: pb.BatchResponse = await src.Batch(
         pb.BatchRequest(
             calls=[
                 pb.BatchCall(pause_vm=pb.PauseVmRequest(vm_id=vm_id)),
                 pb.BatchCall(get_regs=pb.GetRegsRequest(vm_id=vm_id, regs=reads)),
                 pb.BatchCall(save_workload=pb.SaveWorkloadRequest(vm_id=vm_id)),
+                pb.BatchCall(get_vcpu_state=pb.GetVcpuStateRequest(vm_id=vm_id, vcpu_index=0)),
             ]
         )
     )
     regs = out.results[1].get_regs
     info: pb.HostInfo = await src.GetHostInfo(pb.GetHostInfoRequest())
+    # CNTPCT at the same instant: PTIMER_CNT does not exist before 6.4, the offset always does
+    # (and does not move while the VM is paused).
+    poffset = out.results[3].get_vcpu_state.poffset
     record = pb.CounterRecord(
         cntvct=regs.regs[0].value,
-        cntpct=regs.regs[1].value,
+        cntpct=(regs.host_counter - poffset) % (1 << 64),
         host_counter=regs.host_counter,
         realtime_ns=regs.realtime_ns,
         cntfrq_hz=info.cntfrq_hz,
@@ -62,7 +67,7 @@ async def migrate_by_hand(
         pb.BatchCall(create_vcpu=pb.CreateVcpuRequest(vm_id=dst_vm_id, vcpu_index=i)) for i in range(vcpus)
     ]
     calls += [
-        pb.BatchCall(set_regs=pb.SetRegsRequest(vm_id=dst_vm_id, regs=list(regs.regs[2:]))),
+        pb.BatchCall(set_regs=pb.SetRegsRequest(vm_id=dst_vm_id, regs=list(regs.regs[1:]))),
         pb.BatchCall(
             load_workload=pb.LoadWorkloadRequest(vm_id=dst_vm_id, state=out.results[2].save_workload)
         ),

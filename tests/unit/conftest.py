@@ -13,8 +13,8 @@ import pytest
 from node.core.clock import U64_MASK, ManualClock
 from node.core.features import ALL_FEATURE_COMBINATIONS, ApiProfile, HostFeatures
 from node.core.host import Host
-from node.core.regs import KVM_ARM_VCPU_TIMER_CTRL, KVM_ARM_VCPU_TIMER_PHYS_OFFSET, OneReg
-from node.core.timer import TimerId
+from node.core.timer import TimerId, read_ctl, store_ctl
+from node.core.uapi import KVM_ARM_VCPU_TIMER_CTRL, KVM_ARM_VCPU_TIMER_PHYS_OFFSET, OneReg
 from node.core.vcpu import AccessKind, AccessResult, GuestOp, SysReg
 from node.core.vm import Vm
 
@@ -36,6 +36,8 @@ ALL_FEATURES = feature_params(ALL_FEATURE_COMBINATIONS)
 POFFSET_FEATURES = feature_params(f for f in ALL_FEATURE_COMBINATIONS if f.supports_physical_offset)
 # 6.4+ hosts (KVM_ARM_SET_COUNTER_OFFSET, PTIMER_CNT writes).
 COUNTER_OFFSET_FEATURES = feature_params(f for f in ALL_FEATURE_COMBINATIONS if f.has_counter_offset_cap)
+# Pre-6.4 hosts (5.15 and the 2021 series): no PTIMER ONE_REG ids, per-vCPU PPIs.
+PRE_6_4_FEATURES = feature_params(f for f in ALL_FEATURE_COMBINATIONS if not f.has_ptimer_regs)
 # Hosts without KVM_ARM_SET_COUNTER_OFFSET.
 NO_COUNTER_OFFSET_FEATURES = feature_params(
     f for f in ALL_FEATURE_COMBINATIONS if not f.has_counter_offset_cap
@@ -90,6 +92,35 @@ def set_poffset(vm: Vm, poffset: int, index: int = 0) -> None:
     assert vm.poffset == poffset
 
 
+_PTIMER_FIELDS = {OneReg.PTIMER_CTL: "ctl", OneReg.PTIMER_CVAL: "cval", OneReg.PTIMER_CNT: "cnt"}
+
+
+def get_reg(vm: Vm, index: int, reg_id: int) -> int:
+    """GET_ONE_REG where the kernel lists `reg_id`; else, for a PTIMER id before 6.4 (ENOENT
+    there), the guest-side value the emulator holds (what the guest's own MRS would see)."""
+    if reg_id in vm.reg_list(index) or reg_id not in _PTIMER_FIELDS:
+        return vm.get_one_reg(index, reg_id)
+    ctx = vm.vcpu(index).timer(TimerId.PTIMER)
+    now = vm.cntpct(vm.counter.read())
+    field = _PTIMER_FIELDS[OneReg(reg_id)]
+    return now if field == "cnt" else ctx.cval if field == "cval" else read_ctl(ctx.ctl, ctx.cval, now)
+
+
+def set_reg(vm: Vm, index: int, reg_id: int, value: int) -> None:
+    """SET_ONE_REG where the kernel lists `reg_id`; else, for PTIMER_CTL/CVAL before 6.4,
+    the state the guest itself would program (no VMM can write it there)."""
+    if reg_id in vm.reg_list(index) or reg_id not in _PTIMER_FIELDS:
+        vm.set_one_reg(index, reg_id, value)
+        return
+    ctx = vm.vcpu(index).timer(TimerId.PTIMER)
+    if reg_id == OneReg.PTIMER_CTL:
+        ctx.ctl = store_ctl(value)
+    elif reg_id == OneReg.PTIMER_CVAL:
+        ctx.cval = value
+    else:
+        raise AssertionError("before 6.4 nothing can write the guest physical counter")
+
+
 def rd(reg: SysReg) -> GuestOp:
     return GuestOp(AccessKind.READ, reg)
 
@@ -125,7 +156,7 @@ def fingerprint(vm: Vm) -> tuple[object, ...]:
         vm.running,
         vm.traps,
         tuple(
-            (v.index, v.has_run, v.in_run, v.trap_count)
+            (v.index, v.has_run, v.in_run, v.trap_count, tuple(v.ppis))
             for v in sorted(vm.vcpus.values(), key=lambda v: v.index)
         ),
     )

@@ -255,6 +255,10 @@ def test_summary_accounting() -> None:
         _migration("m4", cpb.MIGRATION_METHOD_VCPU_OFFSETS, failed, 0, None),
         _migration("m5", cpb.MIGRATION_METHOD_VCPU_OFFSETS, cpb.MIGRATION_PHASE_RUNNING, 0, None),
     ]
+    # m3 moved a ptimer guest to a 5.15 host (allow_state_loss); m2 lost nothing the guest uses.
+    migrations[2].guest_uses_ptimer = True
+    migrations[2].not_carried.extend(["PTIMER_CTL", "PTIMER_CVAL", "PTIMER_CNT"])
+    migrations[1].not_carried.extend(["PTIMER_CTL"])
     obs = pb.GuestObservations(
         vcpus=[
             pb.VcpuObservations(
@@ -300,6 +304,12 @@ def test_summary_accounting() -> None:
     assert (row["interrupts_received"], row["interrupts_expected"], row["max_timer_shortfall"]) == (19, 20, 1)
     assert summary["all_min_steps_non_negative"] is True
     assert summary["node_processes_stopped"] is True
+    assert summary["moved_with_state_loss"] == [
+        {"migration_id": "m3", "guest_id": "g1", "not_carried": ["PTIMER_CTL", "PTIMER_CVAL", "PTIMER_CNT"]}
+    ]
+    assert views.state_lost(migrations[2]) == "PTIMER_CTL, PTIMER_CVAL, PTIMER_CNT"
+    assert views.state_lost(migrations[1]) == ""
     text = up.summary_text(summary)
+    assert "1 move(s) lost a guest's physical timer" in text and "g1 (m3)" in text
     assert "3 succeeded, 1 failed, 1 refused" in text
     assert "BY_VALUE 250000 ticks" in text

@@ -16,7 +16,7 @@ import pytest
 
 from node.core.errors import BadRequest, Busy, InvalidArgument
 from node.core.features import ApiProfile, HostFeatures
-from node.core.regs import KVM_ARM_SET_COUNTER_OFFSET, Cap, OneReg
+from node.core.uapi import KVM_ARM_SET_COUNTER_OFFSET, Cap, OneReg
 from node.core.vcpu import SysReg
 from tests.unit.conftest import (
     ALL_FEATURES,

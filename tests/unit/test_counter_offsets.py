@@ -4,8 +4,8 @@ Edge cases covered:
 - every vCPU creation rewrites the VM-wide voffset to H and zeroes poffset (case 1)
 - a by-value TIMER_CNT write moves voffset for every vCPU; last writer wins (case 2)
 - guest counters tick 1:1 with H, also while the VM is paused (case 3)
-- a fresh VM's guest CNTPCT equals H (case 4)
-- a PTIMER_CNT write moves only poffset on 6.4+ (case 5); EPERM on older profiles [policy]
+- a fresh VM's guest CNTPCT equals H (case 4): PTIMER_CNT reads it on 6.4+, ENOENT before (case 41)
+- a PTIMER_CNT write moves only poffset on 6.4+ (case 5); ENOENT and nothing changed before 6.4 (case 41)
 - wrap-around: an offset above H (case 6), the host counter itself wrapping past 2^64
 - by-value restore is not idempotent: the same value written later gives another offset (§4.1)
 - guest MRS CNTVCT/CNTPCT agree with the ONE_REG views in every host mode
@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import pytest
 
-from node.core.errors import NotPermitted
+from node.core.errors import NoEntry
 from node.core.features import HostFeatures
-from node.core.regs import OneReg
+from node.core.uapi import OneReg
 from node.core.vcpu import SysReg
 from tests.unit.conftest import (
     ALL_FEATURES,
@@ -26,6 +26,7 @@ from tests.unit.conftest import (
     POFFSET_FEATURES,
     advance_to,
     fingerprint,
+    get_reg,
     guest_values,
     make_host,
     make_vm,
@@ -48,18 +49,18 @@ def test_case01_each_vcpu_creation_resets_the_vm_wide_voffset(features: HostFeat
     assert (vm.voffset, vm.poffset) == (1200, 0)
     assert vm.get_one_reg(0, OneReg.TIMER_CNT) == 300
     assert vm.get_one_reg(1, OneReg.TIMER_CNT) == 300
-    assert vm.get_one_reg(0, OneReg.PTIMER_CNT) == 1500
+    assert get_reg(vm, 0, OneReg.PTIMER_CNT) == 1500
 
 
 @pytest.mark.parametrize("features", POFFSET_FEATURES)
 def test_vcpu_creation_also_resets_poffset(features: HostFeatures) -> None:
     host, vm = make_vm(features, h=1000)
     set_poffset(vm, 0x100)
-    assert vm.get_one_reg(0, OneReg.PTIMER_CNT) == 1000 - 0x100
+    assert get_reg(vm, 0, OneReg.PTIMER_CNT) == 1000 - 0x100
     advance_to(host, 2000)
     vm.create_vcpu(1)
     assert (vm.voffset, vm.poffset) == (2000, 0)
-    assert vm.get_one_reg(0, OneReg.PTIMER_CNT) == 2000
+    assert get_reg(vm, 0, OneReg.PTIMER_CNT) == 2000
     assert vm.get_one_reg(1, OneReg.TIMER_CNT) == 0
     assert vm.traps.trap_cntpct is False
 
@@ -106,7 +107,11 @@ def test_case04_fresh_vm_physical_counter_equals_h(features: HostFeatures) -> No
     host, vm = make_vm(features, h=0)
     advance_to(host, 5000)
     assert vm.poffset == 0
-    assert vm.get_one_reg(0, OneReg.PTIMER_CNT) == 5000
+    if features.has_ptimer_regs:
+        assert vm.get_one_reg(0, OneReg.PTIMER_CNT) == 5000
+    else:
+        with pytest.raises(NoEntry):
+            vm.get_one_reg(0, OneReg.PTIMER_CNT)
     assert guest_values(host, vm, 0, rd(SysReg.CNTPCT_EL0)) == [5000]
 
 
@@ -123,15 +128,15 @@ def test_case05_ptimer_cnt_write_moves_only_poffset(features: HostFeatures) -> N
 
 
 @pytest.mark.parametrize("features", NO_COUNTER_OFFSET_FEATURES)
-def test_case05_ptimer_cnt_write_is_eperm_before_6_4(features: HostFeatures) -> None:
+def test_case05_ptimer_cnt_write_is_enoent_before_6_4(features: HostFeatures) -> None:
     host, vm = make_vm(features, h=1000)
     advance_to(host, 5000)
     before = fingerprint(vm)
-    with pytest.raises(NotPermitted) as exc_info:
+    with pytest.raises(NoEntry) as exc_info:
         vm.set_one_reg(0, OneReg.PTIMER_CNT, 100)
-    assert exc_info.value.errno_name == "EPERM"
+    assert exc_info.value.errno_name == "ENOENT"
     assert fingerprint(vm) == before
-    assert vm.get_one_reg(0, OneReg.PTIMER_CNT) == 5000
+    assert guest_values(host, vm, 0, rd(SysReg.CNTPCT_EL0)) == [5000]
 
 
 @pytest.mark.parametrize("features", ALL_FEATURES)
@@ -150,7 +155,7 @@ def test_host_counter_wrapping_past_2_64_keeps_guest_counters_continuous(feature
     assert vm.voffset == U64 - 10
     assert host.step_clock(25) == 15
     assert vm.get_one_reg(0, OneReg.TIMER_CNT) == 25
-    assert vm.get_one_reg(0, OneReg.PTIMER_CNT) == 15
+    assert get_reg(vm, 0, OneReg.PTIMER_CNT) == 15
     assert guest_values(host, vm, 0, rd(SysReg.CNTVCT_EL0), rd(SysReg.CNTPCT_EL0)) == [25, 15]
 
 
@@ -192,5 +197,5 @@ def test_guest_reads_match_one_reg_views_with_both_offsets(features: HostFeature
     advance_to(host, 10_100)
     assert (vm.voffset, vm.poffset) == (10_000 - 1234, 3000)
     assert vm.get_one_reg(0, OneReg.TIMER_CNT) == 1334
-    assert vm.get_one_reg(0, OneReg.PTIMER_CNT) == 7100
+    assert get_reg(vm, 0, OneReg.PTIMER_CNT) == 7100
     assert guest_values(host, vm, 0, rd(SysReg.CNTVCT_EL0), rd(SysReg.CNTPCT_EL0)) == [1334, 7100]

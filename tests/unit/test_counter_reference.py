@@ -11,7 +11,7 @@ from __future__ import annotations
 from node.core.clock import U64_MASK, ManualClock
 from node.core.features import HostFeatures
 from node.core.host import Host
-from node.core.regs import OneReg
+from node.core.uapi import OneReg
 
 
 def make(h: int) -> Host:

@@ -2,9 +2,11 @@
 
 Edge cases covered:
 - defaults 27/30 (and 28/26 for the EL2 timers on NV hosts); has_attr succeeds (case 16)
-- a PPI set on one vCPU is seen on all (VM-wide, case 17)
+- a PPI set on one vCPU is seen on every vCPU existing then (case 17); a vCPU created later
+  keeps the defaults before 6.4 and the first run is EINVAL (vCPUs disagree); 6.4+ gives it
+  the VM-wide value
 - INTIDs outside 16..31 are EINVAL, boundaries 16 and 31 accepted (case 18)
-- PPIs freeze after the first KVM_RUN: VM-wide on 6.x profiles, per vCPU on BY_VALUE (case 19)
+- PPIs freeze after the first KVM_RUN: VM-wide on 6.4+, per vCPU before (5.15 and the series) (§2.2, case 19)
 - userspace irqchip: every set is EINVAL, checked before the value (case 20)
 - unknown attribute / group / series-only attr 2 on other hosts are ENXIO (case 21);
   set_attr checks the PPI range before the attribute (kernel order)
@@ -19,9 +21,16 @@ import pytest
 
 from node.core.errors import BadRequest, Busy, InvalidArgument, NoSuchAttr, VcpuNotFound
 from node.core.features import ApiProfile, EcvLevel, HostFeatures
-from node.core.regs import KVM_ARM_VCPU_TIMER_CTRL, KVM_ARM_VCPU_TIMER_PHYS_OFFSET, TimerAttr
 from node.core.timer import TimerId
-from tests.unit.conftest import ALL_FEATURES, fingerprint, make_host, make_vm
+from node.core.uapi import KVM_ARM_VCPU_TIMER_CTRL, KVM_ARM_VCPU_TIMER_PHYS_OFFSET, TimerAttr
+from tests.unit.conftest import (
+    ALL_FEATURES,
+    COUNTER_OFFSET_FEATURES,
+    PRE_6_4_FEATURES,
+    fingerprint,
+    make_host,
+    make_vm,
+)
 
 G = KVM_ARM_VCPU_TIMER_CTRL
 VT, PT = TimerAttr.IRQ_VTIMER, TimerAttr.IRQ_PTIMER
@@ -29,9 +38,10 @@ NOT_SERIES = [
     pytest.param(HostFeatures(api_profile=p), id=p.name.lower())
     for p in (ApiProfile.BY_VALUE, ApiProfile.VM_COUNTER_OFFSET)
 ]
-SIX_X = [
+SIX_4 = [pytest.param(HostFeatures(api_profile=ApiProfile.VM_COUNTER_OFFSET), id="vm_counter_offset")]
+PRE_6_4 = [
     pytest.param(HostFeatures(api_profile=p), id=p.name.lower())
-    for p in (ApiProfile.VCPU_OFFSETS, ApiProfile.VM_COUNTER_OFFSET)
+    for p in (ApiProfile.BY_VALUE, ApiProfile.VCPU_OFFSETS)
 ]
 
 
@@ -54,7 +64,7 @@ def test_case16_nv_host_has_el2_timer_ppis(profile: ApiProfile) -> None:
     vm.has_attr(0, G, TimerAttr.IRQ_HVTIMER)
     vm.has_attr(0, G, TimerAttr.IRQ_HPTIMER)
     vm.set_attr(0, G, TimerAttr.IRQ_HPTIMER, 25)
-    assert vm.ppis == [27, 30, 28, 25]
+    assert vm.vcpu(0).ppis == [27, 30, 28, 25]
 
 
 def test_series_attr_2_is_the_physical_offset_even_with_nv() -> None:
@@ -64,7 +74,7 @@ def test_series_attr_2_is_the_physical_offset_even_with_nv() -> None:
     vm.set_attr(0, G, KVM_ARM_VCPU_TIMER_PHYS_OFFSET, 20)
     assert (vm.voffset, vm.poffset) == (1020, 20)
     assert vm.get_attr(0, G, KVM_ARM_VCPU_TIMER_PHYS_OFFSET) == 20
-    assert vm.ppis[TimerId.HVTIMER] == 28
+    assert vm.vcpu(0).ppis[TimerId.HVTIMER] == 28
     assert vm.get_attr(0, G, TimerAttr.IRQ_HPTIMER) == 26
 
 
@@ -74,6 +84,42 @@ def test_case17_ppi_is_vm_wide(features: HostFeatures) -> None:
     vm.set_attr(0, G, VT, 20)
     assert vm.get_attr(1, G, VT) == 20
     assert vm.get_attr(1, G, PT) == 30
+
+
+@pytest.mark.parametrize("features", PRE_6_4_FEATURES)
+def test_pre_6_4_irq_attr_reaches_only_the_vcpus_existing_then(features: HostFeatures) -> None:
+    host, vm = make_vm(features, vcpus=1)
+    vm.set_attr(0, G, VT, 20)
+    vm.set_attr(0, G, PT, 21)
+    vm.create_vcpu(1)
+    # set_timer_irqs() wrote vCPU 0 only; vCPU 1 starts with the defaults.
+    assert (vm.get_attr(0, G, VT), vm.get_attr(0, G, PT)) == (20, 21)
+    assert (vm.get_attr(1, G, VT), vm.get_attr(1, G, PT)) == (27, 30)
+    before = fingerprint(vm)
+    # timer_irqs_are_valid(): the vCPUs disagree, so the first KVM_RUN fails, on any vCPU.
+    for index in (0, 1):
+        with pytest.raises(InvalidArgument) as exc_info:
+            host.run_vcpu(vm.vm_id, index, [])
+        assert exc_info.value.errno_name == "EINVAL"
+    with pytest.raises(InvalidArgument):
+        vm.resume()
+    assert fingerprint(vm) == before
+    assert vm.ppis_frozen is False
+    # Writing again now reaches both vCPUs; then the run succeeds with the new PPIs.
+    vm.set_attr(1, G, VT, 20)
+    vm.set_attr(1, G, PT, 21)
+    host.run_vcpu(vm.vm_id, 1, [])
+    assert [lvl.intid for lvl in vm.irq_levels(1)] == [20, 21]
+
+
+@pytest.mark.parametrize("features", COUNTER_OFFSET_FEATURES)
+def test_6_4_irq_attr_is_vm_wide_also_for_later_vcpus(features: HostFeatures) -> None:
+    host, vm = make_vm(features, vcpus=1)
+    vm.set_attr(0, G, VT, 20)
+    vm.create_vcpu(1)
+    assert vm.get_attr(1, G, VT) == 20
+    host.run_vcpu(vm.vm_id, 1, [])
+    assert [lvl.intid for lvl in vm.irq_levels(0)] == [20, 30]
 
 
 @pytest.mark.parametrize("features", ALL_FEATURES)
@@ -95,7 +141,7 @@ def test_case18_ppi_range_boundaries_are_accepted(value: int) -> None:
     assert vm.get_attr(0, G, PT) == value
 
 
-@pytest.mark.parametrize("features", SIX_X)
+@pytest.mark.parametrize("features", SIX_4)
 def test_case19_ppis_freeze_vm_wide_after_first_run(features: HostFeatures) -> None:
     host, vm = make_vm(features, vcpus=2)
     host.run_vcpu(vm.vm_id, 0, [])
@@ -109,8 +155,9 @@ def test_case19_ppis_freeze_vm_wide_after_first_run(features: HostFeatures) -> N
     assert vm.get_attr(1, G, VT) == 27
 
 
-def test_case19_by_value_kernel_freezes_only_the_vcpu_that_ran() -> None:
-    host, vm = make_vm(HostFeatures(api_profile=ApiProfile.BY_VALUE), vcpus=2)
+@pytest.mark.parametrize("features", PRE_6_4)
+def test_case19_pre_6_4_kernel_freezes_only_the_vcpu_that_ran(features: HostFeatures) -> None:
+    host, vm = make_vm(features, vcpus=2)
     host.run_vcpu(vm.vm_id, 0, [])
     with pytest.raises(Busy):
         vm.set_attr(0, G, VT, 20)
@@ -225,7 +272,7 @@ def test_case22_nv_el2_ppis_must_also_be_distinct() -> None:
         host.run_vcpu(vm.vm_id, 0, [])
     vm.set_attr(0, G, TimerAttr.IRQ_HVTIMER, 29)
     host.run_vcpu(vm.vm_id, 0, [])
-    assert vm.ppis == [27, 30, 29, 26]
+    assert vm.vcpu(0).ppis == [27, 30, 29, 26]
 
 
 @pytest.mark.parametrize("features", ALL_FEATURES)

@@ -38,8 +38,8 @@ from node.core.features import (
     EcvLevel,
     HostFeatures,
 )
-from node.core.regs import PPI_MAX, PPI_MIN, TimerAttr
 from node.core.timer import DEFAULT_PPI, TimerId
+from node.core.uapi import PPI_MAX, PPI_MIN, TimerAttr
 from node.core.vcpu import SysReg
 from tests.unit.conftest import ALL_FEATURES
 

@@ -28,8 +28,8 @@ from node.core.errors import (
 )
 from node.core.features import ClockMode, HostFeatures
 from node.core.host import MAX_VM_ID_LEN, Host, validate_ops
-from node.core.regs import KVM_MAX_VCPUS, OneReg
 from node.core.timer import TimerId
+from node.core.uapi import KVM_MAX_VCPUS, OneReg
 from node.core.vcpu import AccessKind, AccessResult, GuestOp, SysReg
 from node.core.vm import IrqLevel
 from tests.unit.conftest import fingerprint, host_fingerprint, make_host, make_vm, rd, wait, wr

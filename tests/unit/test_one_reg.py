@@ -5,9 +5,10 @@ Edge cases covered:
 - an id that is no register, or a timer id with a U32 size field: ENOENT on get and set (29, 30)
 - TIMER_OFFSET (series CNTVOFF): ENOENT on upstream models and until cap 206 is enabled;
   then it reads voffset - poffset, writes keep poffset, and appears in the reg list (31)
-- KVM_GET_REG_LIST lists the six timer registers
+- an id whose upper half is not KVM_REG_ARM64's: EINVAL (checked before ENOENT)
+- KVM_GET_REG_LIST per kernel: see test_reg_exposure.py (§2.1 table, cases 41-42)
 - batched set_regs is all-or-nothing: a bad entry anywhere (unknown vCPU, unknown id,
-  value outside u64, EPERM PTIMER_CNT) changes nothing and names the entry
+  value outside u64, a PTIMER id before 6.4: ENOENT) changes nothing and names the entry
 - batched get_regs validates every entry first and reads one counter sample
 - unknown vCPU, value outside u64: the right EmulatorError subclass, state unchanged
 """
@@ -16,10 +17,10 @@ from __future__ import annotations
 
 import pytest
 
-from node.core.errors import BadRequest, EmulatorError, InvalidArgument, NoEntry, NotPermitted, VcpuNotFound
+from node.core.errors import BadRequest, EmulatorError, InvalidArgument, NoEntry, VcpuNotFound
 from node.core.features import ApiProfile, HostFeatures
-from node.core.regs import Cap, OneReg, arm64_sys_reg
 from node.core.timer import TimerId
+from node.core.uapi import Cap, OneReg, arm64_sys_reg
 from tests.unit.conftest import (
     ALL_FEATURES,
     advance_to,
@@ -29,14 +30,7 @@ from tests.unit.conftest import (
 
 U64 = 1 << 64
 SERIES = HostFeatures(api_profile=ApiProfile.VCPU_OFFSETS)
-SIX_REGS = [
-    OneReg.TIMER_CTL,
-    OneReg.TIMER_CVAL,
-    OneReg.TIMER_CNT,
-    OneReg.PTIMER_CTL,
-    OneReg.PTIMER_CVAL,
-    OneReg.PTIMER_CNT,
-]
+SERIES_REGS = [OneReg.TIMER_CTL, OneReg.TIMER_CNT, OneReg.TIMER_CVAL]
 
 
 @pytest.mark.parametrize(
@@ -65,7 +59,7 @@ def test_one_reg_ids(reg: OneReg, encoding: tuple[int, int, int, int, int], reg_
         0x6020_0000_0013_DF19,  # TIMER_CTL with a U32 size
         0x6040_0000_0013_DF02,  # TIMER_CVAL with a U128 size
         0x6030_0000_0013_E703,  # TIMER_OFFSET before KVM_ENABLE_CAP(206)
-        0,
+        0x6030_0000_0013_DF20,  # next to a timer id
     ],
 )
 def test_cases29_30_unknown_or_wrongly_sized_ids_are_enoent(features: HostFeatures, reg_id: int) -> None:
@@ -96,9 +90,9 @@ def test_case31_series_timer_offset_after_enable_cap() -> None:
     host, vm = make_vm(SERIES, h=10_000)
     with pytest.raises(NoEntry):
         vm.get_one_reg(0, OneReg.TIMER_OFFSET)
-    assert vm.reg_list(0) == SIX_REGS
+    assert vm.reg_list(0) == SERIES_REGS
     vm.enable_cap(Cap.ARM_VTIMER_OFFSET)
-    assert vm.reg_list(0) == [*SIX_REGS, OneReg.TIMER_OFFSET]
+    assert vm.reg_list(0) == [*SERIES_REGS, OneReg.TIMER_OFFSET]
     assert vm.get_one_reg(0, OneReg.TIMER_OFFSET) == 10_000  # voffset - poffset
     vm.set_one_reg(0, OneReg.TIMER_OFFSET, 1000)
     assert (vm.voffset, vm.poffset) == (1000, 0)
@@ -107,7 +101,7 @@ def test_case31_series_timer_offset_after_enable_cap() -> None:
     vm.set_attr(0, 1, 2, 3000)
     assert (vm.voffset, vm.poffset) == (4000, 3000)
     assert vm.get_one_reg(0, OneReg.TIMER_OFFSET) == 1000
-    assert vm.get_one_reg(0, OneReg.PTIMER_CNT) == 7000
+    assert vm.cntpct(host.counter.read()) == 7000  # PTIMER_CNT itself is ENOENT (case 41)
     assert vm.get_one_reg(0, OneReg.TIMER_CNT) == 6000
     # A by-value TIMER_CNT write changes the guest CNTVOFF, not P.
     vm.set_one_reg(0, OneReg.TIMER_CNT, 500)
@@ -128,24 +122,23 @@ def test_series_timer_offset_wraps() -> None:
 
 
 @pytest.mark.parametrize("features", ALL_FEATURES)
-def test_reg_list_is_the_six_timer_registers(features: HostFeatures) -> None:
-    _, vm = make_vm(features)
-    assert vm.reg_list(0) == SIX_REGS
-    with pytest.raises(VcpuNotFound):
-        vm.reg_list(1)
-
-
-@pytest.mark.parametrize("features", ALL_FEATURES)
-def test_every_listed_register_reads_back(features: HostFeatures) -> None:
+@pytest.mark.parametrize(
+    "reg_id",
+    [0, 0x6030_0001_0013_DF1A, 0x4030_0000_0013_DF1A, 0x6130_0000_0013_DF19, 0x7030_0000_0013_DF19],
+)
+def test_foreign_upper_half_is_einval_not_enoent(features: HostFeatures, reg_id: int) -> None:
     _, vm = make_vm(features, h=1000)
-    vm.set_one_reg(0, OneReg.TIMER_CTL, 0x3)
-    vm.set_one_reg(0, OneReg.TIMER_CVAL, 2000)
-    vm.set_one_reg(0, OneReg.PTIMER_CTL, 0x1)
-    vm.set_one_reg(0, OneReg.PTIMER_CVAL, 999)
-    vm.set_one_reg(0, OneReg.TIMER_CNT, 1500)
-    values, h, _ = vm.get_regs([(0, r) for r in vm.reg_list(0)])
-    assert values == [0x3, 2000, 1500, 0x5, 999, 1000]
-    assert h == 1000
+    before = fingerprint(vm)
+    with pytest.raises(InvalidArgument) as exc_info:
+        vm.get_one_reg(0, reg_id)
+    assert exc_info.value.errno_name == "EINVAL"
+    with pytest.raises(InvalidArgument):
+        vm.set_one_reg(0, reg_id, 1)
+    with pytest.raises(InvalidArgument):
+        vm.get_regs([(0, OneReg.TIMER_CNT), (0, reg_id)])
+    with pytest.raises(InvalidArgument):
+        vm.set_regs([(0, OneReg.TIMER_CNT, 5), (0, reg_id, 1)])
+    assert fingerprint(vm) == before
 
 
 # --- batches ---------------------------------------------------------------------
@@ -154,6 +147,7 @@ BAD_MIDDLE_ENTRIES = [
     pytest.param((7, OneReg.TIMER_CVAL, 1), VcpuNotFound, id="unknown-vcpu"),
     pytest.param((0, 0x6030_0000_0013_DF1F, 1), NoEntry, id="unknown-id"),
     pytest.param((0, 0x6020_0000_0013_DF1A, 1), NoEntry, id="u32-size"),
+    pytest.param((0, 0x6030_0001_0013_DF1A, 1), InvalidArgument, id="foreign-upper-half"),
     pytest.param((0, OneReg.TIMER_CVAL, U64), BadRequest, id="value-too-big"),
     pytest.param((0, OneReg.TIMER_CVAL, -1), BadRequest, id="negative-value"),
 ]
@@ -171,7 +165,7 @@ def test_set_regs_with_a_bad_middle_entry_changes_nothing(
         (1, OneReg.TIMER_CTL, 1),
         (0, OneReg.TIMER_CVAL, 77),
         bad,
-        (1, OneReg.PTIMER_CVAL, 88),
+        (1, OneReg.TIMER_CVAL, 88),
     ]
     with pytest.raises(error) as exc_info:
         vm.set_regs(entries)
@@ -181,13 +175,16 @@ def test_set_regs_with_a_bad_middle_entry_changes_nothing(
 
 
 @pytest.mark.parametrize("profile", [ApiProfile.BY_VALUE, ApiProfile.VCPU_OFFSETS])
-def test_set_regs_with_an_eperm_entry_changes_nothing(profile: ApiProfile) -> None:
+@pytest.mark.parametrize("ptimer_reg", [OneReg.PTIMER_CNT, OneReg.PTIMER_CTL, OneReg.PTIMER_CVAL])
+def test_set_regs_with_a_ptimer_entry_before_6_4_is_enoent_and_changes_nothing(
+    profile: ApiProfile, ptimer_reg: OneReg
+) -> None:
     _, vm = make_vm(HostFeatures(api_profile=profile), h=1000)
     before = fingerprint(vm)
-    with pytest.raises(NotPermitted) as exc_info:
-        vm.set_regs([(0, OneReg.TIMER_CNT, 5), (0, OneReg.PTIMER_CNT, 5)])
+    with pytest.raises(NoEntry) as exc_info:
+        vm.set_regs([(0, OneReg.TIMER_CNT, 5), (0, ptimer_reg, 5)])
     assert exc_info.value.message.startswith("entry 1: ")
-    assert exc_info.value.errno_name == "EPERM"
+    assert exc_info.value.errno_name == "ENOENT"
     assert fingerprint(vm) == before
 
 
@@ -200,13 +197,13 @@ def test_set_regs_applies_in_request_order(features: HostFeatures) -> None:
             (1, OneReg.TIMER_CNT, 400),
             (0, OneReg.TIMER_CVAL, 2),
             (0, OneReg.TIMER_CNT, 300),  # last writer wins
-            (1, OneReg.PTIMER_CTL, 0x7),
+            (1, OneReg.TIMER_CTL, 0x7),
         ]
     )
     assert vm.get_one_reg(0, OneReg.TIMER_CVAL) == 2
     assert vm.voffset == 700
     assert vm.get_one_reg(1, OneReg.TIMER_CNT) == 300
-    assert vm.vcpu(1).timer(TimerId.PTIMER).ctl == 0x3
+    assert vm.vcpu(1).timer(TimerId.VTIMER).ctl == 0x3
     vm.set_regs([])
     assert host.counter.read() == 1000
 
@@ -216,7 +213,7 @@ def test_get_regs_reads_every_value_at_one_sample() -> None:
     vm.set_one_reg(1, OneReg.TIMER_CVAL, 55)
     values, h, realtime_ns = vm.get_regs(
         [(0, OneReg.TIMER_CNT), (1, OneReg.TIMER_CVAL), (1, OneReg.PTIMER_CNT)]
-    )
+    )  # default profile: 6.4+
     assert values == [0, 55, 1000]
     assert (h, realtime_ns) == host.get_clock()
     assert vm.get_regs([]) == ([], 1000, realtime_ns)

@@ -27,22 +27,24 @@ from node.core.clock import NS_PER_S, ManualClock
 from node.core.errors import AlreadyExists, InvalidArgument
 from node.core.features import ApiProfile, EcvLevel, HostFeatures
 from node.core.host import Host
-from node.core.regs import KVM_ARM_VCPU_TIMER_CTRL, Cap, OneReg, TimerAttr
 from node.core.state import TimerState, VcpuState, VmState
 from node.core.timer import TimerId
 from node.core.traps import compute_traps
+from node.core.uapi import KVM_ARM_VCPU_TIMER_CTRL, Cap, OneReg, TimerAttr
 from node.core.vcpu import AccessResult, SysReg
 from node.core.vm import Vm
 from tests.unit.conftest import (
     ALL_FEATURES,
     POFFSET_FEATURES,
     fingerprint,
+    get_reg,
     guest,
     line,
     make_host,
     make_vm,
     rd,
     set_poffset,
+    set_reg,
 )
 
 U64 = 1 << 64
@@ -71,15 +73,10 @@ def populated_vm(features: HostFeatures) -> tuple[Host, Vm]:
     vm.set_attr(1, KVM_ARM_VCPU_TIMER_CTRL, TimerAttr.IRQ_VTIMER, 20)
     if features.supports_physical_offset:
         set_poffset(vm, 0x100, index=1)
-    vm.set_one_reg(3, OneReg.TIMER_CNT, 500)
-    vm.set_regs(
-        [
-            (3, OneReg.TIMER_CTL, 0x7),
-            (3, OneReg.TIMER_CVAL, 400),
-            (1, OneReg.PTIMER_CTL, 0x3),
-            (1, OneReg.PTIMER_CVAL, U64 - 1),
-        ]
-    )
+    set_reg(vm, 3, OneReg.TIMER_CNT, 500)
+    vm.set_regs([(3, OneReg.TIMER_CTL, 0x7), (3, OneReg.TIMER_CVAL, 400)])
+    set_reg(vm, 1, OneReg.PTIMER_CTL, 0x3)
+    set_reg(vm, 1, OneReg.PTIMER_CVAL, U64 - 1)
     if features.has_vcpu_offsets:
         vm.enable_cap(Cap.ARM_VTIMER_OFFSET)
     host.step_clock(7)
@@ -94,12 +91,12 @@ def test_snapshot_contents() -> None:
     host.step_clock(10)
     vm.create_vcpu(1)
     vm.set_attr(1, KVM_ARM_VCPU_TIMER_CTRL, TimerAttr.IRQ_VTIMER, 20)
-    vm.set_one_reg(1, OneReg.PTIMER_CNT, 1010 - 0x100)
-    vm.set_one_reg(3, OneReg.TIMER_CNT, 500)
-    vm.set_one_reg(3, OneReg.TIMER_CTL, 0x7)
-    vm.set_one_reg(3, OneReg.TIMER_CVAL, 400)
-    vm.set_one_reg(1, OneReg.PTIMER_CTL, 0x3)
-    vm.set_one_reg(1, OneReg.PTIMER_CVAL, U64 - 1)
+    set_reg(vm, 1, OneReg.PTIMER_CNT, 1010 - 0x100)
+    set_reg(vm, 3, OneReg.TIMER_CNT, 500)
+    set_reg(vm, 3, OneReg.TIMER_CTL, 0x7)
+    set_reg(vm, 3, OneReg.TIMER_CVAL, 400)
+    set_reg(vm, 1, OneReg.PTIMER_CTL, 0x3)
+    set_reg(vm, 1, OneReg.PTIMER_CVAL, U64 - 1)
     host.step_clock(7)
     assert vm.snapshot() == VmState(
         vm_id="vm-a",
@@ -146,8 +143,8 @@ def test_restore_keeps_offsets_without_time_adjustment(features: HostFeatures) -
     dst = make_host(features, h=90_000)
     restored = dst.restore_vm(state)
     assert (restored.voffset, restored.poffset) == (state.voffset, state.poffset)
-    assert restored.get_one_reg(3, OneReg.TIMER_CNT) == 90_000 - state.voffset
-    assert restored.get_one_reg(3, OneReg.PTIMER_CNT) == 90_000 - state.poffset
+    assert get_reg(restored, 3, OneReg.TIMER_CNT) == 90_000 - state.voffset
+    assert get_reg(restored, 3, OneReg.PTIMER_CNT) == 90_000 - state.poffset
 
 
 @pytest.mark.parametrize("features", POFFSET_FEATURES)
@@ -232,7 +229,7 @@ def test_counter_offset_flag_is_dropped_on_an_older_host(profile: ApiProfile) ->
     assert restored.counter_offset_set is False
     # The older kernel honours a by-value write (a 6.4+ VM with the flag would ignore it).
     restored.set_one_reg(0, OneReg.TIMER_CNT, 1234)
-    assert restored.get_one_reg(0, OneReg.TIMER_CNT) == 1234
+    assert get_reg(restored, 0, OneReg.TIMER_CNT) == 1234
 
 
 @pytest.mark.parametrize(
@@ -266,8 +263,8 @@ def test_migrate_while_pending(dst_features: HostFeatures) -> None:
     offset = offset_for(state, h_d, realtime_d)
     assert offset == 90_100 - 4100
     restored.set_counter_offset(offset, 0)
-    assert restored.get_one_reg(0, OneReg.TIMER_CNT) == 4100
-    assert restored.get_one_reg(0, OneReg.PTIMER_CNT) == 4100
+    assert get_reg(restored, 0, OneReg.TIMER_CNT) == 4100
+    assert get_reg(restored, 0, OneReg.PTIMER_CNT) == 4100
     dst.step_clock(399)
     assert (line(restored, 0, V), line(restored, 0, P)) == (False, False)
     dst.step_clock(1)
@@ -289,7 +286,7 @@ def test_worked_example_of_section_4_2() -> None:
     vm = src.create_vm("vm")
     vm.create_vcpu(0)
     vm.set_counter_offset(1_000_000_000, 0)
-    assert vm.get_one_reg(0, OneReg.TIMER_CNT) == 4_000_000_000
+    assert get_reg(vm, 0, OneReg.TIMER_CNT) == 4_000_000_000
     state = vm.snapshot()
     assert (state.host_counter, state.realtime_ns) == (5_000_000_000, t_ns)
 
@@ -304,8 +301,8 @@ def test_worked_example_of_section_4_2() -> None:
     offset = offset_for(state, h_d, rt_d)
     assert offset == 85_937_500_000
     restored.set_counter_offset(offset, 0)
-    assert restored.get_one_reg(0, OneReg.TIMER_CNT) == 4_062_500_000
-    assert restored.get_one_reg(0, OneReg.PTIMER_CNT) == 4_062_500_000
+    assert get_reg(restored, 0, OneReg.TIMER_CNT) == 4_062_500_000
+    assert get_reg(restored, 0, OneReg.PTIMER_CNT) == 4_062_500_000
     assert restored.traps.trap_cntpct is True  # poffset != 0 without CNTPOFF
 
     # Case 37: host counter and realtime advance together, so re-applying 0.5 s later
@@ -319,7 +316,7 @@ def test_worked_example_of_section_4_2() -> None:
     late = make_host(HostFeatures(ecv=EcvLevel.NI, vhe=True, api_profile=ApiProfile.BY_VALUE), h=h_d)
     by_value = late.restore_vm(state)
     by_value.set_one_reg(0, OneReg.TIMER_CNT, 4_062_500_000)
-    assert restored.get_one_reg(0, OneReg.TIMER_CNT) - by_value.get_one_reg(0, OneReg.TIMER_CNT) == 12_500_000
+    assert get_reg(restored, 0, OneReg.TIMER_CNT) - by_value.get_one_reg(0, OneReg.TIMER_CNT) == 12_500_000
 
 
 def test_negative_elapsed_is_clamped_so_the_counter_never_goes_back() -> None:
@@ -330,7 +327,7 @@ def test_negative_elapsed_is_clamped_so_the_counter_never_goes_back() -> None:
     restored = dst.restore_vm(state)
     offset = offset_for(state, 90_000, state.realtime_ns - 200_000_000)  # destination 0.2 s behind
     restored.set_counter_offset(offset, 0)
-    assert restored.get_one_reg(0, OneReg.TIMER_CNT) == 4000
+    assert get_reg(restored, 0, OneReg.TIMER_CNT) == 4000
     assert fingerprint(restored)[0] == dataclasses.replace(
         state, voffset=86_000, poffset=86_000, host_counter=90_000, realtime_ns=dst.get_clock()[1]
     )

@@ -22,7 +22,6 @@ import pytest
 
 from node.core.errors import Busy
 from node.core.features import ApiProfile, HostFeatures
-from node.core.regs import KVM_ARM_VCPU_TIMER_CTRL, KVM_ARM_VCPU_TIMER_PHYS_OFFSET, OneReg
 from node.core.timer import (
     CTL_ENABLE,
     CTL_IMASK,
@@ -37,6 +36,7 @@ from node.core.timer import (
     tval_read,
     tval_write,
 )
+from node.core.uapi import KVM_ARM_VCPU_TIMER_CTRL, KVM_ARM_VCPU_TIMER_PHYS_OFFSET, OneReg
 from node.core.vcpu import SysReg
 from node.core.vm import IrqLevel
 from tests.unit.conftest import (
@@ -44,12 +44,14 @@ from tests.unit.conftest import (
     COUNTER_OFFSET_FEATURES,
     advance_to,
     fingerprint,
+    get_reg,
     guest,
     guest_values,
     line,
     make_vm,
     rd,
     set_poffset,
+    set_reg,
     wait,
     wr,
 )
@@ -171,13 +173,13 @@ def test_ctl_bit_values() -> None:
 @pytest.mark.parametrize("features", ALL_FEATURES)
 def test_case07_istatus_is_discarded_on_write(features: HostFeatures) -> None:
     host, vm = make_vm(features, h=500)
-    vm.set_one_reg(0, OneReg.TIMER_CVAL, 1000)  # guest count 0: CVAL in the future
-    vm.set_one_reg(0, OneReg.TIMER_CTL, 0x7)
+    set_reg(vm, 0, OneReg.TIMER_CVAL, 1000)  # guest count 0: CVAL in the future
+    set_reg(vm, 0, OneReg.TIMER_CTL, 0x7)
     assert vm.vcpu(0).timer(V).ctl == 0x3
-    assert vm.get_one_reg(0, OneReg.TIMER_CTL) == 0x3
-    vm.set_one_reg(0, OneReg.PTIMER_CVAL, 1000)  # guest CNTPCT = 500
-    vm.set_one_reg(0, OneReg.PTIMER_CTL, 0x7)
-    assert vm.get_one_reg(0, OneReg.PTIMER_CTL) == 0x3
+    assert get_reg(vm, 0, OneReg.TIMER_CTL) == 0x3
+    set_reg(vm, 0, OneReg.PTIMER_CVAL, 1000)  # guest CNTPCT = 500
+    set_reg(vm, 0, OneReg.PTIMER_CTL, 0x7)
+    assert get_reg(vm, 0, OneReg.PTIMER_CTL) == 0x3
     # The guest's MSR drops it the same way.
     guest(host, vm, 0, wr(SysReg.CNTV_CTL_EL0, 0x5), wr(SysReg.CNTP_CTL_EL0, 0x5))
     assert (vm.vcpu(0).timer(V).ctl, vm.vcpu(0).timer(P).ctl) == (0x1, 0x1)
@@ -186,10 +188,10 @@ def test_case07_istatus_is_discarded_on_write(features: HostFeatures) -> None:
 @pytest.mark.parametrize("features", ALL_FEATURES)
 def test_case08_istatus_reported_when_disabled(features: HostFeatures) -> None:
     host, vm = make_vm(features, h=0)
-    vm.set_one_reg(0, OneReg.TIMER_CTL, 0)
-    vm.set_one_reg(0, OneReg.TIMER_CVAL, 100)
+    set_reg(vm, 0, OneReg.TIMER_CTL, 0)
+    set_reg(vm, 0, OneReg.TIMER_CVAL, 100)
     advance_to(host, 150)
-    assert vm.get_one_reg(0, OneReg.TIMER_CTL) == 0x4
+    assert get_reg(vm, 0, OneReg.TIMER_CTL) == 0x4
     assert guest_values(host, vm, 0, rd(SysReg.CNTV_CTL_EL0)) == [0x4]
     assert line(vm, 0, V) is False
 
@@ -197,22 +199,22 @@ def test_case08_istatus_reported_when_disabled(features: HostFeatures) -> None:
 @pytest.mark.parametrize("features", ALL_FEATURES)
 def test_case09_cval_is_stored_raw_and_leaves_offsets_alone(features: HostFeatures) -> None:
     host, vm = make_vm(features, h=1000, vcpus=2)
-    vm.set_one_reg(0, OneReg.TIMER_CNT, 77)
+    set_reg(vm, 0, OneReg.TIMER_CNT, 77)
     offsets = (vm.voffset, vm.poffset)
-    vm.set_one_reg(0, OneReg.TIMER_CVAL, 0xDEAD_BEEF)
-    vm.set_one_reg(0, OneReg.PTIMER_CVAL, 0xFFFF_FFFF_FFFF_FFFF)
-    assert vm.get_one_reg(0, OneReg.TIMER_CVAL) == 0xDEAD_BEEF
-    assert vm.get_one_reg(0, OneReg.PTIMER_CVAL) == 0xFFFF_FFFF_FFFF_FFFF
+    set_reg(vm, 0, OneReg.TIMER_CVAL, 0xDEAD_BEEF)
+    set_reg(vm, 0, OneReg.PTIMER_CVAL, 0xFFFF_FFFF_FFFF_FFFF)
+    assert get_reg(vm, 0, OneReg.TIMER_CVAL) == 0xDEAD_BEEF
+    assert get_reg(vm, 0, OneReg.PTIMER_CVAL) == 0xFFFF_FFFF_FFFF_FFFF
     assert (vm.voffset, vm.poffset) == offsets
-    assert vm.get_one_reg(0, OneReg.TIMER_CNT) == 77
-    assert vm.get_one_reg(1, OneReg.TIMER_CVAL) == 0  # per-vCPU register
+    assert get_reg(vm, 0, OneReg.TIMER_CNT) == 77
+    assert get_reg(vm, 1, OneReg.TIMER_CVAL) == 0  # per-vCPU register
     assert guest_values(host, vm, 0, rd(SysReg.CNTV_CVAL_EL0)) == [0xDEAD_BEEF]
 
 
 @pytest.mark.parametrize("features", ALL_FEATURES)
 def test_case10_tval_read(features: HostFeatures) -> None:
     host, vm = make_vm(features, h=0)  # guest count == H
-    vm.set_one_reg(0, OneReg.TIMER_CVAL, 1000)
+    set_reg(vm, 0, OneReg.TIMER_CVAL, 1000)
     advance_to(host, 900)
     assert guest_values(host, vm, 0, rd(SysReg.CNTV_TVAL_EL0)) == [0x0000_0064]
     advance_to(host, 1100)
@@ -222,21 +224,21 @@ def test_case10_tval_read(features: HostFeatures) -> None:
 @pytest.mark.parametrize("features", ALL_FEATURES)
 def test_case11_tval_write(features: HostFeatures) -> None:
     host, vm = make_vm(features, h=5000)
-    vm.set_one_reg(0, OneReg.TIMER_CNT, 5000)
+    set_reg(vm, 0, OneReg.TIMER_CNT, 5000)
     results = guest(host, vm, 0, wr(SysReg.CNTV_TVAL_EL0, 0xFFFF_FFF6), rd(SysReg.CNTV_CTL_EL0))
-    assert vm.get_one_reg(0, OneReg.TIMER_CVAL) == 4990
+    assert get_reg(vm, 0, OneReg.TIMER_CVAL) == 4990
     assert results[1].value == CTL_ISTATUS
-    assert vm.get_one_reg(0, OneReg.TIMER_CTL) == CTL_ISTATUS
+    assert get_reg(vm, 0, OneReg.TIMER_CTL) == CTL_ISTATUS
     guest(host, vm, 0, wr(SysReg.CNTV_TVAL_EL0, 0x10))
-    assert vm.get_one_reg(0, OneReg.TIMER_CVAL) == 5016
-    assert vm.get_one_reg(0, OneReg.TIMER_CTL) == 0
+    assert get_reg(vm, 0, OneReg.TIMER_CVAL) == 5016
+    assert get_reg(vm, 0, OneReg.TIMER_CTL) == 0
 
 
 @pytest.mark.parametrize("features", ALL_FEATURES)
 def test_case12_line_rises_exactly_at_cval(features: HostFeatures) -> None:
     host, vm = make_vm(features, h=1000)  # voffset = 1000
-    vm.set_one_reg(0, OneReg.TIMER_CTL, 0x1)
-    vm.set_one_reg(0, OneReg.TIMER_CVAL, 2000)
+    set_reg(vm, 0, OneReg.TIMER_CTL, 0x1)
+    set_reg(vm, 0, OneReg.TIMER_CVAL, 2000)
     advance_to(host, 2999)
     assert vm.irq_levels(0) == [IrqLevel(V, 27, False), IrqLevel(P, 30, False)]
     advance_to(host, 3000)
@@ -246,11 +248,11 @@ def test_case12_line_rises_exactly_at_cval(features: HostFeatures) -> None:
 @pytest.mark.parametrize("features", ALL_FEATURES)
 def test_case13_imask_keeps_the_line_low_but_istatus_set(features: HostFeatures) -> None:
     host, vm = make_vm(features, h=0)
-    vm.set_one_reg(0, OneReg.TIMER_CVAL, 100)
-    vm.set_one_reg(0, OneReg.TIMER_CTL, 0x3)
+    set_reg(vm, 0, OneReg.TIMER_CVAL, 100)
+    set_reg(vm, 0, OneReg.TIMER_CTL, 0x3)
     advance_to(host, 150)
     assert line(vm, 0, V) is False
-    assert vm.get_one_reg(0, OneReg.TIMER_CTL) == 0x7
+    assert get_reg(vm, 0, OneReg.TIMER_CTL) == 0x7
     # Unmasking raises it at once (the condition never latched or went away).
     run = host.run_vcpu(vm.vm_id, 0, [wr(SysReg.CNTV_CTL_EL0, 0x1)])
     assert run.irq_levels[0] == IrqLevel(V, 27, True)
@@ -262,8 +264,8 @@ def test_case13_imask_keeps_the_line_low_but_istatus_set(features: HostFeatures)
 @pytest.mark.parametrize("features", ALL_FEATURES)
 def test_case14_level_semantics_when_cval_moves_to_the_future(features: HostFeatures) -> None:
     host, vm = make_vm(features, h=0)
-    vm.set_one_reg(0, OneReg.TIMER_CTL, 0x1)
-    vm.set_one_reg(0, OneReg.TIMER_CVAL, 2000)
+    set_reg(vm, 0, OneReg.TIMER_CTL, 0x1)
+    set_reg(vm, 0, OneReg.TIMER_CVAL, 2000)
     advance_to(host, 2500)
     assert line(vm, 0, V) is True
     run = host.run_vcpu(vm.vm_id, 0, [wr(SysReg.CNTV_CVAL_EL0, 10_000)])
@@ -277,20 +279,20 @@ def test_case14_level_semantics_when_cval_moves_to_the_future(features: HostFeat
 @pytest.mark.parametrize("features", ALL_FEATURES)
 def test_case15_vcpu_reset_clears_ctl_only(features: HostFeatures) -> None:
     host, vm = make_vm(features, h=1000, vcpus=2)
-    vm.set_one_reg(0, OneReg.TIMER_CNT, 0)
+    set_reg(vm, 0, OneReg.TIMER_CNT, 0)
     for reg_ctl, reg_cval in ((OneReg.TIMER_CTL, OneReg.TIMER_CVAL), (OneReg.PTIMER_CTL, OneReg.PTIMER_CVAL)):
-        vm.set_one_reg(0, reg_cval, 100)
-        vm.set_one_reg(0, reg_ctl, 0x1)
-        vm.set_one_reg(1, reg_ctl, 0x1)
+        set_reg(vm, 0, reg_cval, 100)
+        set_reg(vm, 0, reg_ctl, 0x1)
+        set_reg(vm, 1, reg_ctl, 0x1)
     advance_to(host, 1150)  # CNTVCT 150, CNTPCT 1150: both CVALs passed
     offsets = (vm.voffset, vm.poffset)
     assert (line(vm, 0, V), line(vm, 0, P)) == (True, True)
     vm.reset_vcpu(0)
     assert [t.ctl for t in vm.vcpu(0).timers] == [0, 0, 0, 0]
-    assert vm.get_one_reg(0, OneReg.TIMER_CTL) == 0x4
-    assert vm.get_one_reg(0, OneReg.PTIMER_CTL) == 0x4
-    assert vm.get_one_reg(0, OneReg.TIMER_CVAL) == 100
-    assert vm.get_one_reg(0, OneReg.PTIMER_CVAL) == 100
+    assert get_reg(vm, 0, OneReg.TIMER_CTL) == 0x4
+    assert get_reg(vm, 0, OneReg.PTIMER_CTL) == 0x4
+    assert get_reg(vm, 0, OneReg.TIMER_CVAL) == 100
+    assert get_reg(vm, 0, OneReg.PTIMER_CVAL) == 100
     assert (vm.voffset, vm.poffset) == offsets
     assert (line(vm, 0, V), line(vm, 0, P)) == (False, False)
     assert vm.vcpu(1).timer(V).ctl == 0x1  # only the reset vCPU
@@ -298,7 +300,7 @@ def test_case15_vcpu_reset_clears_ctl_only(features: HostFeatures) -> None:
 
 def test_reset_inside_kvm_run_is_busy_and_changes_nothing() -> None:
     _, vm = make_vm(h=0)
-    vm.set_one_reg(0, OneReg.TIMER_CTL, 0x1)
+    set_reg(vm, 0, OneReg.TIMER_CTL, 0x1)
     vm.enter_run(0)
     before = fingerprint(vm)
     with pytest.raises(Busy):
@@ -345,8 +347,8 @@ def test_ctl_read_and_line_at_count_150(
         rd(SysReg.CNTP_CTL_EL0),
     )
     assert (results[4].value, results[5].value) == (read, read)
-    assert vm.get_one_reg(0, OneReg.TIMER_CTL) == read
-    assert vm.get_one_reg(0, OneReg.PTIMER_CTL) == read
+    assert get_reg(vm, 0, OneReg.TIMER_CTL) == read
+    assert get_reg(vm, 0, OneReg.PTIMER_CTL) == read
     assert (line(vm, 0, V), line(vm, 0, P)) == (fire, fire)
 
 
@@ -410,10 +412,10 @@ def test_cval_half_range_ahead_reads_negative_tval_but_is_pending(features: Host
 def test_reprogramming_tval_restarts_the_countdown(features: HostFeatures) -> None:
     host, vm = make_vm(features, h=0)
     guest(host, vm, 0, wr(SysReg.CNTV_TVAL_EL0, 100), wr(SysReg.CNTV_CTL_EL0, 1))
-    assert vm.get_one_reg(0, OneReg.TIMER_CVAL) == 100
+    assert get_reg(vm, 0, OneReg.TIMER_CVAL) == 100
     run = host.run_vcpu(vm.vm_id, 0, [wait(60), wr(SysReg.CNTV_TVAL_EL0, 100), wait(99)])
     assert [r.value for r in run.results] == [60, 100, 159]
-    assert vm.get_one_reg(0, OneReg.TIMER_CVAL) == 160
+    assert get_reg(vm, 0, OneReg.TIMER_CVAL) == 160
     assert run.irq_levels[0].level is False
     run = host.run_vcpu(vm.vm_id, 0, [wait(1)])
     assert (run.host_counter, run.irq_levels[0].level) == (160, True)
@@ -432,7 +434,7 @@ def test_disable_drops_and_reenable_raises_again(features: HostFeatures) -> None
     assert line(vm, 0, P) is True
     guest(host, vm, 0, wr(SysReg.CNTP_CTL_EL0, 0))
     assert line(vm, 0, P) is False
-    assert vm.get_one_reg(0, OneReg.PTIMER_CTL) == 0x4
+    assert get_reg(vm, 0, OneReg.PTIMER_CTL) == 0x4
     guest(host, vm, 0, wr(SysReg.CNTP_CTL_EL0, 1))
     assert line(vm, 0, P) is True
 
@@ -443,25 +445,25 @@ def test_disable_drops_and_reenable_raises_again(features: HostFeatures) -> None
 @pytest.mark.parametrize("features", ALL_FEATURES)
 def test_by_value_counter_write_under_pending_vtimer(features: HostFeatures) -> None:
     _, vm = make_vm(features, h=500)
-    vm.set_one_reg(0, OneReg.TIMER_CNT, 500)
-    vm.set_one_reg(0, OneReg.TIMER_CVAL, 1000)
-    vm.set_one_reg(0, OneReg.TIMER_CTL, 1)
+    set_reg(vm, 0, OneReg.TIMER_CNT, 500)
+    set_reg(vm, 0, OneReg.TIMER_CVAL, 1000)
+    set_reg(vm, 0, OneReg.TIMER_CTL, 1)
     assert line(vm, 0, V) is False
-    vm.set_one_reg(0, OneReg.TIMER_CNT, 1000)
+    set_reg(vm, 0, OneReg.TIMER_CNT, 1000)
     assert line(vm, 0, V) is True
-    vm.set_one_reg(0, OneReg.TIMER_CNT, 999)
+    set_reg(vm, 0, OneReg.TIMER_CNT, 999)
     assert line(vm, 0, V) is False
-    assert vm.get_one_reg(0, OneReg.TIMER_CTL) == 0x1
+    assert get_reg(vm, 0, OneReg.TIMER_CTL) == 0x1
 
 
 @pytest.mark.parametrize("features", COUNTER_OFFSET_FEATURES)
 def test_ptimer_cnt_write_moves_only_the_ptimer(features: HostFeatures) -> None:
     _, vm = make_vm(features, h=500)
-    vm.set_one_reg(0, OneReg.TIMER_CNT, 500)
+    set_reg(vm, 0, OneReg.TIMER_CNT, 500)
     for ctl, cval in ((OneReg.TIMER_CTL, OneReg.TIMER_CVAL), (OneReg.PTIMER_CTL, OneReg.PTIMER_CVAL)):
-        vm.set_one_reg(0, cval, 1000)
-        vm.set_one_reg(0, ctl, 1)
-    vm.set_one_reg(0, OneReg.PTIMER_CNT, 1000)
+        set_reg(vm, 0, cval, 1000)
+        set_reg(vm, 0, ctl, 1)
+    set_reg(vm, 0, OneReg.PTIMER_CNT, 1000)
     assert (line(vm, 0, V), line(vm, 0, P)) == (False, True)
 
 
@@ -469,11 +471,11 @@ def test_ptimer_cnt_write_moves_only_the_ptimer(features: HostFeatures) -> None:
 def test_counter_offset_ioctl_under_pending_timers(features: HostFeatures) -> None:
     _, vm = make_vm(features, h=500)
     for ctl, cval in ((OneReg.TIMER_CTL, OneReg.TIMER_CVAL), (OneReg.PTIMER_CTL, OneReg.PTIMER_CVAL)):
-        vm.set_one_reg(0, cval, 1000)
-        vm.set_one_reg(0, ctl, 1)
+        set_reg(vm, 0, cval, 1000)
+        set_reg(vm, 0, ctl, 1)
     assert (line(vm, 0, V), line(vm, 0, P)) == (False, False)
     vm.set_counter_offset(U64 - 600, 0)  # both counters jump to 1100
-    assert vm.get_one_reg(0, OneReg.TIMER_CNT) == 1100
+    assert get_reg(vm, 0, OneReg.TIMER_CNT) == 1100
     assert (line(vm, 0, V), line(vm, 0, P)) == (True, True)
     vm.set_counter_offset(0, 0)  # back to 500
     assert (line(vm, 0, V), line(vm, 0, P)) == (False, False)
@@ -482,15 +484,15 @@ def test_counter_offset_ioctl_under_pending_timers(features: HostFeatures) -> No
 def test_series_physical_offset_moves_both_counters_under_pending_timers() -> None:
     host, vm = make_vm(HostFeatures(api_profile=ApiProfile.VCPU_OFFSETS), h=1000)
     vm.set_attr(0, KVM_ARM_VCPU_TIMER_CTRL, KVM_ARM_VCPU_TIMER_PHYS_OFFSET, 200)
-    assert (vm.get_one_reg(0, OneReg.TIMER_CNT), vm.get_one_reg(0, OneReg.PTIMER_CNT)) == (U64 - 200, 800)
-    vm.set_one_reg(0, OneReg.TIMER_CNT, 850)
+    assert (get_reg(vm, 0, OneReg.TIMER_CNT), get_reg(vm, 0, OneReg.PTIMER_CNT)) == (U64 - 200, 800)
+    set_reg(vm, 0, OneReg.TIMER_CNT, 850)
     for ctl, cval in ((OneReg.TIMER_CTL, OneReg.TIMER_CVAL), (OneReg.PTIMER_CTL, OneReg.PTIMER_CVAL)):
-        vm.set_one_reg(0, cval, 900)
-        vm.set_one_reg(0, ctl, 1)
+        set_reg(vm, 0, cval, 900)
+        set_reg(vm, 0, ctl, 1)
     assert (line(vm, 0, V), line(vm, 0, P)) == (False, False)
     # P 200 -> 100: both guest counters move forward by 100 (the guest CNTVOFF is kept).
     vm.set_attr(0, KVM_ARM_VCPU_TIMER_CTRL, KVM_ARM_VCPU_TIMER_PHYS_OFFSET, 100)
-    assert (vm.get_one_reg(0, OneReg.TIMER_CNT), vm.get_one_reg(0, OneReg.PTIMER_CNT)) == (950, 900)
+    assert (get_reg(vm, 0, OneReg.TIMER_CNT), get_reg(vm, 0, OneReg.PTIMER_CNT)) == (950, 900)
     assert (line(vm, 0, V), line(vm, 0, P)) == (True, True)
     assert host.counter.read() == 1000
 
@@ -523,16 +525,16 @@ def test_ptimer_runs_in_the_cntpct_domain(features: HostFeatures) -> None:
 @pytest.mark.parametrize("features", ALL_FEATURES)
 def test_tval_write_wrapping_past_2_64_fires_until_the_counter_wraps(features: HostFeatures) -> None:
     host, vm = make_vm(features, h=0)
-    vm.set_one_reg(0, OneReg.TIMER_CNT, U64 - 10)
+    set_reg(vm, 0, OneReg.TIMER_CNT, U64 - 10)
     results = guest(
         host, vm, 0, wr(SysReg.CNTV_TVAL_EL0, 20), wr(SysReg.CNTV_CTL_EL0, 1), rd(SysReg.CNTV_TVAL_EL0)
     )
-    assert vm.get_one_reg(0, OneReg.TIMER_CVAL) == 10
+    assert get_reg(vm, 0, OneReg.TIMER_CVAL) == 10
     assert results[2].value == 20
     # Unsigned compare: 2^64-10 >= 10, so the line is already high.
     assert line(vm, 0, V) is True
     host.step_clock(10)  # counter wraps to 0
-    assert vm.get_one_reg(0, OneReg.TIMER_CNT) == 0
+    assert get_reg(vm, 0, OneReg.TIMER_CNT) == 0
     assert line(vm, 0, V) is False
     host.step_clock(9)
     assert line(vm, 0, V) is False
@@ -543,7 +545,7 @@ def test_tval_write_wrapping_past_2_64_fires_until_the_counter_wraps(features: H
 @pytest.mark.parametrize("features", ALL_FEATURES)
 def test_negative_tval_below_zero_wraps_to_a_far_future_cval(features: HostFeatures) -> None:
     host, vm = make_vm(features, h=5)
-    vm.set_one_reg(0, OneReg.TIMER_CNT, 5)
+    set_reg(vm, 0, OneReg.TIMER_CNT, 5)
     results = guest(
         host,
         vm,
@@ -553,7 +555,7 @@ def test_negative_tval_below_zero_wraps_to_a_far_future_cval(features: HostFeatu
         rd(SysReg.CNTV_TVAL_EL0),
         rd(SysReg.CNTV_CTL_EL0),
     )
-    assert vm.get_one_reg(0, OneReg.TIMER_CVAL) == U64 - 5
+    assert get_reg(vm, 0, OneReg.TIMER_CVAL) == U64 - 5
     assert [r.value for r in results[2:]] == [0xFFFF_FFF6, 0x1]
     assert line(vm, 0, V) is False
 
@@ -561,12 +563,12 @@ def test_negative_tval_below_zero_wraps_to_a_far_future_cval(features: HostFeatu
 @pytest.mark.parametrize("features", ALL_FEATURES)
 def test_guest_writes_only_keep_32_bits_of_ctl_and_tval(features: HostFeatures) -> None:
     host, vm = make_vm(features, h=5000)
-    vm.set_one_reg(0, OneReg.TIMER_CNT, 5000)
+    set_reg(vm, 0, OneReg.TIMER_CNT, 5000)
     guest(
         host, vm, 0, wr(SysReg.CNTV_CTL_EL0, 0xFFFF_FFFF_0000_0001), wr(SysReg.CNTV_TVAL_EL0, 0x1_0000_0010)
     )
     assert vm.vcpu(0).timer(V).ctl == 0x1
-    assert vm.get_one_reg(0, OneReg.TIMER_CVAL) == 5016
+    assert get_reg(vm, 0, OneReg.TIMER_CVAL) == 5016
 
 
 # --- NV lines ------------------------------------------------------------------------
@@ -574,7 +576,7 @@ def test_guest_writes_only_keep_32_bits_of_ctl_and_tval(features: HostFeatures) 
 
 def test_nv_host_reports_el2_timer_lines() -> None:
     host, vm = make_vm(HostFeatures(nv=True), h=0)
-    vm.set_one_reg(0, OneReg.TIMER_CTL, 1)
+    set_reg(vm, 0, OneReg.TIMER_CTL, 1)
     assert vm.irq_levels(0) == [
         IrqLevel(TimerId.VTIMER, 27, True),
         IrqLevel(TimerId.PTIMER, 30, False),
@@ -586,8 +588,8 @@ def test_nv_host_reports_el2_timer_lines() -> None:
 
 def test_irq_levels_can_be_sampled_at_a_given_counter() -> None:
     host, vm = make_vm(h=1000)
-    vm.set_one_reg(0, OneReg.TIMER_CVAL, 500)
-    vm.set_one_reg(0, OneReg.TIMER_CTL, 1)
+    set_reg(vm, 0, OneReg.TIMER_CVAL, 500)
+    set_reg(vm, 0, OneReg.TIMER_CTL, 1)
     assert vm.irq_levels(0, 1499)[0].level is False
     assert vm.irq_levels(0, 1500)[0].level is True
     assert host.counter.read() == 1000

@@ -23,8 +23,8 @@ from node.core.clock import NS_PER_S, U64_MASK, ClockEffects, ManualClock
 from node.core.errors import BadRequest, Busy, InvalidArgument, VcpuNotFound
 from node.core.features import ApiProfile, EcvLevel, HostFeatures
 from node.core.host import Host
-from node.core.regs import OneReg
 from node.core.timesync import CounterRecord, RestoreMethod, apply_record
+from node.core.uapi import OneReg
 from node.core.vm import Vm
 from tests.unit.conftest import ALL_FEATURES, COUNTER_OFFSET_FEATURES, feature_params
 

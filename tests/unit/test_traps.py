@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import pytest
 
-from node.core.errors import InvalidArgument, NoSuchAttr, NotPermitted
+from node.core.errors import InvalidArgument, NoEntry, NoSuchAttr
 from node.core.features import ALL_FEATURE_COMBINATIONS, ApiProfile, EcvLevel, HostFeatures
-from node.core.regs import KVM_ARM_VCPU_TIMER_CTRL, KVM_ARM_VCPU_TIMER_PHYS_OFFSET, OneReg
 from node.core.timer import TimerId
 from node.core.traps import (
     CNTHCTL_ECV,
@@ -33,6 +32,7 @@ from node.core.traps import (
     compute_timer_map,
     compute_traps,
 )
+from node.core.uapi import KVM_ARM_VCPU_TIMER_CTRL, KVM_ARM_VCPU_TIMER_PHYS_OFFSET, OneReg
 from node.core.vcpu import AccessResult, SysReg
 from tests.unit.conftest import (
     ALL_FEATURES,
@@ -320,7 +320,7 @@ def test_by_value_kernel_cannot_get_a_physical_offset(ecv: EcvLevel, vhe: bool) 
     features = HostFeatures(ecv=ecv, vhe=vhe, api_profile=ApiProfile.BY_VALUE)
     host, vm = make_vm(features, h=H)
     before = fingerprint(vm)
-    with pytest.raises(NotPermitted):
+    with pytest.raises(NoEntry):
         vm.set_one_reg(0, OneReg.PTIMER_CNT, 0)
     with pytest.raises(NoSuchAttr):
         vm.get_attr(0, KVM_ARM_VCPU_TIMER_CTRL, KVM_ARM_VCPU_TIMER_PHYS_OFFSET)

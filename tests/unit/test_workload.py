@@ -18,7 +18,7 @@ from node.core.clock import ManualClock
 from node.core.errors import Busy, InvalidArgument
 from node.core.features import HostFeatures
 from node.core.host import Host
-from node.core.regs import OneReg
+from node.core.uapi import OneReg
 from node.core.vm import Vm
 from node.core.workload import SampleCause, WorkloadSpec, save_workload
 from node.core.world import advance_hosts

@@ -232,7 +232,7 @@ class TelemetryBatch(_message.Message):
     def __init__(self, samples: _Optional[_Iterable[_Union[TelemetrySample, _Mapping]]] = ..., dropped: _Optional[int] = ..., sequence: _Optional[int] = ...) -> None: ...
 
 class BatchCall(_message.Message):
-    __slots__ = ("pause_vm", "resume_vm", "get_regs", "set_regs", "set_counter_offset", "set_device_attr", "get_device_attr", "enable_cap", "save_workload", "load_workload", "get_vcpu_state", "get_clock", "create_vm", "create_vcpu", "destroy_vm", "start_workload", "get_guest_observations", "apply_counter_record")
+    __slots__ = ("pause_vm", "resume_vm", "get_regs", "set_regs", "set_counter_offset", "set_device_attr", "get_device_attr", "enable_cap", "save_workload", "load_workload", "get_vcpu_state", "get_clock", "create_vm", "create_vcpu", "destroy_vm", "start_workload", "get_guest_observations", "apply_counter_record", "get_reg_list")
     PAUSE_VM_FIELD_NUMBER: _ClassVar[int]
     RESUME_VM_FIELD_NUMBER: _ClassVar[int]
     GET_REGS_FIELD_NUMBER: _ClassVar[int]
@@ -251,6 +251,7 @@ class BatchCall(_message.Message):
     START_WORKLOAD_FIELD_NUMBER: _ClassVar[int]
     GET_GUEST_OBSERVATIONS_FIELD_NUMBER: _ClassVar[int]
     APPLY_COUNTER_RECORD_FIELD_NUMBER: _ClassVar[int]
+    GET_REG_LIST_FIELD_NUMBER: _ClassVar[int]
     pause_vm: PauseVmRequest
     resume_vm: ResumeVmRequest
     get_regs: GetRegsRequest
@@ -269,10 +270,11 @@ class BatchCall(_message.Message):
     start_workload: StartWorkloadRequest
     get_guest_observations: GetGuestObservationsRequest
     apply_counter_record: ApplyCounterRecordRequest
-    def __init__(self, pause_vm: _Optional[_Union[PauseVmRequest, _Mapping]] = ..., resume_vm: _Optional[_Union[ResumeVmRequest, _Mapping]] = ..., get_regs: _Optional[_Union[GetRegsRequest, _Mapping]] = ..., set_regs: _Optional[_Union[SetRegsRequest, _Mapping]] = ..., set_counter_offset: _Optional[_Union[SetCounterOffsetRequest, _Mapping]] = ..., set_device_attr: _Optional[_Union[SetDeviceAttrRequest, _Mapping]] = ..., get_device_attr: _Optional[_Union[DeviceAttrRequest, _Mapping]] = ..., enable_cap: _Optional[_Union[EnableCapRequest, _Mapping]] = ..., save_workload: _Optional[_Union[SaveWorkloadRequest, _Mapping]] = ..., load_workload: _Optional[_Union[LoadWorkloadRequest, _Mapping]] = ..., get_vcpu_state: _Optional[_Union[GetVcpuStateRequest, _Mapping]] = ..., get_clock: _Optional[_Union[GetClockRequest, _Mapping]] = ..., create_vm: _Optional[_Union[CreateVmRequest, _Mapping]] = ..., create_vcpu: _Optional[_Union[CreateVcpuRequest, _Mapping]] = ..., destroy_vm: _Optional[_Union[DestroyVmRequest, _Mapping]] = ..., start_workload: _Optional[_Union[StartWorkloadRequest, _Mapping]] = ..., get_guest_observations: _Optional[_Union[GetGuestObservationsRequest, _Mapping]] = ..., apply_counter_record: _Optional[_Union[ApplyCounterRecordRequest, _Mapping]] = ...) -> None: ...
+    get_reg_list: GetRegListRequest
+    def __init__(self, pause_vm: _Optional[_Union[PauseVmRequest, _Mapping]] = ..., resume_vm: _Optional[_Union[ResumeVmRequest, _Mapping]] = ..., get_regs: _Optional[_Union[GetRegsRequest, _Mapping]] = ..., set_regs: _Optional[_Union[SetRegsRequest, _Mapping]] = ..., set_counter_offset: _Optional[_Union[SetCounterOffsetRequest, _Mapping]] = ..., set_device_attr: _Optional[_Union[SetDeviceAttrRequest, _Mapping]] = ..., get_device_attr: _Optional[_Union[DeviceAttrRequest, _Mapping]] = ..., enable_cap: _Optional[_Union[EnableCapRequest, _Mapping]] = ..., save_workload: _Optional[_Union[SaveWorkloadRequest, _Mapping]] = ..., load_workload: _Optional[_Union[LoadWorkloadRequest, _Mapping]] = ..., get_vcpu_state: _Optional[_Union[GetVcpuStateRequest, _Mapping]] = ..., get_clock: _Optional[_Union[GetClockRequest, _Mapping]] = ..., create_vm: _Optional[_Union[CreateVmRequest, _Mapping]] = ..., create_vcpu: _Optional[_Union[CreateVcpuRequest, _Mapping]] = ..., destroy_vm: _Optional[_Union[DestroyVmRequest, _Mapping]] = ..., start_workload: _Optional[_Union[StartWorkloadRequest, _Mapping]] = ..., get_guest_observations: _Optional[_Union[GetGuestObservationsRequest, _Mapping]] = ..., apply_counter_record: _Optional[_Union[ApplyCounterRecordRequest, _Mapping]] = ..., get_reg_list: _Optional[_Union[GetRegListRequest, _Mapping]] = ...) -> None: ...
 
 class BatchResult(_message.Message):
-    __slots__ = ("pause_vm", "resume_vm", "get_regs", "set_regs", "set_counter_offset", "set_device_attr", "get_device_attr", "enable_cap", "save_workload", "load_workload", "get_vcpu_state", "get_clock", "create_vm", "create_vcpu", "destroy_vm", "start_workload", "get_guest_observations", "apply_counter_record")
+    __slots__ = ("pause_vm", "resume_vm", "get_regs", "set_regs", "set_counter_offset", "set_device_attr", "get_device_attr", "enable_cap", "save_workload", "load_workload", "get_vcpu_state", "get_clock", "create_vm", "create_vcpu", "destroy_vm", "start_workload", "get_guest_observations", "apply_counter_record", "get_reg_list")
     PAUSE_VM_FIELD_NUMBER: _ClassVar[int]
     RESUME_VM_FIELD_NUMBER: _ClassVar[int]
     GET_REGS_FIELD_NUMBER: _ClassVar[int]
@@ -291,6 +293,7 @@ class BatchResult(_message.Message):
     START_WORKLOAD_FIELD_NUMBER: _ClassVar[int]
     GET_GUEST_OBSERVATIONS_FIELD_NUMBER: _ClassVar[int]
     APPLY_COUNTER_RECORD_FIELD_NUMBER: _ClassVar[int]
+    GET_REG_LIST_FIELD_NUMBER: _ClassVar[int]
     pause_vm: PauseVmResponse
     resume_vm: ResumeVmResponse
     get_regs: GetRegsResponse
@@ -309,7 +312,8 @@ class BatchResult(_message.Message):
     start_workload: StartWorkloadResponse
     get_guest_observations: GuestObservations
     apply_counter_record: ApplyCounterRecordResponse
-    def __init__(self, pause_vm: _Optional[_Union[PauseVmResponse, _Mapping]] = ..., resume_vm: _Optional[_Union[ResumeVmResponse, _Mapping]] = ..., get_regs: _Optional[_Union[GetRegsResponse, _Mapping]] = ..., set_regs: _Optional[_Union[SetRegsResponse, _Mapping]] = ..., set_counter_offset: _Optional[_Union[SetCounterOffsetResponse, _Mapping]] = ..., set_device_attr: _Optional[_Union[SetDeviceAttrResponse, _Mapping]] = ..., get_device_attr: _Optional[_Union[GetDeviceAttrResponse, _Mapping]] = ..., enable_cap: _Optional[_Union[EnableCapResponse, _Mapping]] = ..., save_workload: _Optional[_Union[WorkloadState, _Mapping]] = ..., load_workload: _Optional[_Union[LoadWorkloadResponse, _Mapping]] = ..., get_vcpu_state: _Optional[_Union[VcpuStateInfo, _Mapping]] = ..., get_clock: _Optional[_Union[GetClockResponse, _Mapping]] = ..., create_vm: _Optional[_Union[CreateVmResponse, _Mapping]] = ..., create_vcpu: _Optional[_Union[CreateVcpuResponse, _Mapping]] = ..., destroy_vm: _Optional[_Union[DestroyVmResponse, _Mapping]] = ..., start_workload: _Optional[_Union[StartWorkloadResponse, _Mapping]] = ..., get_guest_observations: _Optional[_Union[GuestObservations, _Mapping]] = ..., apply_counter_record: _Optional[_Union[ApplyCounterRecordResponse, _Mapping]] = ...) -> None: ...
+    get_reg_list: GetRegListResponse
+    def __init__(self, pause_vm: _Optional[_Union[PauseVmResponse, _Mapping]] = ..., resume_vm: _Optional[_Union[ResumeVmResponse, _Mapping]] = ..., get_regs: _Optional[_Union[GetRegsResponse, _Mapping]] = ..., set_regs: _Optional[_Union[SetRegsResponse, _Mapping]] = ..., set_counter_offset: _Optional[_Union[SetCounterOffsetResponse, _Mapping]] = ..., set_device_attr: _Optional[_Union[SetDeviceAttrResponse, _Mapping]] = ..., get_device_attr: _Optional[_Union[GetDeviceAttrResponse, _Mapping]] = ..., enable_cap: _Optional[_Union[EnableCapResponse, _Mapping]] = ..., save_workload: _Optional[_Union[WorkloadState, _Mapping]] = ..., load_workload: _Optional[_Union[LoadWorkloadResponse, _Mapping]] = ..., get_vcpu_state: _Optional[_Union[VcpuStateInfo, _Mapping]] = ..., get_clock: _Optional[_Union[GetClockResponse, _Mapping]] = ..., create_vm: _Optional[_Union[CreateVmResponse, _Mapping]] = ..., create_vcpu: _Optional[_Union[CreateVcpuResponse, _Mapping]] = ..., destroy_vm: _Optional[_Union[DestroyVmResponse, _Mapping]] = ..., start_workload: _Optional[_Union[StartWorkloadResponse, _Mapping]] = ..., get_guest_observations: _Optional[_Union[GuestObservations, _Mapping]] = ..., apply_counter_record: _Optional[_Union[ApplyCounterRecordResponse, _Mapping]] = ..., get_reg_list: _Optional[_Union[GetRegListResponse, _Mapping]] = ...) -> None: ...
 
 class BatchRequest(_message.Message):
     __slots__ = ("calls",)
