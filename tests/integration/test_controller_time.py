@@ -43,7 +43,7 @@ async def test_destination_behind_credits_zero_and_never_goes_backwards(
         assert record.phase is Phase.SUCCEEDED, record.reason
         # Simulated time stood still over the move and nothing was credited: no error at all.
         assert (record.elapsed_ticks, record.counter_error_ticks) == (0, 0)
-        vm = sim.nodes["dst"].host.vm(sim.cluster.guests["g"].vm_id)
+        vm = sim.nodes["dst"].host.vm(sim.cluster.guest("g").vm_id)
         assert vm.workload is not None
         assert all(w.min_step_v is None or w.min_step_v >= 0 for w in vm.workload.vcpus.values())
 
