@@ -80,6 +80,7 @@ class NodePlan:
     vhe: bool  # --vhe
     api_profile: ApiProfile  # --api-profile
     counter_base: int  # --counter-base: host counter at boot
+    skew_ns: int = 0  # --realtime-skew-ns: deliberate skew of the node's realtime
 
     @property
     def supports_physical_offset(self) -> bool:
@@ -105,16 +106,23 @@ class NodePlan:
         ]
         if self.vhe:
             args.append("--vhe")
+        if self.skew_ns:
+            args += ["--realtime-skew-ns", str(self.skew_ns)]
         return args
 
 
-def node_plans(count: int) -> list[NodePlan]:
-    """node-1 ecv2/nVHE/VM_COUNTER_OFFSET, node-2 ecv2/VHE/VCPU_OFFSETS, node-3 ecv0/VHE/BY_VALUE, ..."""
+def node_plans(count: int, skew_ns: int = 0) -> list[NodePlan]:
+    """node-1 ecv2/nVHE/VM_COUNTER_OFFSET, node-2 ecv2/VHE/VCPU_OFFSETS, node-3 ecv0/VHE/BY_VALUE, ...
+
+    With `skew_ns`, the nodes' realtimes disagree on purpose: node-1 0, node-2 +skew,
+    node-3 -skew, node-4 +2 skew, node-5 -2 skew, ...
+    """
     plans = []
     for i in range(count):
         ecv, vhe = HARDWARE[i % len(HARDWARE)]
+        skew = (i + 1) // 2 * skew_ns * (1 if i % 2 else -1)
         plans.append(
-            NodePlan(f"node-{i + 1}", ecv, vhe, PROFILES[i % len(PROFILES)], (3 + 7 * i) * DAY_TICKS)
+            NodePlan(f"node-{i + 1}", ecv, vhe, PROFILES[i % len(PROFILES)], (3 + 7 * i) * DAY_TICKS, skew)
         )
     return plans
 
@@ -706,7 +714,7 @@ async def run_up(args: argparse.Namespace, log_file: TextIO | None, record_file:
         print(f"kvmtimer up: {err}", file=sys.stderr)
         return 2
     rng = random.Random(args.seed)
-    plans = node_plans(args.nodes)
+    plans = node_plans(args.nodes, args.skew)
     nodes: list[NodeProcess] = []
     cluster = Cluster(health_interval_s=1.0)
     server, port, health_servicer = build_server(cluster, args.listen)
@@ -849,6 +857,13 @@ def add_up_arguments(parser: argparse.ArgumentParser) -> None:
         default=1.0,
         metavar="S",
         help="seconds between migrations (default 1.0)",
+    )
+    parser.add_argument(
+        "--skew",
+        type=int,
+        default=0,
+        metavar="NS",
+        help="give the nodes' realtimes deliberate skews: node-1 0, node-2 +NS, node-3 -NS, node-4 +2NS, ...",
     )
     parser.add_argument(
         "--record",

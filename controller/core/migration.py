@@ -307,6 +307,7 @@ class MigrationRecord:
     destination_voffset: int = 0
     destination_poffset: int = 0
     elapsed_ticks: int = 0  # ticks of realtime the destination credited (its own clock, clamped at 0)
+    realtime_skew_ns: int = 0  # destination realtime minus source realtime (deliberate effects)
     guest_uses_ptimer: bool = False  # the guest arms its physical timer
     allow_state_loss: bool = False  # the request allowed losing state
     not_carried: list[str] = field(default_factory=list)  # state the kernels could not carry

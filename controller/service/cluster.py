@@ -767,6 +767,7 @@ class _Migrator:
         credit = restored[-2].apply_counter_record
         r.applied_as, r.elapsed_ticks = credit.applied_as, credit.elapsed_ticks
         r.destination_voffset, r.destination_poffset = credit.voffset, credit.poffset
+        r.realtime_skew_ns = credit.realtime_offset_ns - got.realtime_offset_ns
 
         # CLEANUP: the guest runs on the destination; drop the stopped source VM.
         guest.node_id, guest.vm_id = NodeId(dst_node.node_id), dst_vm

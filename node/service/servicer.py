@@ -94,7 +94,11 @@ class NodeServicer(pb_grpc.NodeServicer):
     async def GetRegs(self, request: pb.GetRegsRequest, context: Ctx) -> pb.GetRegsResponse:
         entries = [(r.vcpu_index, r.reg_id) for r in request.regs]
         values, h, realtime_ns = self.host.vm(request.vm_id).get_regs(entries)
-        response = pb.GetRegsResponse(host_counter=h, realtime_ns=realtime_ns)
+        response = pb.GetRegsResponse(
+            host_counter=h,
+            realtime_ns=realtime_ns,
+            realtime_offset_ns=self.host.counter.realtime_state().offset_ns,
+        )
         # RepeatedCompositeField.add() is ~1.5x faster than a list of RegValue(...) (bench).
         add = response.regs.add
         for (i, reg), v in zip(entries, values, strict=True):
@@ -232,7 +236,9 @@ class NodeServicer(pb_grpc.NodeServicer):
     ) -> pb.ApplyCounterRecordResponse:
         record = convert_time.counter_record_from_pb(request)
         credit = self.host.apply_counter_record(request.vm_id, record, int(request.method))
-        return convert_time.credit_to_pb(credit)
+        response = convert_time.credit_to_pb(credit)
+        response.realtime_offset_ns = self.host.counter.realtime_state().offset_ns
+        return response
 
     @rpc
     async def SetClockEffects(self, request: pb.SetClockEffectsRequest, context: Ctx) -> pb.ClockEffectsState:

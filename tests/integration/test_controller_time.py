@@ -9,6 +9,8 @@ Edge cases covered:
 - destination realtime ahead (skew): the guest error equals the skew in ticks exactly, and the
   record's elapsed_ticks includes it
 - every method, every offset profile; BY_VALUE credits nothing
+- the record carries the skew between the nodes (realtime_skew_ns); kvmtimer report labels
+  each offset-method jump with it
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pytest
 
 from controller.core.migration import Method, Phase
 from controller.service import convert
+from controller.telemetry.report import METHOD_SHORT, Mark, jump_label
 from node.core.clock import NS_PER_S
 from node.core.features import ApiProfile, HostFeatures
 from node.core.workload import WorkloadSpec
@@ -92,6 +95,12 @@ async def test_error_equals_the_skew_between_the_nodes(
         skew_ticks = skew_ns * CNTFRQ // NS_PER_S
         assert record.counter_error_ticks == skew_ticks
         assert record.elapsed_ticks == CNTFRQ + skew_ticks
+        assert record.realtime_skew_ns == convert.migration_to_pb(record).realtime_skew_ns == skew_ns
+        # kvmtimer report puts the skew next to the jump.
+        mark = Mark(record.migration_id, "g", int(method), 0, skew_ticks, CNTFRQ, skew_ticks)
+        assert (
+            jump_label(mark, "ticks") == f"{METHOD_SHORT[int(method)]} {skew_ticks:+d} (skew {skew_ticks:+d})"
+        )
 
 
 @pytest.mark.asyncio

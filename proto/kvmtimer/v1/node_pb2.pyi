@@ -116,7 +116,7 @@ class ApplyCounterRecordRequest(_message.Message):
     def __init__(self, vm_id: _Optional[str] = ..., record: _Optional[_Union[CounterRecord, _Mapping]] = ..., method: _Optional[_Union[CounterRestoreMethod, str]] = ...) -> None: ...
 
 class ApplyCounterRecordResponse(_message.Message):
-    __slots__ = ("host_counter", "realtime_ns", "elapsed_ns", "elapsed_ticks", "cntvct", "cntpct", "voffset", "poffset", "applied_as")
+    __slots__ = ("host_counter", "realtime_ns", "elapsed_ns", "elapsed_ticks", "cntvct", "cntpct", "voffset", "poffset", "applied_as", "realtime_offset_ns")
     HOST_COUNTER_FIELD_NUMBER: _ClassVar[int]
     REALTIME_NS_FIELD_NUMBER: _ClassVar[int]
     ELAPSED_NS_FIELD_NUMBER: _ClassVar[int]
@@ -126,6 +126,7 @@ class ApplyCounterRecordResponse(_message.Message):
     VOFFSET_FIELD_NUMBER: _ClassVar[int]
     POFFSET_FIELD_NUMBER: _ClassVar[int]
     APPLIED_AS_FIELD_NUMBER: _ClassVar[int]
+    REALTIME_OFFSET_NS_FIELD_NUMBER: _ClassVar[int]
     host_counter: int
     realtime_ns: int
     elapsed_ns: int
@@ -135,7 +136,8 @@ class ApplyCounterRecordResponse(_message.Message):
     voffset: int
     poffset: int
     applied_as: str
-    def __init__(self, host_counter: _Optional[int] = ..., realtime_ns: _Optional[int] = ..., elapsed_ns: _Optional[int] = ..., elapsed_ticks: _Optional[int] = ..., cntvct: _Optional[int] = ..., cntpct: _Optional[int] = ..., voffset: _Optional[int] = ..., poffset: _Optional[int] = ..., applied_as: _Optional[str] = ...) -> None: ...
+    realtime_offset_ns: int
+    def __init__(self, host_counter: _Optional[int] = ..., realtime_ns: _Optional[int] = ..., elapsed_ns: _Optional[int] = ..., elapsed_ticks: _Optional[int] = ..., cntvct: _Optional[int] = ..., cntpct: _Optional[int] = ..., voffset: _Optional[int] = ..., poffset: _Optional[int] = ..., applied_as: _Optional[str] = ..., realtime_offset_ns: _Optional[int] = ...) -> None: ...
 
 class SetClockEffectsRequest(_message.Message):
     __slots__ = ("skew_ns", "drift_ppm", "step_ns")
@@ -699,14 +701,16 @@ class GetRegsRequest(_message.Message):
     def __init__(self, vm_id: _Optional[str] = ..., regs: _Optional[_Iterable[_Union[RegValue, _Mapping]]] = ...) -> None: ...
 
 class GetRegsResponse(_message.Message):
-    __slots__ = ("regs", "host_counter", "realtime_ns")
+    __slots__ = ("regs", "host_counter", "realtime_ns", "realtime_offset_ns")
     REGS_FIELD_NUMBER: _ClassVar[int]
     HOST_COUNTER_FIELD_NUMBER: _ClassVar[int]
     REALTIME_NS_FIELD_NUMBER: _ClassVar[int]
+    REALTIME_OFFSET_NS_FIELD_NUMBER: _ClassVar[int]
     regs: _containers.RepeatedCompositeFieldContainer[RegValue]
     host_counter: int
     realtime_ns: int
-    def __init__(self, regs: _Optional[_Iterable[_Union[RegValue, _Mapping]]] = ..., host_counter: _Optional[int] = ..., realtime_ns: _Optional[int] = ...) -> None: ...
+    realtime_offset_ns: int
+    def __init__(self, regs: _Optional[_Iterable[_Union[RegValue, _Mapping]]] = ..., host_counter: _Optional[int] = ..., realtime_ns: _Optional[int] = ..., realtime_offset_ns: _Optional[int] = ...) -> None: ...
 
 class SetRegsRequest(_message.Message):
     __slots__ = ("vm_id", "regs", "counter_reference")
