@@ -653,8 +653,9 @@ def report_downtime(series: list[Series], rtt_us: float, migrations: int) -> str
         f"'{GOAL_VCPUS} small' (what-if): a {GOAL_VCPUS}-vCPU guest whose timer period is "
         f"{SMALL_STATE_PERIOD_TICKS // CNTFRQ_HZ} s, so its sample",
         "ring holds only its pause/resume readings: the same path with little guest state to move.",
-        "downtime = source node CLOCK_REALTIME at pause -> destination node CLOCK_REALTIME at resume",
-        "(MigrationRecord.downtime_us; both nodes on this machine, so one clock). p99 is nearest-rank.",
+        "downtime = the source node's counter from its pause to a read right after the destination",
+        "resumed (MigrationRecord.downtime_us: one clock, never negative, an upper bound including",
+        "the resume's reply and one round trip to the source). p99 is nearest-rank.",
     ]
     return table(
         "2. Downtime per method and guest size (real node processes, realtime clocks)",
