@@ -14,7 +14,7 @@ from controller.telemetry.mqtt import add_mqtt_arguments, settings_from_args
 from node import deploy
 from node.clock_settings import add_clock_effect_arguments, clock_effects_from_args
 from node.config import defer_defaults, resolve_or_exit
-from node.core.clock import Clock, ManualClock, SystemClock
+from node.core.clock import NS_PER_S, Clock, ManualClock, SystemClock
 from node.core.errors import EmulatorError
 from node.core.features import ApiProfile, ClockMode, EcvLevel, HostFeatures
 from node.core.host import Host
@@ -75,10 +75,10 @@ def host_from_args(args: argparse.Namespace) -> Host:
         nv=args.nv,
     )
     mode = ClockMode.SIMULATED if args.clock == "simulated" else ClockMode.REALTIME
-    # A simulated host's realtime starts at the wall clock and then moves only with its counter.
-    clock: Clock = (
-        ManualClock(realtime_offset_ns=time.time_ns()) if mode is ClockMode.SIMULATED else SystemClock()
-    )
+    # A simulated host's realtime starts at the wall clock's current whole second (on the
+    # counter's tick grid at any CNTFRQ) and then moves only with its counter.
+    epoch_ns = time.time_ns() // NS_PER_S * NS_PER_S
+    clock: Clock = ManualClock(realtime_offset_ns=epoch_ns) if mode is ClockMode.SIMULATED else SystemClock()
     base = (
         args.counter_base
         if args.counter_base is not None

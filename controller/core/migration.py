@@ -27,6 +27,7 @@ from controller.core.errors import FailedPrecondition, InvalidArgument
 from controller.core.model import GuestId, MigrationId, NodeId
 from node.core.clock import U64_MASK
 from node.core.features import ApiProfile, HostFeatures
+from node.core.timesync import CounterRecord
 from node.core.uapi import OneReg, reg_name, timer_reg_list
 
 
@@ -243,14 +244,9 @@ def check_state_loss(
 
 
 @dataclass(frozen=True, slots=True)
-class SourceSnapshot:
-    """Guest counters read on the paused source, with the sample they were read at."""
-
-    cntvct: int  # guest CNTVCT (TIMER_CNT)
-    cntpct: int  # guest CNTPCT (PTIMER_CNT)
-    host_counter: int  # source H at the read
-    realtime_ns: int  # source CLOCK_REALTIME at the read
-    cntfrq_hz: int  # counter frequency
+class SourceSnapshot(CounterRecord):
+    """Guest counters read on the paused source, with the instant they were read at: the
+    record the destination applies (node/core/timesync.py), plus the source's offsets."""
 
     @property
     def voffset(self) -> int:
