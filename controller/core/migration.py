@@ -288,7 +288,8 @@ class MigrationRecord:
     stop_sent_ns: int | None = None  # controller monotonic: the pause was sent
     resume_acked_ns: int | None = None  # controller monotonic: the resume's reply arrived
     paused_host_counter: int | None = None  # source host counter when it stopped
-    downtime_ns: int | None = None  # the guest's stop on one clock (see downtime_us)
+    stop_bound_ns: int | None = None  # source counter: pause -> a read after the resume (one clock)
+    guest_stop_ns: int | None = None  # the guest's own pause -> resume readings (machine realtimes)
     ended_ns: int | None = None
     created_realtime_ns: int = 0
     finished_realtime_ns: int = 0
@@ -328,18 +329,25 @@ class MigrationRecord:
         return _us(self.started_ns, self.target_ready_ns)
 
     def downtime_us(self) -> int:
-        """How long the guest was stopped, always on one monotonic clock, so never negative.
+        """How long the guest was stopped; never negative.
 
-        The source host's counter, from its pause to a read taken right after the destination
-        resumed (exact on simulated nodes; on realtime ones an upper bound that includes the
-        resume's reply and one round trip to the source). When the source cannot be read
-        then, the controller's monotonic clock from sending the pause to the resume's reply.
-        Never two nodes' realtimes subtracted: they are different clocks, apart by as much as
-        the hosts disagree (skew), which could make a stop look negative.
+        The guest's own measurement (its pause reading on the source to its resume reading on
+        the destination, on the machines' CLOCK_REALTIME: one system-wide clock when the nodes
+        share a machine, exact on simulated nodes), accepted when it lies within [0, bound]; the
+        bound is measured on one monotonic clock, the source host's counter from its pause to a
+        read taken right after the destination resumed (it includes the resume's reply and one
+        round trip), or, when the source cannot be read then, the controller's monotonic clock
+        from sending the pause to the resume's reply. Outside that interval (hosts whose clocks
+        disagree by more than the stop), the bound. Never two nodes' own realtimes subtracted
+        as they are: they are different clocks, apart by as much as the hosts disagree.
         """
-        if self.downtime_ns is not None:
-            return self.downtime_ns // 1000
-        return max(0, _us(self.stop_sent_ns, self.resume_acked_ns))
+        bound_ns = self.stop_bound_ns
+        if bound_ns is None and self.stop_sent_ns is not None and self.resume_acked_ns is not None:
+            bound_ns = max(0, self.resume_acked_ns - self.stop_sent_ns)
+        if bound_ns is None:
+            return 0
+        stop = self.guest_stop_ns
+        return (stop if stop is not None and 0 <= stop <= bound_ns else bound_ns) // 1000
 
     def total_time_us(self) -> int:
         return _us(self.started_ns, self.ended_ns)

@@ -785,7 +785,7 @@ class _Migrator:
                 ]
             )
             ticks = (cleaned[0].get_clock.host_counter - paused.host_counter) & U64_MASK
-            r.downtime_ns = ticks * NS_PER_S // src_node.features.cntfrq_hz
+            r.stop_bound_ns = ticks * NS_PER_S // src_node.features.cntfrq_hz
         except NodeCallError as err:
             log.warning("source_cleanup_failed", migration_id=r.migration_id, error=err.message)
         try:
@@ -815,6 +815,8 @@ class _Migrator:
         obs = after[-1].get_guest_observations
         errors = [o.last_jump_error_ticks for o in obs.vcpus if o.HasField("last_jump_error_ticks")]
         r.counter_error_ticks = max(errors, key=abs) if errors else None
+        stops = [o.last_stop_ns for o in obs.vcpus if o.HasField("last_stop_ns")]
+        r.guest_stop_ns = max(stops) if stops else None
 
     async def _rollback(self, src: NodeClient, dst: NodeClient, cause: BaseException) -> None:
         """Put everything back: drop the destination VM, resume the source guest unchanged."""

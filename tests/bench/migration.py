@@ -14,9 +14,10 @@ an in-process controller `Cluster`, exactly as `kvmtimer controller` would, and 
 2. Downtime per method and guest size: one guest of 1, 4 and 16 vCPUs per method,
    migrated back and forth N times between two nodes of that method's API profile (one
    ECV=2 VHE, one ECV=0 nVHE), one migration at a time, the rows interleaved. Downtime is
-   what the controller records (MigrationRecord.downtime_us): the source node's host
-   counter from its pause to a read right after the destination resumed (one clock, never
-   negative; it includes the resume's reply and one round trip to the source). setup_time
+   what the controller records (MigrationRecord.downtime_us): the guest's own stop, from
+   its pause reading on the source to its resume reading on the destination (the machine's
+   CLOCK_REALTIME, one clock here), never negative and bounded by the source node's counter
+   from its pause to a read right after the resume. setup_time
    is the controller's monotonic clock from the request to "target ready"; total_time
    from the request to the end of cleanup (it includes the post-migration reads). A
    "4 small" what-if row per method migrates a 4-vCPU guest with a 10 s timer, whose
@@ -653,9 +654,9 @@ def report_downtime(series: list[Series], rtt_us: float, migrations: int) -> str
         f"'{GOAL_VCPUS} small' (what-if): a {GOAL_VCPUS}-vCPU guest whose timer period is "
         f"{SMALL_STATE_PERIOD_TICKS // CNTFRQ_HZ} s, so its sample",
         "ring holds only its pause/resume readings: the same path with little guest state to move.",
-        "downtime = the source node's counter from its pause to a read right after the destination",
-        "resumed (MigrationRecord.downtime_us: one clock, never negative, an upper bound including",
-        "the resume's reply and one round trip to the source). p99 is nearest-rank.",
+        "downtime = MigrationRecord.downtime_us: the guest's own pause -> resume readings (machine",
+        "CLOCK_REALTIME, one clock on this machine), bounded by the source node's counter from its",
+        "pause to a read right after the resume (one clock; never negative). p99 is nearest-rank.",
     ]
     return table(
         "2. Downtime per method and guest size (real node processes, realtime clocks)",

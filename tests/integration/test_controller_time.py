@@ -4,7 +4,8 @@ Edge cases covered:
 - destination realtime behind the source's (deliberate skew): the guest is credited 0 at the
   destination's apply instant and its counter never goes backwards, however slow the
   controller is (the controller's wall clock is not used to estimate the destination's)
-- the same skewed move records a downtime that is never negative (controller monotonic clock)
+- the same skewed move records a downtime that is never negative; downtime is the guest's own
+  stop within [0, a one-clock bound] (the source's counter, else the controller's monotonic clock)
 - elapsed_ticks is what the destination credited: exactly the simulated transfer time
 - destination realtime ahead (skew): the guest error equals the skew in ticks exactly, and the
   record's elapsed_ticks includes it
@@ -17,7 +18,8 @@ from __future__ import annotations
 
 import pytest
 
-from controller.core.migration import Method, Phase
+from controller.core.migration import Method, MigrationRecord, Phase
+from controller.core.model import GuestId, MigrationId, NodeId
 from controller.service import convert
 from controller.telemetry.report import METHOD_SHORT, Mark, jump_label
 from node.core.clock import NS_PER_S
@@ -110,3 +112,22 @@ async def test_by_value_credits_nothing() -> None:
         sim.transfer_delay_ns = NS_PER_S
         record = await sim.cluster.migrate("g", "dst", Method.BY_VALUE, wait=True)
         assert (record.elapsed_ticks, record.counter_error_ticks) == (0, -CNTFRQ)
+
+
+@pytest.mark.parametrize(
+    ("fields", "downtime_us"),
+    [
+        ({"stop_bound_ns": 9_000_000, "guest_stop_ns": 4_000_000}, 4_000),  # the guest's stop
+        ({"stop_bound_ns": 9_000_000, "guest_stop_ns": -4_000_000}, 9_000),  # clocks disagree: bound
+        ({"stop_bound_ns": 9_000_000, "guest_stop_ns": 12_000_000}, 9_000),  # beyond the bound
+        ({"stop_bound_ns": 9_000_000}, 9_000),  # no guest reading
+        ({"stop_sent_ns": 100, "resume_acked_ns": 5_000_100, "guest_stop_ns": 2_000_000}, 2_000),
+        ({"stop_sent_ns": 100, "resume_acked_ns": 5_000_100}, 5_000),  # source unreadable: controller
+        ({}, 0),  # never stopped
+    ],
+)
+def test_downtime_is_one_clock_bounded_and_never_negative(fields: dict[str, int], downtime_us: int) -> None:
+    record = MigrationRecord(MigrationId("m"), GuestId("g"), NodeId("a"), NodeId("b"), Method.AUTO)
+    for name, value in fields.items():
+        setattr(record, name, value)
+    assert record.downtime_us() == downtime_us
