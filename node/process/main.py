@@ -14,11 +14,12 @@ if TYPE_CHECKING:
 
     from node.runtime.grpc_metrics import GrpcServerMetrics
 
-from node.core.clock import Clock, ManualClock, SystemClock
+from node.core.clock import NS_PER_S, Clock, ManualClock, SystemClock
 from node.core.errors import EmulatorError
 from node.core.features import DEFAULT_CNTFRQ_HZ, ApiProfile, ClockMode, EcvLevel, HostFeatures
 from node.core.host import Host
 from node.process import deploy
+from node.process.clock_settings import add_clock_effect_arguments, clock_effects_of
 from node.process.settings import NodeSettings
 from node.process.status import start_node_status
 from node.runtime.addr import advertise_address
@@ -58,6 +59,7 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="host counter at boot (default: derived from --node-id)",
     )
+    add_clock_effect_arguments(parser)
     add_log_level_argument(parser)
     add_mqtt_arguments(parser)
     add_metrics_argument(parser)
@@ -80,16 +82,17 @@ def host_from_settings(args: NodeSettings) -> Host:
         nv=args.nv,
     )
     mode = ClockMode.SIMULATED if args.clock == "simulated" else ClockMode.REALTIME
-    # A simulated host's realtime starts at the wall clock and then moves only with its counter.
-    clock: Clock = (
-        ManualClock(realtime_offset_ns=time.time_ns()) if mode is ClockMode.SIMULATED else SystemClock()
-    )
+    # A simulated host's realtime starts at the wall clock's current whole second (on the
+    # counter's tick grid at any CNTFRQ) and then moves only with its counter.
+    epoch_ns = time.time_ns() // NS_PER_S * NS_PER_S
+    clock: Clock = ManualClock(realtime_offset_ns=epoch_ns) if mode is ClockMode.SIMULATED else SystemClock()
     base = (
         args.counter_base
         if args.counter_base is not None
         else default_counter_base(args.node_id, args.cntfrq)
     )
-    return Host(args.node_id, features, clock, counter_base=base, clock_mode=mode)
+    effects = clock_effects_of(args.clock_effects)
+    return Host(args.node_id, features, clock, counter_base=base, clock_mode=mode, clock_effects=effects)
 
 
 def node_metrics(
