@@ -62,9 +62,9 @@ class NodeMetrics(Collector):
             ),
             (
                 GaugeMetricFamily,
-                "kvmtimer_node_realtime_skew_ns",
-                "Configured deliberate skew of this host's realtime (ns)",
-                realtime.skew_ns,
+                "kvmtimer_node_realtime_skew_seconds",
+                "Configured deliberate skew of this host's realtime (seconds)",
+                realtime.skew_ns / 1e9,
             ),
             (
                 GaugeMetricFamily,
@@ -74,9 +74,9 @@ class NodeMetrics(Collector):
             ),
             (
                 GaugeMetricFamily,
-                "kvmtimer_node_realtime_offset_ns",
-                "This host's realtime minus the machine's now: skew + drift so far + steps (ns)",
-                realtime.offset_ns,
+                "kvmtimer_node_realtime_offset_seconds",
+                "This host's realtime minus the machine's now: skew + drift so far + steps (seconds)",
+                realtime.offset_ns / 1e9,
             ),
         ]
         for kind, name, doc, value in families:

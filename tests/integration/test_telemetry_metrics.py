@@ -137,16 +137,16 @@ async def test_node_metrics_show_the_configured_clock_effects() -> None:
         async with serving(server) as port:
             node = (("node_id", "n1"),)
             before = await scrape(port)
-            assert before[("kvmtimer_node_realtime_skew_ns", node)] == 0
+            assert before[("kvmtimer_node_realtime_skew_seconds", node)] == 0
             assert before[("kvmtimer_node_realtime_drift_ppm", node)] == 0
             await n1.stub.SetClockEffects(
                 pb.SetClockEffectsRequest(skew_ns=-3_000, drift_ppm=12.5, step_ns=500)
             )
             n1.host.step_clock(25_000_000)  # one second: 12.5 µs of drift
             after = await scrape(port)
-            assert after[("kvmtimer_node_realtime_skew_ns", node)] == -3_000
+            assert after[("kvmtimer_node_realtime_skew_seconds", node)] == -3_000 / 1e9
             assert after[("kvmtimer_node_realtime_drift_ppm", node)] == 12.5
-            assert after[("kvmtimer_node_realtime_offset_ns", node)] == -3_000 + 500 + 12_500
+            assert after[("kvmtimer_node_realtime_offset_seconds", node)] == (-3_000 + 500 + 12_500) / 1e9
 
 
 @pytest.mark.asyncio
