@@ -14,6 +14,7 @@ import itertools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import cast
 
 import grpc
 import structlog
@@ -42,7 +43,6 @@ from controller.core.migration import (
     Step,
     check_state_loss,
     choose_method,
-    plan_restore,
     predicted_reg_list,
     register_set,
     supports,
@@ -52,7 +52,7 @@ from controller.core.placement import place
 from controller.service import convert
 from controller.telemetry.collector import TelemetryCollector
 from controller.telemetry.hub import Hub
-from node.core.clock import U64_MASK
+from node.core.clock import NS_PER_S, U64_MASK
 from node.core.features import ApiProfile, ClockMode
 from node.core.timer import CTL_ENABLE, DEFAULT_PPI, TimerId
 from node.core.uapi import KVM_ARM_VCPU_TIMER_PHYS_OFFSET, OneReg, TimerAttr
@@ -666,12 +666,9 @@ class _Migrator:
             prepare.append(pb.BatchCall(load_workload=pb.LoadWorkloadRequest(vm_id=dst_vm, state=precopy)))
         # The destination kernel's register list: with the source's, it decides what is carried.
         prepare.append(pb.BatchCall(get_reg_list=pb.GetRegListRequest(vm_id=dst_vm, vcpu_index=0)))
-        # The destination's (H, realtime) pair: any pair gives the same offsets, so it is
-        # taken now, outside the downtime window.
-        prepare.append(pb.BatchCall(get_clock=pb.GetClockRequest()))
         self.dst_vm = dst_vm
         prepared = await dst.batch(prepare)
-        dst_ids = tuple(prepared[-2].get_reg_list.reg_ids)
+        dst_ids = tuple(prepared[-1].get_reg_list.reg_ids)
         regs = register_set(src_ids, dst_ids, r.method, uses_ptimer=r.guest_uses_ptimer)
         src_node = c.node(r.source)
         check_state_loss(
@@ -683,9 +680,6 @@ class _Migrator:
             method=r.method,
         )
         r.not_carried = list(regs.not_carried)
-        dst_clock = prepared[-1].get_clock
-        dst_sample = (dst_clock.host_counter, dst_clock.realtime_ns)
-        sampled_ns = time.monotonic_ns()
         r.target_ready_ns = time.monotonic_ns()
         c._advance(r, Phase.TARGET_READY)
         self._check_cancel()
@@ -710,6 +704,7 @@ class _Migrator:
             else []
         )
         self.src_paused = True
+        r.stop_sent_ns = time.monotonic_ns()
         snap = await src.batch(
             [
                 pb.BatchCall(pause_vm=pb.PauseVmRequest(vm_id=vm)),
@@ -728,7 +723,8 @@ class _Migrator:
                 ),
             ]
         )
-        r.paused_realtime_ns = snap.pop(0).pause_vm.realtime_ns
+        paused = snap.pop(0).pause_vm
+        r.paused_realtime_ns, r.paused_host_counter = paused.realtime_ns, paused.host_counter
         phys_offset = snap.pop(0).get_device_attr.value if read_phys_attr else 0
         c._step(r, Step.SNAPSHOT)
         got = snap[0].get_regs
@@ -751,53 +747,27 @@ class _Migrator:
         self._check_cancel()
 
         c._step(r, Step.RESTORE)
-        # The destination's realtime now, extrapolated from its early sample: if it is still
-        # behind the source's, the clocks are skewed and the guest gets 0 elapsed time.
-        dst_now_rt = dst_sample[1] + (time.monotonic_ns() - sampled_ns)
-        plan = plan_restore(
-            r.method, dst_ids, snapshot, timer_regs, dst_sample, dst_now_realtime_ns=dst_now_rt
-        )
-        r.applied_as = plan.applied_as
-        if plan.offsets is not None:
-            r.destination_voffset, r.destination_poffset = plan.offsets.voffset, plan.offsets.poffset
-            r.elapsed_ticks = plan.offsets.elapsed_ticks
-        restore = [
-            pb.BatchCall(enable_cap=pb.EnableCapRequest(vm_id=dst_vm, cap=cap)) for cap in plan.enable_caps
-        ]
-        set_regs = _set_regs(dst_vm, plan.regs)
-        if plan.counter_reference is not None:
-            set_regs.counter_reference = plan.counter_reference
-        restore.append(pb.BatchCall(set_regs=set_regs))
-        if plan.counter_offset is not None:
-            restore.append(
-                pb.BatchCall(
-                    set_counter_offset=pb.SetCounterOffsetRequest(
-                        vm_id=dst_vm, counter_offset=plan.counter_offset
-                    )
-                )
-            )
-        if plan.phys_offset is not None:
-            restore.append(
-                pb.BatchCall(
-                    set_device_attr=pb.SetDeviceAttrRequest(
-                        vm_id=dst_vm, group=1, attr=2, value=plan.phys_offset
-                    )
-                )
-            )
-        if plan.post_regs:
-            restore.append(pb.BatchCall(set_regs=_set_regs(dst_vm, plan.post_regs)))
+        restore = [pb.BatchCall(set_regs=_set_regs(dst_vm, timer_regs))]
         if has_workload:
             restore.append(
                 pb.BatchCall(
                     load_workload=pb.LoadWorkloadRequest(vm_id=dst_vm, state=workload_state, merge=True)
                 )
             )
+        # The destination applies the record at its own instant: it credits the realtime that
+        # passed as its clock sees it then (never negative), with its kernel's interface.
+        restore.append(pb.BatchCall(apply_counter_record=_apply_request(dst_vm, snapshot, r.method)))
         self._check_cancel()
         # From here on the guest belongs to the destination: no more cancelling.
         c._step(r, Step.RESUME)
         restore.append(pb.BatchCall(resume_vm=pb.ResumeVmRequest(vm_id=dst_vm)))
         restored = await dst.batch(restore)
+        r.resume_acked_ns = time.monotonic_ns()
         r.resumed_realtime_ns = restored[-1].resume_vm.realtime_ns
+        credit = restored[-2].apply_counter_record
+        r.applied_as, r.elapsed_ticks = credit.applied_as, credit.elapsed_ticks
+        r.destination_voffset, r.destination_poffset = credit.voffset, credit.poffset
+        r.realtime_skew_ns = credit.realtime_offset_ns - got.realtime_offset_ns
 
         # CLEANUP: the guest runs on the destination; drop the stopped source VM.
         guest.node_id, guest.vm_id = NodeId(dst_node.node_id), dst_vm
@@ -807,7 +777,15 @@ class _Migrator:
         self.dst_vm = None
         c._step(r, Step.CLEANUP)
         try:
-            await src.destroy_vm(vm)
+            # The source's counter now ends the downtime on the clock that started it.
+            cleaned = await src.batch(
+                [
+                    pb.BatchCall(get_clock=pb.GetClockRequest()),
+                    pb.BatchCall(destroy_vm=pb.DestroyVmRequest(vm_id=vm)),
+                ]
+            )
+            ticks = (cleaned[0].get_clock.host_counter - paused.host_counter) & U64_MASK
+            r.stop_bound_ns = ticks * NS_PER_S // src_node.features.cntfrq_hz
         except NodeCallError as err:
             log.warning("source_cleanup_failed", migration_id=r.migration_id, error=err.message)
         try:
@@ -820,25 +798,25 @@ class _Migrator:
                     pb.BatchCall(get_guest_observations=pb.GetGuestObservationsRequest(vm_id=dst_vm)),
                 ]
             )
-            self._record_outcome(plan.offsets is None, after)
+            self._record_outcome(after)
         except NodeCallError as err:
             log.warning("post_migration_read_failed", migration_id=r.migration_id, error=err.message)
         r.ended_ns = time.monotonic_ns()
         r.finished_realtime_ns = time.time_ns()
         c._advance(r, Phase.SUCCEEDED)
 
-    def _record_outcome(self, read_offsets: bool, after: list[pb.BatchResult]) -> None:
-        """Trap counts, offsets and the guest's own measurement of the jump, after the move."""
+    def _record_outcome(self, after: list[pb.BatchResult]) -> None:
+        """Trap counts and the guest's own measurement of the jump, after the move."""
         r = self.r
         states = [res.get_vcpu_state for res in after if res.HasField("get_vcpu_state")]
-        if read_offsets:
-            r.destination_voffset, r.destination_poffset = states[0].voffset, states[0].poffset
         r.traps_after = sum(s.trap_count for s in states)
         r.destination_traps_cntpct = states[0].traps_cntpct
         r.destination_uses_cntpoff = states[0].uses_cntpoff
         obs = after[-1].get_guest_observations
         errors = [o.last_jump_error_ticks for o in obs.vcpus if o.HasField("last_jump_error_ticks")]
         r.counter_error_ticks = max(errors, key=abs) if errors else None
+        stops = [o.last_stop_ns for o in obs.vcpus if o.HasField("last_stop_ns")]
+        r.guest_stop_ns = max(stops) if stops else None
 
     async def _rollback(self, src: NodeClient, dst: NodeClient, cause: BaseException) -> None:
         """Put everything back: drop the destination VM, resume the source guest unchanged."""
@@ -856,6 +834,19 @@ class _Migrator:
             except Exception as err:
                 log.error("rollback_resume_failed", migration_id=self.r.migration_id, error=repr(err))
         log.info("migration_rolled_back", migration_id=self.r.migration_id, cause=repr(cause))
+
+
+def _apply_request(vm_id: str, snapshot: SourceSnapshot, method: Method) -> pb.ApplyCounterRecordRequest:
+    record = pb.CounterRecord(
+        cntvct=snapshot.cntvct,
+        cntpct=snapshot.cntpct,
+        host_counter=snapshot.host_counter,
+        realtime_ns=snapshot.realtime_ns,
+        cntfrq_hz=snapshot.cntfrq_hz,
+    )
+    return pb.ApplyCounterRecordRequest(
+        vm_id=vm_id, record=record, method=cast(pb.CounterRestoreMethod, int(method))
+    )
 
 
 def _set_regs(vm_id: str, writes: tuple[RegWrite, ...]) -> pb.SetRegsRequest:

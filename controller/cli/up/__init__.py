@@ -72,10 +72,10 @@ TELEMETRY_BUDGET_HZ = 2000  # vCPU samples per second the controller collects, w
 
 def hosts_per_process(args: UpSettings) -> int:
     """--hosts-per-process, else one process per host for a small cluster and fleet processes
-    of FLEET_HOSTS_PER_PROCESS hosts for a large one."""
+    of FLEET_HOSTS_PER_PROCESS hosts for a large one (--skew: one per host, which applies it)."""
     if args.hosts_per_process is not None:
         return args.hosts_per_process
-    return 1 if args.nodes <= FLEET_ABOVE else FLEET_HOSTS_PER_PROCESS
+    return 1 if args.nodes <= FLEET_ABOVE or args.skew else FLEET_HOSTS_PER_PROCESS
 
 
 def health_interval_s(nodes: int) -> float:
@@ -179,8 +179,14 @@ async def run_up(args: UpSettings, tty: bool, log_file: TextIO | None, record_fi
     except ValueError as err:  # --mqtt options
         print(f"kvmtimer up: {err}", file=sys.stderr)
         return 2
+    if args.skew and hosts_per_process(args) > 1:
+        print(
+            "kvmtimer up: --skew is applied by `kvmtimer node` processes: use --hosts-per-process 1",
+            file=sys.stderr,
+        )
+        return 2
     rng = random.Random(args.seed)
-    plans = node_plans(args.nodes)
+    plans = node_plans(args.nodes, args.skew)
     nodes: list[NodeProcess] = []
     cluster = Cluster(health_interval_s=health_interval_s(args.nodes))
     server, port, health_servicer = build_server(cluster, args.listen)
@@ -346,6 +352,13 @@ def add_up_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help=f"hosts served by one process: 1 = a `kvmtimer node` each, more = `kvmtimer fleet` processes "
         f"(default 1 up to {FLEET_ABOVE} nodes, else {FLEET_HOSTS_PER_PROCESS})",
+    )
+    parser.add_argument(
+        "--skew",
+        type=int,
+        default=0,
+        metavar="NS",
+        help="give the nodes' realtimes deliberate skews: node-1 0, node-2 +NS, node-3 -NS, node-4 +2NS, ...",
     )
     parser.add_argument(
         "--record",

@@ -45,6 +45,7 @@ class NodePlan:
     vhe: bool  # --vhe
     api_profile: ApiProfile  # --api-profile
     counter_base: int  # --counter-base: host counter at boot
+    skew_ns: int = 0  # --realtime-skew-ns: deliberate skew of the node's realtime
 
     @property
     def supports_physical_offset(self) -> bool:
@@ -70,17 +71,24 @@ class NodePlan:
         ]
         if self.vhe:
             args.append("--vhe")
+        if self.skew_ns:
+            args += ["--realtime-skew-ns", str(self.skew_ns)]
         return args
 
 
-def node_plans(count: int) -> list[NodePlan]:
+def node_plans(count: int, skew_ns: int = 0) -> list[NodePlan]:
     """node-1 ecv2/nVHE/VM_COUNTER_OFFSET, node-2 ecv2/VHE/VCPU_OFFSETS, node-3 ecv0/VHE/BY_VALUE, ...
-    (node.core.fleet's mix, which `kvmtimer fleet` serves too)."""
+    (node.core.fleet's mix, which `kvmtimer fleet` serves too).
+
+    With `skew_ns`, the nodes' realtimes disagree on purpose: node-1 0, node-2 +skew,
+    node-3 -skew, node-4 +2 skew, node-5 -2 skew, ...
+    """
     plans = []
     for i in range(1, count + 1):
         h = fleet_host(i)
         f = h.features
-        plans.append(NodePlan(h.node_id, int(f.ecv), f.vhe, f.api_profile, h.counter_base))
+        skew = i // 2 * skew_ns * (1 if i % 2 == 0 else -1)
+        plans.append(NodePlan(h.node_id, int(f.ecv), f.vhe, f.api_profile, h.counter_base, skew))
     return plans
 
 

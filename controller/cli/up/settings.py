@@ -18,6 +18,7 @@ class UpSettings:
     interval: float  # --interval: seconds between migrations
     period_ticks: int | None  # --period-ticks: guest timer period (None: sized to the fleet)
     hosts_per_process: int | None  # --hosts-per-process (None: 1 for a small cluster, else fleets)
+    skew: int  # --skew NS: deliberate realtime skews between the nodes
     record: Path | None  # --record FILE (JSONL telemetry)
     mqtt: MqttOptions  # --mqtt* (default: an embedded broker)
     no_mqtt: bool  # --no-mqtt
