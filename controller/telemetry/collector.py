@@ -27,7 +27,7 @@ import structlog
 from kvmtimer.v1 import controller_pb2 as cpb
 
 from controller.core.errors import NodeCallError
-from controller.core.model import NodeId
+from controller.core.model import GuestId, MigrationId, NodeId
 from controller.telemetry.view import ClusterView
 from node.runtime.backoff import Backoff
 
@@ -186,30 +186,40 @@ class TelemetryCollector:
         self.cluster.telemetry.publish(item)
 
     def _refresh(self, conn: _Connection, vm_id: str) -> str:
-        """The guest of a VM not in the node's map yet, or "": a VM seen for the first time
-        rebuilds the map at once, one known to be no guest's at most every GUEST_MAP_REFRESH_S."""
+        """The guest of a VM not in the node's map yet, or "": looked up by the VM's name (no
+        scan of the inventory); one known to be no guest's is looked up again at most every
+        GUEST_MAP_REFRESH_S."""
         now = time.monotonic()
         checked = conn.unknown.get(vm_id)
         if checked is not None and now - checked < GUEST_MAP_REFRESH_S:
             return ""
-        conn.guests = guest_vms(self.cluster, conn.node_id)
-        guest_id = conn.guests.get(vm_id, "")
+        guest_id = guest_of_vm(self.cluster, conn.node_id, vm_id)
         if guest_id:
+            conn.guests[vm_id] = guest_id
             conn.unknown.pop(vm_id, None)
         else:
             conn.unknown[vm_id] = now
         return guest_id
 
 
-def guest_vms(cluster: ClusterView, node_id: NodeId) -> dict[str, str]:
-    """vm_id -> guest_id of the VMs a node holds for guests.
+def guest_of_vm(cluster: ClusterView, node_id: NodeId, vm_id: str) -> str:
+    """The guest whose VM `vm_id` on `node_id` is, or "", in constant time.
 
-    Besides each guest's current VM this includes the destination VM of a migration in
-    flight to the node, which the migrator names `<guest_id>@<migration_id>`
-    (controller/service/cluster.py) until the guest moves onto it.
+    The controller names a guest's VM after the guest: `<guest_id>` at creation and
+    `<guest_id>@<migration_id>` for the destination VM of a migration (controller/service/
+    cluster.py), which is the guest's while that migration is in flight to the node and after
+    the guest moved onto it.
     """
-    vms: dict[str, str] = {g.vm_id: g.guest_id for g in cluster.guests.values() if g.node_id == node_id}
-    for m in cluster.migrations.values():
-        if m.destination == node_id and not m.phase.terminal:
-            vms.setdefault(f"{m.guest_id}@{m.migration_id}", m.guest_id)
-    return vms
+    guest = cluster.guests.get(GuestId(vm_id))
+    if guest is not None and guest.node_id == node_id and guest.vm_id == vm_id:
+        return guest.guest_id
+    guest_id, sep, migration_id = vm_id.rpartition("@")
+    guest = cluster.guests.get(GuestId(guest_id)) if sep else None
+    if guest is None:
+        return ""
+    if guest.node_id == node_id and guest.vm_id == vm_id:
+        return guest.guest_id
+    m = cluster.migrations.get(MigrationId(migration_id))
+    if m is not None and m.guest_id == guest_id and m.destination == node_id and not m.phase.terminal:
+        return guest.guest_id
+    return ""

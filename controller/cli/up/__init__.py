@@ -63,6 +63,7 @@ from node.runtime.options import add_log_level_argument, int_at_least, int_betwe
 from node.runtime.settings import command, standalone
 
 IN_FLIGHT_TIMEOUT_S = 30.0
+STOP_TASKS_TIMEOUT_S = 5.0  # the view, watch and migrate helpers get this long to end when stopping
 FLEET_ABOVE = 8  # more nodes than this: fleet processes (several hosts each) instead of one per host
 FLEET_HOSTS_PER_PROCESS = 25
 VERBOSE_MAX = 20  # up to this many nodes/guests, one line each at start-up
@@ -298,10 +299,15 @@ async def run_up(args: UpSettings, tty: bool, log_file: TextIO | None, record_fi
             sys.stdout.flush()
         for task in background:
             task.cancel()
-        for task in [*background, *demo.in_flight.values()]:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        # Bounded: a task stuck in a call (a stream that missed its cancel) must not keep `up`
+        # from stopping; closing the channel below ends whatever is left.
+        leftover = [*background, *demo.in_flight.values()]
+        if leftover:
+            await asyncio.wait(leftover, timeout=STOP_TASKS_TIMEOUT_S)
         await channel.close(None)
+        for task in leftover:
+            if task.done() and not task.cancelled():
+                task.exception()  # retrieved: an error of a cancelled helper is not news
         await health_servicer.enter_graceful_shutdown()
         await cluster.stop()
         await telemetry.stop()  # the recording and MQTT get the last items first
