@@ -28,24 +28,9 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from enum import StrEnum
 
 from controller.core.machine import Journal, Outcome, VmRef, told_to_resume
-from controller.core.model import GuestId, MigrationId, NodeId
-
-
-class GuestState(StrEnum):
-    """A guest's lifecycle as persisted."""
-
-    CREATING = "creating"  # CreateGuest journaled, not yet confirmed
-    RUNNING = "running"  # runs on its node
-    LOST = "lost"  # its host crashed with it
-    DESTROYED = "destroyed"  # destroyed by request (the id stays taken)
-    FAILED = "failed"  # creation did not complete (the id stays taken)
-
-    @property
-    def alive(self) -> bool:
-        return self in (GuestState.CREATING, GuestState.RUNNING)
+from controller.core.model import GuestId, GuestState, MigrationId, NodeId
 
 
 @dataclass(frozen=True, slots=True)

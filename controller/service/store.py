@@ -25,8 +25,8 @@ from typing import Any
 
 from controller.core.machine import Journal, Outcome, VmRef
 from controller.core.migration import Method, MigrationRecord, Phase, Step
-from controller.core.model import GuestId, MigrationId, NodeId
-from controller.core.recovery import GuestPlacement, GuestState
+from controller.core.model import GuestId, GuestState, MigrationId, NodeId
+from controller.core.recovery import GuestPlacement
 from node.core.workload import WorkloadSpec
 
 # 'kvmt': marks the file as a kvmtimer controller state file.
@@ -208,6 +208,10 @@ class Store:
             ),
         )
 
+    def delete_guest(self, guest_id: str) -> None:
+        """Forget a destroyed guest (its VM ids are never reused: they come from a counter)."""
+        self._db.execute("DELETE FROM guests WHERE guest_id = ?", (guest_id,))
+
     def guests(self) -> list[StoredGuest]:
         rows = self._db.execute(
             "SELECT guest_id, node_id, vm_id, state, generation, reason, vcpus, workload, migrations, "
@@ -317,7 +321,9 @@ def _check_and_upgrade(db: sqlite3.Connection, where: str) -> None:
         if check != "ok":
             raise sqlite3.DatabaseError(check)
         db.execute("PRAGMA journal_mode = WAL")
-        db.execute("PRAGMA synchronous = FULL")  # a committed journal step survives a power loss
+        # WAL + NORMAL: a commit survives the controller being killed (-9) at any instant;
+        # only an OS crash or power loss can take the last commits back.
+        db.execute("PRAGMA synchronous = NORMAL")
         db.execute("PRAGMA foreign_keys = ON")
         for target in range(version, SCHEMA_VERSION):
             db.execute("BEGIN IMMEDIATE")

@@ -41,11 +41,10 @@ from controller.core.machine import (
     start,
 )
 from controller.core.migration import Step
-from controller.core.model import GuestId, MigrationId, NodeId
+from controller.core.model import GuestId, GuestState, MigrationId, NodeId
 from controller.core.recovery import (
     DestroyVm,
     GuestPlacement,
-    GuestState,
     NodeVm,
     ResumeVm,
     plan,

@@ -19,11 +19,10 @@ import pytest
 
 from controller.core.machine import PIPELINE, Journal, Outcome, VmRef
 from controller.core.migration import Step
-from controller.core.model import GuestId, MigrationId, NodeId
+from controller.core.model import GuestId, GuestState, MigrationId, NodeId
 from controller.core.recovery import (
     DestroyVm,
     GuestPlacement,
-    GuestState,
     NodeVm,
     Orphan,
     ResumeVm,

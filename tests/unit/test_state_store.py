@@ -22,8 +22,8 @@ import pytest
 
 from controller.core.machine import Journal, Outcome, VmRef
 from controller.core.migration import Method, MigrationRecord, Phase, Step
-from controller.core.model import GuestId, MigrationId, NodeId
-from controller.core.recovery import GuestPlacement, GuestState
+from controller.core.model import GuestId, GuestState, MigrationId, NodeId
+from controller.core.recovery import GuestPlacement
 from controller.service.store import (
     APPLICATION_ID,
     EXIT_STATE_CORRUPT,

@@ -1,0 +1,476 @@
+"""Runs one migration's commands (controller.core.machine) against the two nodes.
+
+Each transition the machine returns is committed to the state file before its command
+is sent, so after a crash the journal says exactly how far the migration got (the
+reconciler finishes it from there). The guest is never lost and never runs twice: until
+the destination is told to resume, any failure resumes the source unchanged.
+
+Read-only calls ride along with the mutating call before them in one batch (the source's
+register reads go with the pause), which keeps the downtime window at three round trips
+(pause+read, restore, resume); every call that changes a VM has its own journaled step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import structlog
+from kvmtimer.v1 import node_pb2 as pb
+
+from controller.clients.node import NodeClient
+from controller.core.errors import ControllerError, FailedPrecondition, NodeCallError, Unavailable
+from controller.core.machine import (
+    Cleanup,
+    Command,
+    Finish,
+    Hold,
+    Journal,
+    Outcome,
+    Pause,
+    Prepare,
+    Restore,
+    Result,
+    Resume,
+    Rollback,
+    Snapshot,
+    Transfer,
+    advance,
+    start,
+    told_to_resume,
+)
+from controller.core.migration import (
+    MigrationRecord,
+    Phase,
+    RegisterSet,
+    RegWrite,
+    RestorePlan,
+    SourceSnapshot,
+    Step,
+    check_state_loss,
+    choose_method,
+    plan_restore,
+    register_set,
+)
+from controller.core.model import GuestRecord, NodeId
+from node.core.clock import U64_MASK
+from node.core.timer import DEFAULT_PPI, TimerId
+from node.core.uapi import KVM_ARM_VCPU_TIMER_PHYS_OFFSET, OneReg, TimerAttr
+
+if TYPE_CHECKING:
+    from controller.service.cluster import Cluster
+
+log = structlog.get_logger("kvmtimer.controller")
+
+TransferHook = Callable[[MigrationRecord], Awaitable[None]]
+# Test-mode fault injection: awaited right after a step is committed, before its command is sent.
+FaultHook = Callable[[MigrationRecord, Step], Awaitable[None]]
+
+
+class Cancelled(Exception):
+    """A cancel was requested at a step boundary."""
+
+
+def node_failure(err: NodeCallError) -> ControllerError:
+    if err.unreachable:
+        return Unavailable(err.message)
+    return FailedPrecondition(err.message)
+
+
+@dataclass(slots=True)
+class _Carry:
+    """What one command hands to the next, in memory only (a restart rolls back or forward)."""
+
+    src_ids: tuple[int, ...] = ()
+    ppis: dict[TimerId, int] | None = None
+    precopy: pb.WorkloadState | None = None
+    has_workload: bool = False
+    dst_ids: tuple[int, ...] = ()
+    regs: RegisterSet | None = None
+    dst_sample: tuple[int, int] = (0, 0)
+    sampled_ns: int = 0
+    entries: tuple[tuple[int, int], ...] = ()
+    read_phys_attr: bool = False
+    snap: list[pb.BatchResult] | None = None
+    snapshot: SourceSnapshot | None = None
+    timer_regs: tuple[RegWrite, ...] = ()
+    workload_state: pb.WorkloadState | None = None
+    plan: RestorePlan | None = None
+
+
+class MigrationExecutor:
+    """Drives one migration from its journal to Finish (or Hold)."""
+
+    def __init__(
+        self, cluster: Cluster, record: MigrationRecord, guest: GuestRecord, journal: Journal
+    ) -> None:
+        self.c = cluster
+        self.r = record
+        self.guest = guest
+        self.j = journal
+        self.carry = _Carry()
+
+    def _commit(self, j: Journal, *, guest: bool = False) -> None:
+        self.j = j
+        self.r.journal_step = "" if j.step is None else j.step.value
+        self.c.persist_migration(self.r, j, self.guest if guest else None)
+
+    async def run(self) -> Outcome:
+        """Checks, then the machine until it finishes; the outcome (IN_FLIGHT when held in doubt)."""
+        r, c = self.r, self.c
+        assert r.destination is not None and r.method is not None
+        try:
+            if r.cancel_requested:
+                raise Cancelled()
+            c.advance_phase(r, Phase.SCHEDULING)
+            source, dst = c.pool.node(r.source), c.pool.node(r.destination)
+            if not dst.healthy:
+                raise FailedPrecondition(f"destination {dst.node_id} is down: {dst.last_error}")
+            if not source.healthy:
+                raise FailedPrecondition(f"source {source.node_id} is down: {source.last_error}")
+            choose_method(source.features, dst.features, r.method, destination_id=dst.node_id)
+        except (Cancelled, ControllerError) as err:
+            # Nothing was sent to any node: the journal never started.
+            done = dataclasses.replace(self.j, outcome=Outcome.ROLLED_BACK)
+            self._commit(done)
+            raise err from None
+        c.advance_phase(r, Phase.SCHEDULED)
+        j, cmd = start(self.j)
+        self._enter(j)
+        while not isinstance(cmd, Finish | Hold):
+            result, reason = await self._attempt(cmd)
+            if result is Result.OK and r.cancel_requested and not told_to_resume(j.step):
+                result, reason = Result.CANCELLED, "cancelled by request; the guest stays on the source"
+            j, cmd = advance(j, result, reason)
+            self._enter(j)
+        if isinstance(cmd, Hold):
+            r.reason = f"in doubt: {cmd.reason}; waiting for the nodes to tell"
+            log.warning("migration_held", migration_id=r.migration_id, reason=cmd.reason)
+            c.publish_migration(r)
+            return Outcome.IN_FLIGHT
+        return j.outcome
+
+    def _enter(self, j: Journal) -> None:
+        """Record, commit and publish the transition to `j` (before its command is sent)."""
+        r, c = self.r, self.c
+        if j.outcome is not Outcome.IN_FLIGHT:
+            r.ended_ns = time.monotonic_ns()
+            r.finished_realtime_ns = time.time_ns()
+            if j.outcome is Outcome.SUCCEEDED:
+                self._commit(j)
+                c.advance_phase(r, Phase.SUCCEEDED)
+            else:
+                r.reason = r.reason or j.reason
+                self._commit(j)
+                c.advance_phase(r, Phase.FAILED)
+            return
+        assert j.step is not None
+        if j.step is Step.PREPARE:
+            c.advance_phase(r, Phase.PREPARING_TARGET)
+        elif j.step is Step.PAUSE:
+            r.target_ready_ns = r.target_ready_ns or time.monotonic_ns()
+            c.advance_phase(r, Phase.TARGET_READY)
+            c.advance_phase(r, Phase.RUNNING)
+        elif j.step is Step.ROLLBACK:
+            r.reason = j.reason
+        r.steps.append(j.step.value)
+        moved = j.step is Step.CLEANUP
+        if moved:
+            # The destination runs the guest: it lives there from now on (same commit).
+            g = self.guest
+            g.node_id, g.vm_id, g.generation = j.destination.node_id, j.destination.vm_id, j.generation
+            g.migrations += 1
+            g.history.append(g.node_id)
+        self._commit(j, guest=moved)
+        c.publish_step(r, j.step.value)
+
+    async def _attempt(self, cmd: Command) -> tuple[Result, str]:
+        """Run one command; what happened, as the machine's Result."""
+        r = self.r
+        try:
+            if self.c.fault_hook is not None and self.j.step is not None:
+                await self.c.fault_hook(r, self.j.step)
+            await self._execute(cmd)
+        except Cancelled:
+            return Result.CANCELLED, "cancelled by request; the guest stays on the source"
+        except NodeCallError as err:
+            if err.unreachable:
+                self.c.pool.set_health(NodeId(err.node_id), False, err.message)
+                return Result.UNREACHABLE, node_failure(err).message
+            return Result.FAILED, err.message
+        except ControllerError as err:
+            return Result.FAILED, err.message
+        except Exception as err:
+            log.exception("migration_internal_error", migration_id=r.migration_id)
+            return Result.FAILED, f"internal error: {err!r}"
+        return Result.OK, ""
+
+    async def _execute(self, cmd: Command) -> None:
+        c = self.c
+        match cmd:
+            case Prepare():
+                await self._prepare(c.pool.client(cmd.source.node_id), c.pool.client(cmd.destination.node_id))
+            case Pause(vm=vm):
+                await self._pause(c.pool.client(vm.node_id))
+            case Snapshot():
+                self._snapshot()
+            case Transfer():
+                if c.transfer_hook is not None:
+                    await c.transfer_hook(self.r)
+            case Restore(vm=vm):
+                await self._restore(c.pool.client(vm.node_id))
+            case Resume(vm=vm):
+                resumed = await c.pool.client(vm.node_id).batch(
+                    [pb.BatchCall(resume_vm=pb.ResumeVmRequest(vm_id=vm.vm_id))]
+                )
+                self.r.resumed_realtime_ns = resumed[0].resume_vm.realtime_ns
+            case Cleanup(vm=vm):
+                await self._cleanup(c.pool.client(vm.node_id))
+            case Rollback():
+                await self._rollback(cmd)
+            case _:
+                raise AssertionError(cmd)
+
+    # --- the commands --------------------------------------------------------------
+
+    async def _prepare(self, src: NodeClient, dst: NodeClient) -> None:
+        """Everything that does not need the guest stopped: read the source, build the destination."""
+        r, guest, k = self.r, self.guest, self.carry
+        assert r.method is not None and r.destination is not None
+        vm, n = self.j.source.vm_id, guest.vcpus
+        before = await src.batch(
+            [
+                pb.BatchCall(get_reg_list=pb.GetRegListRequest(vm_id=vm, vcpu_index=0)),
+                pb.BatchCall(
+                    get_device_attr=pb.DeviceAttrRequest(vm_id=vm, group=1, attr=TimerAttr.IRQ_VTIMER)
+                ),
+                pb.BatchCall(
+                    get_device_attr=pb.DeviceAttrRequest(vm_id=vm, group=1, attr=TimerAttr.IRQ_PTIMER)
+                ),
+                *(
+                    pb.BatchCall(get_vcpu_state=pb.GetVcpuStateRequest(vm_id=vm, vcpu_index=i))
+                    for i in range(n)
+                ),
+                # Pre-copy of the guest memory while the guest still runs (QEMU's RAM pre-copy):
+                # only what changes after this goes through the downtime window.
+                pb.BatchCall(save_workload=pb.SaveWorkloadRequest(vm_id=vm, live=True)),
+            ]
+        )
+        k.src_ids = tuple(before.pop(0).get_reg_list.reg_ids)
+        k.ppis = {
+            TimerId.VTIMER: before[0].get_device_attr.value,
+            TimerId.PTIMER: before[1].get_device_attr.value,
+        }
+        k.precopy = before.pop().save_workload
+        k.has_workload = k.precopy.HasField("spec")
+        r.traps_before = sum(res.get_vcpu_state.trap_count for res in before[2:])
+        r.source_traps_cntpct = before[2].get_vcpu_state.traps_cntpct
+        dst_vm = self.j.destination.vm_id
+        owner = pb.VmOwner(guest_id=guest.guest_id, migration_id=r.migration_id, generation=self.j.generation)
+        prepare = [pb.BatchCall(create_vm=pb.CreateVmRequest(vm_id=dst_vm, owner=owner))]
+        prepare += [
+            pb.BatchCall(create_vcpu=pb.CreateVcpuRequest(vm_id=dst_vm, vcpu_index=i)) for i in range(n)
+        ]
+        prepare += [
+            pb.BatchCall(set_device_attr=pb.SetDeviceAttrRequest(vm_id=dst_vm, group=1, attr=int(t), value=v))
+            for t, v in k.ppis.items()
+            if v != DEFAULT_PPI[t]
+        ]
+        if k.has_workload:
+            prepare.append(pb.BatchCall(load_workload=pb.LoadWorkloadRequest(vm_id=dst_vm, state=k.precopy)))
+        # The destination kernel's register list: with the source's, it decides what is carried.
+        prepare.append(pb.BatchCall(get_reg_list=pb.GetRegListRequest(vm_id=dst_vm, vcpu_index=0)))
+        # The destination's (H, realtime) pair: any pair gives the same offsets, so it is
+        # taken now, outside the downtime window.
+        prepare.append(pb.BatchCall(get_clock=pb.GetClockRequest()))
+        prepared = await dst.batch(prepare)
+        k.dst_ids = tuple(prepared[-2].get_reg_list.reg_ids)
+        k.regs = register_set(k.src_ids, k.dst_ids, r.method, uses_ptimer=r.guest_uses_ptimer)
+        src_node, dst_node = self.c.pool.node(r.source), self.c.pool.node(r.destination)
+        check_state_loss(
+            k.regs,
+            uses_ptimer=r.guest_uses_ptimer,
+            allow_state_loss=r.allow_state_loss,
+            source=(src_node.node_id, src_node.features),
+            destination=(dst_node.node_id, dst_node.features),
+            method=r.method,
+        )
+        r.not_carried = list(k.regs.not_carried)
+        dst_clock = prepared[-1].get_clock
+        k.dst_sample = (dst_clock.host_counter, dst_clock.realtime_ns)
+        k.sampled_ns = time.monotonic_ns()
+        r.target_ready_ns = time.monotonic_ns()
+
+    async def _pause(self, src: NodeClient) -> None:
+        """Stop the source and read the guest state in the same round trip."""
+        r, k, n = self.r, self.carry, self.guest.vcpus
+        assert k.regs is not None and k.precopy is not None
+        vm = self.j.source.vm_id
+        src_node = self.c.pool.node(r.source)
+        # Save every register the source lists, on every vCPU (what QEMU does).
+        k.entries = tuple((i, reg) for i in range(n) for reg in k.regs.saved)
+        # Before 6.4 there is no PTIMER_CNT: the guest physical counter is H minus the
+        # series' physical offset (its vCPU attribute), or H itself on 5.15.
+        k.read_phys_attr = OneReg.PTIMER_CNT not in k.regs.saved and src_node.features.has_vcpu_offsets
+        extra = (
+            [
+                pb.BatchCall(
+                    get_device_attr=pb.DeviceAttrRequest(
+                        vm_id=vm, group=1, attr=KVM_ARM_VCPU_TIMER_PHYS_OFFSET
+                    )
+                )
+            ]
+            if k.read_phys_attr
+            else []
+        )
+        snap = await src.batch(
+            [
+                pb.BatchCall(pause_vm=pb.PauseVmRequest(vm_id=vm)),
+                *extra,
+                pb.BatchCall(
+                    get_regs=pb.GetRegsRequest(
+                        vm_id=vm, regs=[pb.RegValue(vcpu_index=i, reg_id=reg) for i, reg in k.entries]
+                    )
+                ),
+                pb.BatchCall(
+                    save_workload=pb.SaveWorkloadRequest(
+                        vm_id=vm,
+                        delta=k.has_workload,
+                        since_reads={v.vcpu_index: v.reads for v in k.precopy.vcpus},
+                    )
+                ),
+            ]
+        )
+        r.paused_realtime_ns = snap.pop(0).pause_vm.realtime_ns
+        k.snap = snap
+
+    def _snapshot(self) -> None:
+        """The source snapshot from the paused source's reads (no I/O of its own)."""
+        r, k, n = self.r, self.carry, self.guest.vcpus
+        assert k.snap is not None and k.regs is not None
+        snap = list(k.snap)
+        phys_offset = snap.pop(0).get_device_attr.value if k.read_phys_attr else 0
+        got = snap[0].get_regs
+        saved = {entry: v.value for entry, v in zip(k.entries, got.regs, strict=True)}
+        k.snapshot = SourceSnapshot(
+            cntvct=saved[(0, OneReg.TIMER_CNT)],
+            cntpct=saved.get((0, OneReg.PTIMER_CNT), (got.host_counter - phys_offset) & U64_MASK),
+            host_counter=got.host_counter,
+            realtime_ns=got.realtime_ns,
+            cntfrq_hz=self.c.pool.node(r.source).features.cntfrq_hz,
+        )
+        r.source_voffset, r.source_poffset = k.snapshot.voffset, k.snapshot.poffset
+        k.timer_regs = tuple(RegWrite(i, reg, saved[(i, reg)]) for i in range(n) for reg in k.regs.restored)
+        k.workload_state = snap[1].save_workload
+
+    async def _restore(self, dst: NodeClient) -> None:
+        """Write the guest state into the (still paused) destination VM."""
+        r, k = self.r, self.carry
+        assert r.method is not None and k.snapshot is not None
+        dst_vm = self.j.destination.vm_id
+        # The destination's realtime now, extrapolated from its early sample: if it is still
+        # behind the source's, the clocks are skewed and the guest gets 0 elapsed time.
+        dst_now_rt = k.dst_sample[1] + (time.monotonic_ns() - k.sampled_ns)
+        plan = plan_restore(
+            r.method, k.dst_ids, k.snapshot, k.timer_regs, k.dst_sample, dst_now_realtime_ns=dst_now_rt
+        )
+        k.plan = plan
+        r.applied_as = plan.applied_as
+        if plan.offsets is not None:
+            r.destination_voffset, r.destination_poffset = plan.offsets.voffset, plan.offsets.poffset
+            r.elapsed_ticks = plan.offsets.elapsed_ticks
+        restore = [
+            pb.BatchCall(enable_cap=pb.EnableCapRequest(vm_id=dst_vm, cap=cap)) for cap in plan.enable_caps
+        ]
+        set_regs = _set_regs(dst_vm, plan.regs)
+        if plan.counter_reference is not None:
+            set_regs.counter_reference = plan.counter_reference
+        restore.append(pb.BatchCall(set_regs=set_regs))
+        if plan.counter_offset is not None:
+            restore.append(
+                pb.BatchCall(
+                    set_counter_offset=pb.SetCounterOffsetRequest(
+                        vm_id=dst_vm, counter_offset=plan.counter_offset
+                    )
+                )
+            )
+        if plan.phys_offset is not None:
+            restore.append(
+                pb.BatchCall(
+                    set_device_attr=pb.SetDeviceAttrRequest(
+                        vm_id=dst_vm, group=1, attr=2, value=plan.phys_offset
+                    )
+                )
+            )
+        if plan.post_regs:
+            restore.append(pb.BatchCall(set_regs=_set_regs(dst_vm, plan.post_regs)))
+        if k.has_workload:
+            restore.append(
+                pb.BatchCall(
+                    load_workload=pb.LoadWorkloadRequest(vm_id=dst_vm, state=k.workload_state, merge=True)
+                )
+            )
+        await dst.batch(restore)
+
+    async def _cleanup(self, src: NodeClient) -> None:
+        """Drop the stopped source VM; read how the move went on the destination."""
+        r, k, n = self.r, self.carry, self.guest.vcpus
+        try:
+            await src.destroy_vm(self.j.source.vm_id)
+        except NodeCallError as err:
+            # A source VM left behind is a leftover of a finished migration: reconciliation removes it.
+            log.warning("source_cleanup_failed", migration_id=r.migration_id, error=err.message)
+        dst_vm = self.j.destination.vm_id
+        try:
+            after = await self.c.pool.client(self.j.destination.node_id).batch(
+                [
+                    *(
+                        pb.BatchCall(get_vcpu_state=pb.GetVcpuStateRequest(vm_id=dst_vm, vcpu_index=i))
+                        for i in range(n)
+                    ),
+                    pb.BatchCall(get_guest_observations=pb.GetGuestObservationsRequest(vm_id=dst_vm)),
+                ]
+            )
+            self._record_outcome(k.plan is None or k.plan.offsets is None, after)
+        except NodeCallError as err:
+            log.warning("post_migration_read_failed", migration_id=r.migration_id, error=err.message)
+
+    def _record_outcome(self, read_offsets: bool, after: list[pb.BatchResult]) -> None:
+        """Trap counts, offsets and the guest's own measurement of the jump, after the move."""
+        r = self.r
+        states = [res.get_vcpu_state for res in after if res.HasField("get_vcpu_state")]
+        if read_offsets:
+            r.destination_voffset, r.destination_poffset = states[0].voffset, states[0].poffset
+        r.traps_after = sum(s.trap_count for s in states)
+        r.destination_traps_cntpct = states[0].traps_cntpct
+        r.destination_uses_cntpoff = states[0].uses_cntpoff
+        obs = after[-1].get_guest_observations
+        errors = [o.last_jump_error_ticks for o in obs.vcpus if o.HasField("last_jump_error_ticks")]
+        r.counter_error_ticks = max(errors, key=abs) if errors else None
+
+    async def _rollback(self, cmd: Rollback) -> None:
+        """Destroy the destination VM, then resume the source guest unchanged (best effort:
+        what cannot be reached now, reconciliation finishes when the node answers)."""
+        r, c = self.r, self.c
+        if cmd.destroy is not None:
+            try:
+                await c.pool.client(cmd.destroy.node_id).destroy_vm(cmd.destroy.vm_id)
+            except NodeCallError as err:
+                if not (err.code == "NOT_FOUND" and err.errno_name is None):
+                    log.warning("rollback_destroy_failed", migration_id=r.migration_id, error=err.message)
+        if cmd.resume is not None:
+            try:
+                await c.pool.client(cmd.resume.node_id).resume(cmd.resume.vm_id)
+            except NodeCallError as err:
+                log.error("rollback_resume_failed", migration_id=r.migration_id, error=err.message)
+        log.info("migration_rolled_back", migration_id=r.migration_id, cause=self.j.reason)
+
+
+def _set_regs(vm_id: str, writes: tuple[RegWrite, ...]) -> pb.SetRegsRequest:
+    return pb.SetRegsRequest(
+        vm_id=vm_id,
+        regs=[pb.RegValue(vcpu_index=w.vcpu_index, reg_id=w.reg_id, value=w.value) for w in writes],
+    )
