@@ -235,6 +235,10 @@ class Cluster:
         await self.retry_pending_nodes()
         await reconcile(self)
 
+    async def reconcile(self) -> None:
+        """One reconciliation round (controller/service/reconciler.py)."""
+        await reconcile(self)
+
     async def retry_pending_nodes(self) -> None:
         for node_id, address in list(self.pending_nodes.items()):
             try:

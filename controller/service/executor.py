@@ -159,13 +159,11 @@ class MigrationExecutor:
         if j.outcome is not Outcome.IN_FLIGHT:
             r.ended_ns = time.monotonic_ns()
             r.finished_realtime_ns = time.time_ns()
-            if j.outcome is Outcome.SUCCEEDED:
-                self._commit(j)
-                c.advance_phase(r, Phase.SUCCEEDED)
-            else:
+            if j.outcome is not Outcome.SUCCEEDED:
                 r.reason = r.reason or j.reason
-                self._commit(j)
-                c.advance_phase(r, Phase.FAILED)
+            r.advance(Phase.SUCCEEDED if j.outcome is Outcome.SUCCEEDED else Phase.FAILED)
+            self._commit(j)
+            c.publish_migration(r)
             return
         assert j.step is not None
         if j.step is Step.PREPARE:
