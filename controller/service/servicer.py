@@ -87,6 +87,8 @@ class ControllerServicer(cpb_grpc.ControllerServicer):
             for m in self.cluster.migrations.values()
             if not request.guest_id or m.guest_id == request.guest_id
         ]
+        if request.guest_id and not records:
+            self.cluster.guest(request.guest_id)  # NOT_FOUND for a guest never seen
         return cpb.ListMigrationsResponse(migrations=[convert.migration_to_pb(m) for m in records])
 
     @rpc.stream
