@@ -14,7 +14,8 @@ from kvmtimer.v1 import node_pb2_grpc
 from controller.core.errors import NodeCallError
 from controller.core.migration import RegWrite
 from node.core.uapi import KVM_ARM_VCPU_TIMER_CTRL, KVM_ARM_VCPU_TIMER_PHYS_OFFSET
-from node.tls import aio_channel
+from node.runtime.protowire import field_1_prefix
+from node.runtime.tls import aio_channel
 
 DEFAULT_TIMEOUT_S = 5.0
 WATCH_TELEMETRY = "/kvmtimer.v1.Node/WatchTelemetry"
@@ -192,10 +193,5 @@ def cluster_item_from_batch(data: bytes) -> cpb.ClusterTelemetry:
     the batch and then copying it into a ClusterTelemetry would cost a second pass over
     every sample (the collector's hottest path).
     """
-    size = len(data)
-    prefix = bytearray(b"\x0a")  # ClusterTelemetry.samples: field 1, length-delimited
-    while size > 0x7F:
-        prefix.append((size & 0x7F) | 0x80)
-        size >>= 7
-    prefix.append(size)
-    return cpb.ClusterTelemetry.FromString(bytes(prefix) + data)
+    # ClusterTelemetry.samples is field 1, length-delimited.
+    return cpb.ClusterTelemetry.FromString(field_1_prefix(len(data)) + data)

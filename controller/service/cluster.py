@@ -81,7 +81,7 @@ from node.core.features import ApiProfile
 from node.core.timer import CTL_ENABLE
 from node.core.uapi import OneReg
 from node.core.workload import WorkloadSpec
-from node.service.convert import workload_spec_to_pb
+from node.wire import workload_spec_to_pb
 
 log = structlog.get_logger("kvmtimer.controller")
 

@@ -12,7 +12,7 @@ from controller.core.migration import Method, MigrationRecord
 from controller.core.model import GuestRecord, GuestState, NodeRecord
 from node.core.errors import EmulatorError
 from node.core.workload import WorkloadSpec
-from node.service.convert import workload_spec_from_pb, workload_spec_to_pb
+from node.wire import workload_spec_from_pb, workload_spec_to_pb
 
 
 def node_status(node: NodeRecord, guests: int, vcpus: int) -> cpb.NodeStatus:

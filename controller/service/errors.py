@@ -15,7 +15,7 @@ from controller.core.errors import (
     NotFound,
     Unavailable,
 )
-from node.service.rpc import Ctx, RpcErrors
+from node.runtime.rpc import Ctx, RpcErrors
 
 __all__ = ["STATUS", "Ctx", "rpc", "status_for"]
 

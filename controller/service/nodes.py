@@ -12,8 +12,8 @@ from controller.clients.node import NodeClient
 from controller.core.errors import FailedPrecondition, InvalidArgument, NodeCallError, NotFound, Unavailable
 from controller.core.model import NodeId, NodeRecord
 from node.core.features import ClockMode
-from node.service.convert import features_from_info
-from node.tls import is_loopback
+from node.runtime.addr import is_loopback
+from node.wire import features_from_info
 
 log = structlog.get_logger("kvmtimer.controller")
 

@@ -24,7 +24,7 @@ def build_server(
     credentials: grpc.ServerCredentials | None = None,
     interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
 ) -> tuple[grpc.aio.Server, int, HealthServicer]:
-    """`credentials`: mutual TLS (node.serving); `interceptors`: caller checks (bearer token)."""
+    """`credentials`: mutual TLS (node.runtime.serving); `interceptors`: caller checks (bearer token)."""
     server = grpc.aio.server(interceptors=interceptors)
     controller_pb2_grpc.add_ControllerServicer_to_server(ControllerServicer(cluster), server)
     health_servicer = HealthServicer()

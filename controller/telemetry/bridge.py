@@ -1,4 +1,4 @@
-"""Bridge: the controller's telemetry hub -> a Publisher, in the MQTT topic tree (schema.py).
+"""Bridge: the controller's telemetry hub -> a Publisher, in the MQTT topic tree (mqtt_schema.py).
 
 The bridge reads its own Hub subscription, so a slow or absent broker never slows the
 controller: the hub drops what the bridge cannot take (counted in `hub_dropped`), and the
@@ -8,7 +8,7 @@ What it publishes:
 - migration events at once (QoS 1);
 - node statuses (retained) from node health events, and every `status_interval_s` for
   nodes whose status (health, load) changed, via the `nodes` callback;
-- vCPU samples batched per vCPU, flushed every `flush_interval_s` (schema.SampleBuffer);
+- vCPU samples batched per vCPU, flushed every `flush_interval_s` (mqtt_schema.SampleBuffer);
 - the controller's retained status ("online" with telemetry counters, refreshed every
   `status_interval_s`; "offline" with reason "stopped" on stop()).
 """
@@ -19,14 +19,16 @@ import asyncio
 import math
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import structlog
 from kvmtimer.v1 import controller_pb2 as cpb
 
-from controller.telemetry import schema
 from controller.telemetry.hub import Hub, Subscription
-from controller.telemetry.publisher import OutMessage, Publisher
-from controller.telemetry.schema import SampleBuffer, Topics
+from node.runtime import mqtt_schema
+from node.runtime.mqtt import MqttPublisher, MqttSettings, client_id
+from node.runtime.mqtt_schema import SampleBuffer, Topics
+from node.runtime.publisher import OutMessage, Publisher
 
 log = structlog.get_logger("kvmtimer.telemetry")
 
@@ -53,7 +55,7 @@ class TelemetryBridge:
         stats: StatsSource | None = None,
         flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S,
         status_interval_s: float = DEFAULT_STATUS_INTERVAL_S,
-        max_samples: int = schema.DEFAULT_MAX_SAMPLES,
+        max_samples: int = mqtt_schema.DEFAULT_MAX_SAMPLES,
     ) -> None:
         self.hub = hub
         self.publisher = publisher
@@ -104,10 +106,10 @@ class TelemetryBridge:
         await self._publish(self.samples.flush())
         await self._publish(
             [
-                schema.controller_status_message(
+                mqtt_schema.controller_status_message(
                     self.topics,
-                    schema.controller_status_payload(
-                        schema.OFFLINE,
+                    mqtt_schema.controller_status_payload(
+                        mqtt_schema.OFFLINE,
                         controller_id=self.controller_id,
                         address=self.address,
                         reason="stopped",
@@ -127,10 +129,10 @@ class TelemetryBridge:
         """The controller's `online` status, and every node whose status changed."""
         await self._publish(
             [
-                schema.controller_status_message(
+                mqtt_schema.controller_status_message(
                     self.topics,
-                    schema.controller_status_payload(
-                        schema.ONLINE,
+                    mqtt_schema.controller_status_payload(
+                        mqtt_schema.ONLINE,
                         controller_id=self.controller_id,
                         address=self.address,
                         realtime_ns=time.time_ns(),
@@ -144,11 +146,11 @@ class TelemetryBridge:
         now = time.time_ns()
         changed = []
         for node in self.nodes():
-            key = schema.status_key(node)
+            key = mqtt_schema.status_key(node)
             if self._node_keys.get(node.node_id) != key:
                 self._node_keys[node.node_id] = key
                 changed.append(
-                    schema.node_status_message(self.topics, node, source="controller", realtime_ns=now)
+                    mqtt_schema.node_status_message(self.topics, node, source="controller", realtime_ns=now)
                 )
         await self._publish(changed)
 
@@ -158,8 +160,8 @@ class TelemetryBridge:
         if kind == "samples":
             self.samples_in += len(item.samples.samples)
         elif kind == "node":
-            self._node_keys[item.node.node.node_id] = schema.status_key(item.node.node)
-        await self._publish(schema.map_item(self.topics, item, self.samples))
+            self._node_keys[item.node.node.node_id] = mqtt_schema.status_key(item.node.node)
+        await self._publish(mqtt_schema.map_item(self.topics, item, self.samples))
 
     async def _run(self) -> None:
         assert self._sub is not None
@@ -203,3 +205,69 @@ class TelemetryBridge:
                     log.exception("telemetry_bridge_error")
         finally:
             self.hub.unsubscribe(self._sub)
+
+
+# --- the controller's MQTT telemetry ----------------------------------------------------
+
+
+@dataclass(slots=True)
+class MqttTelemetry:
+    """The controller's MQTT telemetry: a bridge from the cluster's telemetry hub to a broker.
+
+    Drop counters for metrics: `dropped` (total messages/items lost), or `stats()`.
+    """
+
+    publisher: MqttPublisher
+    bridge: TelemetryBridge
+
+    @property
+    def dropped(self) -> int:
+        """Messages the publisher dropped plus hub items the bridge never saw."""
+        return self.publisher.stats.dropped_total + self.bridge.hub_dropped
+
+    def stats(self) -> dict[str, object]:
+        return self.bridge.stats()
+
+    async def stop(self) -> None:
+        """Flush, publish the controller's `offline` status, disconnect cleanly."""
+        await self.bridge.stop()
+        await self.publisher.stop()
+
+
+def start_mqtt_telemetry(
+    hub: Hub[cpb.ClusterTelemetry],
+    settings: MqttSettings,
+    *,
+    nodes: NodesSnapshot | None = None,
+    address: str = "",
+    flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S,
+    status_interval_s: float = DEFAULT_STATUS_INTERVAL_S,
+) -> MqttTelemetry:
+    """Start publishing `hub` (subscribed before this returns) to the broker; `nodes`: the
+    current node statuses, re-published when they change.
+
+    The broker may be down: the publisher keeps reconnecting and the cluster never waits.
+    """
+    topics = Topics(settings.prefix)
+    identifier = client_id("controller")
+    will = mqtt_schema.controller_status_message(
+        topics,
+        mqtt_schema.controller_status_payload(
+            mqtt_schema.OFFLINE, controller_id=identifier, address=address, reason="connection lost"
+        ),
+    )
+    publisher = MqttPublisher(settings, identifier=identifier, will=will)
+    bridge = TelemetryBridge(
+        hub,
+        publisher,
+        topics=topics,
+        controller_id=identifier,
+        address=address,
+        nodes=nodes,
+        stats=lambda: {"mqtt": publisher.stats.as_dict()},
+        flush_interval_s=flush_interval_s,
+        status_interval_s=status_interval_s,
+    )
+    publisher.start()
+    bridge.start()
+    return MqttTelemetry(publisher, bridge)

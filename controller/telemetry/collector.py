@@ -22,16 +22,14 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import structlog
 from kvmtimer.v1 import controller_pb2 as cpb
 
 from controller.core.errors import NodeCallError
 from controller.core.model import NodeId
-
-if TYPE_CHECKING:
-    from controller.service.cluster import Cluster
+from controller.telemetry.view import ClusterView
+from node.runtime.backoff import Backoff
 
 DEFAULT_RATE_HZ = 10.0
 GUEST_MAP_REFRESH_S = 0.5  # a VM that is no guest's is looked up again at most this often
@@ -55,7 +53,7 @@ class TelemetryCollector:
 
     def __init__(
         self,
-        cluster: Cluster,
+        cluster: ClusterView,
         *,
         rate_hz: float = DEFAULT_RATE_HZ,
         max_batch: int = 0,
@@ -137,7 +135,7 @@ class TelemetryCollector:
 
     async def _follow(self, node_id: NodeId) -> None:
         """Stream from one node until cancelled, reopening the stream after breaks."""
-        backoff = self.backoff_initial_s
+        backoff = Backoff(self.backoff_initial_s, self.backoff_max_s)
         failing = False
         while True:
             client = self.cluster.clients.get(node_id)
@@ -147,7 +145,7 @@ class TelemetryCollector:
             try:
                 async for item in client.watch_telemetry(self.rate_hz, self.max_batch):
                     if conn.batches == 0:
-                        backoff = self.backoff_initial_s
+                        backoff.reset()
                         if failing:
                             failing = False
                             log.info("telemetry_stream_resumed", node_id=node_id)
@@ -162,10 +160,9 @@ class TelemetryCollector:
                 reason = "the call was cancelled (channel closed)"
             if not failing:
                 failing = True
-                log.info("telemetry_stream_broken", node_id=node_id, reason=reason, retry_s=backoff)
+                log.info("telemetry_stream_broken", node_id=node_id, reason=reason, retry_s=backoff.current_s)
             self.reconnects_total += 1
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, self.backoff_max_s)
+            await asyncio.sleep(backoff.next_s())
 
     def _deliver(self, conn: _Connection, item: cpb.ClusterTelemetry) -> None:
         batch = item.samples
@@ -204,7 +201,7 @@ class TelemetryCollector:
         return guest_id
 
 
-def guest_vms(cluster: Cluster, node_id: NodeId) -> dict[str, str]:
+def guest_vms(cluster: ClusterView, node_id: NodeId) -> dict[str, str]:
     """vm_id -> guest_id of the VMs a node holds for guests.
 
     Besides each guest's current VM this includes the destination VM of a migration in

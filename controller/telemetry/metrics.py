@@ -9,6 +9,7 @@ never misses or double-counts a migration however rarely it is scraped.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -16,7 +17,8 @@ from prometheus_client.registry import Collector
 
 from controller.core.migration import MigrationRecord, Phase
 from controller.core.model import MigrationId
-from controller.service.cluster import Cluster
+from controller.telemetry.collector import TelemetryCollector
+from controller.telemetry.view import ClusterView
 
 # Source paused -> destination resumed.
 DOWNTIME_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -37,10 +39,17 @@ def method_label(record: MigrationRecord) -> str:
     return method.name.lower()
 
 
+class MetricsView(ClusterView, Protocol):
+    """The cluster as its metrics read it: the view plus the collector's counters."""
+
+    @property
+    def collector(self) -> TelemetryCollector: ...  # node streams (drop and sample counters)
+
+
 class ControllerMetrics(Collector):
     """kvmtimer_migration* and kvmtimer_controller_* families of one Cluster."""
 
-    def __init__(self, cluster: Cluster) -> None:
+    def __init__(self, cluster: MetricsView) -> None:
         self.cluster = cluster
         self._observed: set[MigrationId] = set()
         self.migrations = Counter(
@@ -117,7 +126,7 @@ class ControllerMetrics(Collector):
         yield subscribers
 
 
-def controller_registry(cluster: Cluster) -> CollectorRegistry:
+def controller_registry(cluster: MetricsView) -> CollectorRegistry:
     """A registry of this cluster's metrics only (not the process-global default)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ControllerMetrics(cluster))

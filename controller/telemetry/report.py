@@ -29,7 +29,9 @@ from typing import NamedTuple
 
 from kvmtimer.v1 import controller_pb2 as cpb
 
-DEFAULT_CNTFRQ_HZ = 25_000_000
+from node.core.features import DEFAULT_CNTFRQ_HZ
+from node.core.workload import signed64
+
 OFFSET_METHODS = frozenset({cpb.MIGRATION_METHOD_VCPU_OFFSETS, cpb.MIGRATION_METHOD_VM_COUNTER_OFFSET})
 MAX_ANNOTATIONS = 40  # per panel; more only get their vertical line
 NS_PER_S = 1_000_000_000
@@ -209,7 +211,7 @@ def _from_samples(
 ) -> GuestSeries:
     t0, v0 = rows[0].realtime_ns, rows[0].cntvct
     # Wrapping u64 arithmetic: a counter step is the signed 64-bit difference.
-    errors = [_signed64(r.cntvct - v0) - (r.realtime_ns - t0) * freq // NS_PER_S for r in rows]
+    errors = [signed64(r.cntvct - v0) - (r.realtime_ns - t0) * freq // NS_PER_S for r in rows]
     # A move shows in the samples as the guest's VM (and node) changing.
     moves = [
         i
@@ -265,11 +267,6 @@ def _from_records(
         series.by_value_ticks.append(bv)
         series.offset_ticks.append(off)
     return series
-
-
-def _signed64(value: int) -> int:
-    value &= (1 << 64) - 1
-    return value - (1 << 64) if value >= 1 << 63 else value
 
 
 UNITS = {"us": ("µs", 1e6), "ms": ("ms", 1e3), "ticks": ("ticks", 0.0)}

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import NewType
 
 from node.core.clock import Clock, HostCounter, ManualClock
@@ -12,7 +12,7 @@ from node.core.errors import AlreadyExists, BadRequest, VmNotFound, WrongClockMo
 from node.core.features import ClockMode, HostFeatures
 from node.core.state import VmState
 from node.core.uapi import Cap
-from node.core.vcpu import AccessKind, AccessResult, GuestOp
+from node.core.vcpu import AccessKind, AccessResult, GuestOp, Vcpu
 from node.core.vm import IrqLevel, Vm, check_u64
 
 VmId = NewType("VmId", str)
@@ -157,22 +157,32 @@ class Host:
         self.guest_interrupts += taken
         return taken
 
-    def run_vcpu(self, vm_id: str, index: int, ops: Sequence[GuestOp]) -> RunResult:
-        """One KVM_RUN executing `ops` in order; WAIT steps the simulated clock.
+    def start_run(self, vm_id: str, index: int, ops: Sequence[GuestOp]) -> VcpuRun:
+        """Enter a client-driven KVM_RUN that executes `ops` in order (see VcpuRun).
 
-        Realtime nodes' waits need real sleeping: adapters drive enter_run /
-        guest_read / guest_write / exit_run themselves for those.
+        Raises before anything runs: unknown VM/vCPU, malformed ops (BadRequest), VM
+        resumed or vCPU already inside KVM_RUN (Busy), first-run checks.
         """
         vm = self.vm(vm_id)
         validate_ops(ops)
-        if self.clock_mode is not ClockMode.SIMULATED and any(op.kind is AccessKind.WAIT for op in ops):
-            raise WrongClockMode("a wait op on a realtime node must be driven by the adapter")
         vcpu = vm.enter_run(index)
+        return VcpuRun(self, vm, vcpu, tuple(ops))
+
+    def run_vcpu(self, vm_id: str, index: int, ops: Sequence[GuestOp]) -> RunResult:
+        """One KVM_RUN executing `ops` in order, WAIT stepping the simulated clock.
+
+        Precondition: no WAIT on a realtime host (WrongClockMode): only an adapter can sleep,
+        through `start_run`.
+        """
+        if self.clock_mode is not ClockMode.SIMULATED and any(op.kind is AccessKind.WAIT for op in ops):
+            self.vm(vm_id)  # unknown VM first, as before
+            raise WrongClockMode("a wait op on a realtime node must be driven by the adapter")
+        run = self.start_run(vm_id, index, ops)
         try:
-            results = tuple(self.execute(vm, vcpu.index, op) for op in ops)
+            assert run.advance() is None  # simulated waits step the clock in the core
+            return run.result()
         finally:
-            vm.exit_run(vcpu)
-        return self.run_result(vm, index, results)
+            run.close()
 
     def execute(self, vm: Vm, index: int, op: GuestOp) -> AccessResult:
         vcpu = vm.vcpu(index)
@@ -187,6 +197,54 @@ class Host:
     def run_result(self, vm: Vm, index: int, results: tuple[AccessResult, ...]) -> RunResult:
         h = self.counter.read()
         return RunResult(results, tuple(vm.irq_levels(index, h)), h, vm.vcpu(index).trap_count)
+
+
+@dataclass(slots=True)
+class VcpuRun:
+    """One client-driven KVM_RUN in progress (kvm_arch_vcpu_ioctl_run with a scripted guest).
+
+    The core executes the ops in order. A WAIT on a simulated host steps the clock; on a
+    realtime host it is the one thing the core cannot do, so `advance()` stops there and
+    returns the nanoseconds to sleep: the adapter sleeps and calls `advance()` again. The
+    vCPU stays inside KVM_RUN (other runs and offset changes get EBUSY) until `close()`.
+    """
+
+    host: Host  # the host the VM lives on
+    vm: Vm  # the VM being run
+    vcpu: Vcpu  # the vCPU inside KVM_RUN
+    ops: tuple[GuestOp, ...]  # the script
+    results: list[AccessResult] = field(default_factory=list)  # one per op executed so far
+    _next: int = 0  # index of the next op
+    _waiting: bool = False  # advance() returned a wait the adapter is sleeping out
+
+    def advance(self) -> int | None:
+        """Execute ops until a realtime WAIT (returns ns to sleep) or the end (None)."""
+        if self._waiting:
+            self.results.append(AccessResult(self.host.counter.read()))  # the counter after the wait
+            self._waiting = False
+        realtime = self.host.clock_mode is not ClockMode.SIMULATED
+        while self._next < len(self.ops):
+            op = self.ops[self._next]
+            self._next += 1
+            if realtime and op.kind is AccessKind.WAIT:
+                self._waiting = True
+                return self.host.counter.ns_until(op.value)
+            self.results.append(self.host.execute(self.vm, self.vcpu.index, op))
+        return None
+
+    def waits(self) -> Iterator[int]:
+        """`advance()` as an iterator: each item is a realtime wait (ns) to sleep out before the
+        rest of the ops run; the iteration ends when every op has executed."""
+        while (wait_ns := self.advance()) is not None:
+            yield wait_ns
+
+    def result(self) -> RunResult:
+        """Precondition: `advance()` returned None (every op executed)."""
+        return self.host.run_result(self.vm, self.vcpu.index, tuple(self.results))
+
+    def close(self) -> None:
+        """Leave KVM_RUN (also after an error or a cancelled wait)."""
+        self.vm.exit_run(self.vcpu)
 
 
 def validate_ops(ops: Sequence[GuestOp]) -> None:

@@ -107,3 +107,33 @@ def ticks_until_fire(ctl: int, cval: int, now: int) -> int | None:
     if (ctl & (CTL_ENABLE | CTL_IMASK)) != CTL_ENABLE:
         return None
     return 0 if condition_met(cval, now) else cval - now
+
+
+def timer_read(ctx: TimerContext, reg: TimerReg, now: int) -> int:
+    """kvm_arm_timer_read(): one register of a timer whose counter reads `now`.
+
+    The one place a register name becomes a field: ONE_REG reads, batched reads and guest
+    MRS all come here (node.core.vm).
+    """
+    if reg is TimerReg.CTL:
+        return read_ctl(ctx.ctl, ctx.cval, now)
+    if reg is TimerReg.CVAL:
+        return ctx.cval
+    if reg is TimerReg.TVAL:
+        return tval_read(ctx.cval, now)
+    return now  # TimerReg.CNT
+
+
+def timer_write(ctx: TimerContext, reg: TimerReg, value: int, now: int) -> None:
+    """kvm_arm_timer_write(): CTL, CVAL or TVAL of a timer whose counter reads `now`.
+
+    Precondition: `reg` is not CNT (a counter write moves an offset, which the VM owns).
+    """
+    if reg is TimerReg.CTL:
+        ctx.ctl = store_ctl(value)
+    elif reg is TimerReg.CVAL:
+        ctx.cval = value & U64_MASK
+    elif reg is TimerReg.TVAL:
+        ctx.cval = tval_write(value, now)
+    else:
+        raise ValueError("a counter write is an offset change (Vm), not a timer register write")

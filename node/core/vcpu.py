@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from node.core.timer import DEFAULT_PPI, TimerContext, TimerId
+from node.core.timer import DEFAULT_PPI, TimerContext, TimerId, TimerReg
 
 
 class SysReg(IntEnum):
@@ -55,13 +55,13 @@ COUNTER_REGS = frozenset(
 )
 SELF_SYNC_REGS = frozenset({SysReg.CNTVCTSS_EL0, SysReg.CNTPCTSS_EL0})
 # (timer, register) behind each timer system register.
-TIMER_SYSREGS: dict[SysReg, tuple[TimerId, str]] = {
-    SysReg.CNTV_CTL_EL0: (TimerId.VTIMER, "ctl"),
-    SysReg.CNTV_CVAL_EL0: (TimerId.VTIMER, "cval"),
-    SysReg.CNTV_TVAL_EL0: (TimerId.VTIMER, "tval"),
-    SysReg.CNTP_CTL_EL0: (TimerId.PTIMER, "ctl"),
-    SysReg.CNTP_CVAL_EL0: (TimerId.PTIMER, "cval"),
-    SysReg.CNTP_TVAL_EL0: (TimerId.PTIMER, "tval"),
+TIMER_SYSREGS: dict[SysReg, tuple[TimerId, TimerReg]] = {
+    SysReg.CNTV_CTL_EL0: (TimerId.VTIMER, TimerReg.CTL),
+    SysReg.CNTV_CVAL_EL0: (TimerId.VTIMER, TimerReg.CVAL),
+    SysReg.CNTV_TVAL_EL0: (TimerId.VTIMER, TimerReg.TVAL),
+    SysReg.CNTP_CTL_EL0: (TimerId.PTIMER, TimerReg.CTL),
+    SysReg.CNTP_CVAL_EL0: (TimerId.PTIMER, TimerReg.CVAL),
+    SysReg.CNTP_TVAL_EL0: (TimerId.PTIMER, TimerReg.TVAL),
 }
 
 

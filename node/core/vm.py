@@ -30,12 +30,11 @@ from node.core.timer import (
     DEFAULT_PPI,
     TimerId,
     TimerOffset,
-    read_ctl,
+    TimerReg,
     should_fire,
-    store_ctl,
     ticks_until_fire,
-    tval_read,
-    tval_write,
+    timer_read,
+    timer_write,
 )
 from node.core.traps import TrapConfig, compute_traps
 from node.core.uapi import (
@@ -59,13 +58,14 @@ from node.core.vcpu import (
 )
 from node.core.workload import Workload, WorkloadSpec, WorkloadState, load_workload, save_workload
 
-_TIMER_REGS: dict[int, tuple[TimerId, str]] = {
-    OneReg.TIMER_CTL: (TimerId.VTIMER, "ctl"),
-    OneReg.TIMER_CVAL: (TimerId.VTIMER, "cval"),
-    OneReg.TIMER_CNT: (TimerId.VTIMER, "cnt"),
-    OneReg.PTIMER_CTL: (TimerId.PTIMER, "ctl"),
-    OneReg.PTIMER_CVAL: (TimerId.PTIMER, "cval"),
-    OneReg.PTIMER_CNT: (TimerId.PTIMER, "cnt"),
+# (timer, register) behind each timer ONE_REG id (kvm_arm_timer_get_reg/set_reg).
+_TIMER_REGS: dict[int, tuple[TimerId, TimerReg]] = {
+    OneReg.TIMER_CTL: (TimerId.VTIMER, TimerReg.CTL),
+    OneReg.TIMER_CVAL: (TimerId.VTIMER, TimerReg.CVAL),
+    OneReg.TIMER_CNT: (TimerId.VTIMER, TimerReg.CNT),
+    OneReg.PTIMER_CTL: (TimerId.PTIMER, TimerReg.CTL),
+    OneReg.PTIMER_CVAL: (TimerId.PTIMER, TimerReg.CVAL),
+    OneReg.PTIMER_CNT: (TimerId.PTIMER, TimerReg.CNT),
 }
 _EL1_TIMERS = (TimerId.VTIMER, TimerId.PTIMER)
 _COUNTER_REGS = frozenset({OneReg.TIMER_CNT, OneReg.PTIMER_CNT})
@@ -219,14 +219,8 @@ class Vm:
     def _read_reg(self, vcpu: Vcpu, reg_id: int, h: int) -> int:
         if reg_id == OneReg.TIMER_OFFSET:
             return (self.voffset - self.poffset) & U64_MASK
-        timer_id, field = _TIMER_REGS[reg_id]
-        now = self._timer_now(timer_id, h)
-        ctx = vcpu.timer(timer_id)
-        if field == "cnt":
-            return now
-        if field == "ctl":
-            return read_ctl(ctx.ctl, ctx.cval, now)
-        return ctx.cval
+        timer_id, treg = _TIMER_REGS[reg_id]
+        return timer_read(vcpu.timer(timer_id), treg, self._timer_now(timer_id, h))
 
     def set_one_reg(self, index: int, reg_id: int, value: int) -> None:
         vcpu = self.vcpu(index)
@@ -240,12 +234,10 @@ class Vm:
             # Series: guest CNTVOFF is relative to the guest physical counter.
             self._set_offsets(self.poffset + value, self.poffset)
             return
-        timer_id, field = _TIMER_REGS[reg_id]
-        ctx = vcpu.timer(timer_id)
-        if field == "ctl":
-            ctx.ctl = store_ctl(value)
-        elif field == "cval":
-            ctx.cval = value
+        timer_id, treg = _TIMER_REGS[reg_id]
+        if treg is not TimerReg.CNT:
+            # ONE_REG has no TVAL: `now` is unused by CTL and CVAL writes.
+            timer_write(vcpu.timer(timer_id), treg, value, 0)
         elif self.counter_offset_set:
             # 6.4+: once the VM-wide offset is set, counter writes succeed but are ignored.
             return
@@ -283,12 +275,8 @@ class Vm:
             if spec is None:  # OneReg.TIMER_OFFSET
                 append(cntvoff)
                 continue
-            timer_id, field = spec
-            if field == "cnt":
-                append(now[timer_id])
-                continue
-            ctx = vcpu.timers[timer_id]
-            append(ctx.cval if field == "cval" else read_ctl(ctx.ctl, ctx.cval, now[timer_id]))
+            timer_id, treg = spec
+            append(timer_read(vcpu.timers[timer_id], treg, now[timer_id]))
         return values, h, realtime_ns
 
     def set_regs(self, entries: Sequence[tuple[int, int, int]], counter_reference: int | None = None) -> None:
@@ -542,15 +530,8 @@ class Vm:
             return self._count(vcpu, self.cntvct(h), traps.trap_cntvct)
         if reg in (SysReg.CNTPCT_EL0, SysReg.CNTPCTSS_EL0):
             return self._count(vcpu, self.cntpct(h), traps.trap_cntpct)
-        timer_id, field = TIMER_SYSREGS[reg]
-        ctx = vcpu.timer(timer_id)
-        now = self._timer_now(timer_id, h)
-        if field == "ctl":
-            value = read_ctl(ctx.ctl, ctx.cval, now)
-        elif field == "cval":
-            value = ctx.cval
-        else:
-            value = tval_read(ctx.cval, now)
+        timer_id, treg = TIMER_SYSREGS[reg]
+        value = timer_read(vcpu.timer(timer_id), treg, self._timer_now(timer_id, h))
         return self._count(vcpu, value, self._timer_trapped(timer_id, traps))
 
     def guest_write(self, vcpu: Vcpu, reg: SysReg, value: int) -> AccessResult:
@@ -558,14 +539,8 @@ class Vm:
         check_u64(value)
         if reg not in TIMER_SYSREGS:
             return AccessResult(value, undefined=True)
-        timer_id, field = TIMER_SYSREGS[reg]
-        ctx = vcpu.timer(timer_id)
-        if field == "ctl":
-            ctx.ctl = store_ctl(value)
-        elif field == "cval":
-            ctx.cval = value
-        else:
-            ctx.cval = tval_write(value, self._timer_now(timer_id, self.counter.read()))
+        timer_id, treg = TIMER_SYSREGS[reg]
+        timer_write(vcpu.timer(timer_id), treg, value, self._timer_now(timer_id, self.counter.read()))
         return self._count(vcpu, value, self._timer_trapped(timer_id, self._traps))
 
     @staticmethod

@@ -10,7 +10,7 @@ Deadlines missed while the guest was stopped (or the counter jumped) are all
 accounted by the next interrupt, so a jump of any size costs one interrupt.
 
 All of this is guest memory: `WorkloadState` moves with the guest on migration.
-Every register access goes through the Vm's guest accessors, so traps count.
+Every register access goes through the VM's guest accessors (`Guest`), so traps count.
 """
 
 from __future__ import annotations
@@ -18,15 +18,38 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from node.core.clock import NS_PER_S, U64_MASK
+from node.core.clock import NS_PER_S, U64_MASK, HostCounter
 from node.core.errors import InvalidArgument
+from node.core.features import HostFeatures
 from node.core.timer import CTL_ENABLE, TimerId
-from node.core.vcpu import SysReg, Vcpu
+from node.core.vcpu import AccessResult, SysReg, Vcpu
 
-if TYPE_CHECKING:
-    from node.core.vm import Vm
+
+class Guest(Protocol):
+    """What a workload needs of its VM (node.core.vm.Vm): the guest's view of its vCPUs and
+    their timer registers, through the accessors that count traps. The workload never sees
+    offsets, traps or snapshots, and the core has no Vm <-> workload import cycle."""
+
+    @property
+    def vm_id(self) -> str: ...  # for messages
+
+    @property
+    def features(self) -> HostFeatures: ...  # cntfrq_hz
+
+    @property
+    def counter(self) -> HostCounter: ...  # one (host counter, realtime) sample per reading
+
+    @property
+    def vcpus(self) -> dict[int, Vcpu]: ...  # by index
+
+    def vcpu(self, index: int) -> Vcpu: ...
+
+    def guest_read(self, vcpu: Vcpu, reg: SysReg, h: int | None = None) -> AccessResult: ...  # MRS
+
+    def guest_write(self, vcpu: Vcpu, reg: SysReg, value: int) -> AccessResult: ...  # MSR
+
 
 MAX_SAMPLES = 256  # readings kept per vCPU (a ring: the newest)
 MIN_PERIOD_TICKS = 100  # shorter periods would only measure the emulator
@@ -112,7 +135,7 @@ class Workload:
     vcpus: dict[int, VcpuWorkload]  # by vCPU index
 
     @classmethod
-    def start(cls, vm: Vm, spec: WorkloadSpec) -> Workload:
+    def start(cls, vm: Guest, spec: WorkloadSpec) -> Workload:
         """The guest arms its timers on every vCPU."""
         wl = cls(spec, vm.features.cntfrq_hz, {})
         for index, vcpu in sorted(vm.vcpus.items()):
@@ -130,7 +153,7 @@ class Workload:
             wl.read_counters(vm, vcpu, SampleCause.START)
         return wl
 
-    def read_counters(self, vm: Vm, vcpu: Vcpu, cause: SampleCause) -> Sample:
+    def read_counters(self, vm: Guest, vcpu: Vcpu, cause: SampleCause) -> Sample:
         """The guest reads CNTVCT and CNTPCT; the reading is recorded with the observer's realtime."""
         w = self.vcpus[vcpu.index]
         # One tight (counter, realtime) pair for both reads: the observer's realtime must
@@ -150,11 +173,11 @@ class Workload:
         w.samples.append(sample)
         return sample
 
-    def on_pause(self, vm: Vm) -> None:
+    def on_pause(self, vm: Guest) -> None:
         for index, w in self.vcpus.items():
             w.pause_sample = self.read_counters(vm, vm.vcpu(index), SampleCause.PAUSE)
 
-    def on_resume(self, vm: Vm) -> None:
+    def on_resume(self, vm: Guest) -> None:
         """First reading after a stop: the counter jump against the real time that passed."""
         for index, w in self.vcpus.items():
             before = w.pause_sample
@@ -173,7 +196,7 @@ class Workload:
             out.append((TimerId.PTIMER, w.ptimer))
         return out
 
-    def on_irq(self, vm: Vm, vcpu: Vcpu, timer_id: TimerId) -> bool:
+    def on_irq(self, vm: Guest, vcpu: Vcpu, timer_id: TimerId) -> bool:
         """Interrupt handler: read the counter, account lateness, re-arm for the next period.
 
         Returns False for a spurious interrupt: the comparator fired although the guest's
@@ -219,7 +242,7 @@ def comparator_value(deadline: int, now: int) -> int:
     return deadline if deadline >= now or now == U64_MASK else U64_MASK
 
 
-def _arm(vm: Vm, vcpu: Vcpu, timer_id: TimerId, deadline: int, now: int) -> None:
+def _arm(vm: Guest, vcpu: Vcpu, timer_id: TimerId, deadline: int, now: int) -> None:
     cval, ctl = (
         (SysReg.CNTV_CVAL_EL0, SysReg.CNTV_CTL_EL0)
         if timer_id is TimerId.VTIMER
@@ -295,7 +318,7 @@ def save_workload(wl: Workload, since_reads: dict[int, int] | None = None) -> Wo
     )
 
 
-def load_workload(state: WorkloadState, vm: Vm, base: Workload | None = None) -> Workload:
+def load_workload(state: WorkloadState, vm: Guest, base: Workload | None = None) -> Workload:
     """Recreate a workload in `vm` (whose vCPUs must match) from migrated guest memory.
 
     With `base` (an earlier pre-copy), `state` is a delta: its readings are appended to

@@ -9,7 +9,7 @@ from typing import Any, cast
 from kvmtimer.v1 import node_pb2 as pb
 
 from node.core.errors import BadRequest
-from node.core.features import ApiProfile, ClockMode, EcvLevel, HostFeatures
+from node.core.features import ClockMode
 from node.core.host import Host, RunResult, VmOwner
 from node.core.timer import TimerId
 from node.core.vcpu import AccessKind, GuestOp, SysReg
@@ -18,20 +18,23 @@ from node.core.workload import (
     Sample,
     SampleCause,
     VcpuWorkloadState,
-    WorkloadSpec,
     WorkloadState,
 )
-
-
-def api_profile_to_pb(profile: ApiProfile) -> pb.ApiProfile:
-    return cast(pb.ApiProfile, int(profile))
-
-
-def api_profile_from_pb(value: int) -> ApiProfile:
-    try:
-        return ApiProfile(value)
-    except ValueError:
-        raise BadRequest(f"unknown api profile {value}") from None
+from node.wire import (
+    api_profile_from_pb as api_profile_from_pb,
+)
+from node.wire import (
+    api_profile_to_pb as api_profile_to_pb,
+)
+from node.wire import (
+    features_from_info as features_from_info,
+)
+from node.wire import (
+    workload_spec_from_pb as workload_spec_from_pb,
+)
+from node.wire import (
+    workload_spec_to_pb as workload_spec_to_pb,
+)
 
 
 def host_info(host: Host) -> pb.HostInfo:
@@ -50,16 +53,6 @@ def host_info(host: Host) -> pb.HostInfo:
         has_cntpoff=f.has_cntpoff,
         vm_count=len(host.vms),
         vcpu_count=sum(len(vm.vcpus) for vm in host.vms.values()),
-    )
-
-
-def features_from_info(info: pb.HostInfo) -> HostFeatures:
-    return HostFeatures(
-        cntfrq_hz=info.cntfrq_hz,
-        ecv=EcvLevel(info.ecv),
-        vhe=info.vhe,
-        api_profile=api_profile_from_pb(info.api_profile),
-        nv=info.nv,
     )
 
 
@@ -158,14 +151,6 @@ def vcpu_state(vm: Vm, index: int) -> pb.VcpuStateInfo:
 
 
 # --- guest workload ----------------------------------------------------------
-
-
-def workload_spec_from_pb(spec: pb.WorkloadSpec) -> WorkloadSpec:
-    return WorkloadSpec(period_ticks=spec.period_ticks, use_ptimer=spec.use_ptimer)
-
-
-def workload_spec_to_pb(spec: WorkloadSpec) -> pb.WorkloadSpec:
-    return pb.WorkloadSpec(period_ticks=spec.period_ticks, use_ptimer=spec.use_ptimer)
 
 
 def sample_to_pb(s: Sample) -> pb.CounterSample:

@@ -10,7 +10,7 @@ import grpc
 import structlog
 
 from node.core.errors import BadRequest, EmulatorError, VcpuNotFound, VmNotFound, WrongClockMode
-from node.service.rpc import Ctx, RpcErrors
+from node.runtime.rpc import Ctx, RpcErrors
 
 __all__ = ["ERRNO_METADATA_KEY", "Ctx", "rpc", "status_for", "stream_rpc", "trailing_metadata_for"]
 

@@ -30,7 +30,7 @@ def build_server(
 
     Pass `telemetry` to see the node's telemetry streams (metrics) and to end them
     (`telemetry.close()`) before stopping the server. `credentials`/`interceptors`: mutual TLS
-    and caller checks (node.serving).
+    and caller checks (node.runtime.serving).
     """
     server = grpc.aio.server(interceptors=interceptors)
     node_pb2_grpc.add_NodeServicer_to_server(NodeServicer(host, telemetry), server)

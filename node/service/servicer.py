@@ -10,8 +10,7 @@ from kvmtimer.v1 import node_pb2_grpc as pb_grpc
 
 from node.core.errors import BadRequest, EmulatorError
 from node.core.features import ClockMode
-from node.core.host import Host, validate_ops
-from node.core.vcpu import AccessKind, AccessResult
+from node.core.host import Host
 from node.service import convert
 from node.service.driver import WorkloadDriver
 from node.service.errors import Ctx, rpc, status_for, stream_rpc, trailing_metadata_for
@@ -144,24 +143,14 @@ class NodeServicer(pb_grpc.NodeServicer):
 
     @rpc
     async def RunVcpu(self, request: pb.RunVcpuRequest, context: Ctx) -> pb.RunVcpuResponse:
-        ops = convert.guest_ops_from_pb(request.ops)
-        if self.host.clock_mode is ClockMode.SIMULATED:
-            return convert.run_result_to_pb(self.host.run_vcpu(request.vm_id, request.vcpu_index, ops))
-        # Realtime: waits really sleep, with the vCPU held inside KVM_RUN meanwhile.
-        vm = self.host.vm(request.vm_id)
-        validate_ops(ops)
-        vcpu = vm.enter_run(request.vcpu_index)
-        results: list[AccessResult] = []
+        run = self.host.start_run(request.vm_id, request.vcpu_index, convert.guest_ops_from_pb(request.ops))
         try:
-            for op in ops:
-                if op.kind is AccessKind.WAIT:
-                    await asyncio.sleep(self.host.counter.ns_until(op.value) / 1e9)
-                    results.append(AccessResult(self.host.counter.read()))
-                else:
-                    results.append(self.host.execute(vm, vcpu.index, op))
+            # A realtime WAIT really sleeps, with the vCPU held inside KVM_RUN meanwhile.
+            for wait_ns in run.waits():
+                await asyncio.sleep(wait_ns / 1e9)
+            return convert.run_result_to_pb(run.result())
         finally:
-            vm.exit_run(vcpu)
-        return convert.run_result_to_pb(self.host.run_result(vm, vcpu.index, tuple(results)))
+            run.close()
 
     @rpc
     async def PauseVm(self, request: pb.PauseVmRequest, context: Ctx) -> pb.PauseVmResponse:

@@ -28,6 +28,7 @@ from kvmtimer.v1 import node_pb2 as pb
 
 from node.core.host import Host
 from node.core.telemetry import VcpuSample, VmRound, check_rate_hz, count_vcpus, sample_round, select_vms
+from node.runtime.protowire import field_1_prefix
 
 DEFAULT_BUFFER_SAMPLES = 16_384  # per stream, between the sampler and the gRPC writer
 _PART_CACHE_MAX = 65_536  # encoded per-vCPU parts kept by one encoder before it starts over
@@ -35,17 +36,7 @@ _PART_CACHE_MAX = 65_536  # encoded per-vCPU parts kept by one encoder before it
 log = structlog.get_logger("kvmtimer.node")
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-_SAMPLES_TAG = b"\x0a"  # TelemetryBatch.samples: field 1, length-delimited
-_LENGTHS = [_SAMPLES_TAG + _varint(n) for n in range(2048)]  # tag + length prefixes, precomputed
+_LENGTHS = [field_1_prefix(n) for n in range(2048)]  # TelemetryBatch.samples tag + length, precomputed
 
 
 class BatchEncoder:
@@ -101,7 +92,7 @@ class BatchEncoder:
                         ptimer_level=t.ptimer_level,
                     ).SerializeToString()
                 size = len(shared) + len(part)
-                append(lengths[size] if size < len(lengths) else _SAMPLES_TAG + _varint(size))
+                append(lengths[size] if size < len(lengths) else field_1_prefix(size))
                 append(shared)
                 append(part)
         return pb.TelemetryBatch.FromString(b"".join(pieces))

@@ -59,6 +59,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from kvmtimer.v1 import node_pb2 as pb
 
+from controller.cli.views import percentile
+from controller.cli.views import table as views_table
 from controller.clients.node import NodeClient
 from controller.core.migration import Limits, Method, MigrationRecord, Phase
 from controller.service.cluster import Cluster
@@ -68,7 +70,7 @@ from node.core.host import Host
 from node.core.uapi import OneReg
 from node.core.workload import MAX_SAMPLES, WorkloadSpec
 from node.core.world import advance_hosts
-from node.logs import configure_logging
+from node.runtime.logs import configure_logging
 from node.service.servicer import NodeServicer
 from tests.support.nodes import NodeProcess, node_process
 
@@ -91,11 +93,9 @@ UNTHROTTLED = Limits(parallel=10_000, outbound_per_node=10_000)
 
 
 def pct(values: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile (p99 of 30 values is the maximum)."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+    """The p-th percentile (views.percentile: statistics.quantiles, inclusive); NaN when empty."""
+    value = percentile(values, p / 100)
+    return math.nan if value is None else value
 
 
 def fmt(value: float, digits: int = 0) -> str:
@@ -105,16 +105,10 @@ def fmt(value: float, digits: int = 0) -> str:
 def table(
     title: str, headers: Sequence[str], rows: Sequence[Sequence[str]], notes: Sequence[str] = ()
 ) -> str:
-    """Plain-text table: first column left-aligned, the others right-aligned."""
-    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=True)]
-
-    def line(cells: Sequence[str]) -> str:
-        out = [cells[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)]
-        return "  ".join(out).rstrip()
-
-    rule = "-" * len(line(headers))
-    body = [title, rule, line(headers), rule, *(line(r) for r in rows), rule, *notes]
-    return "\n".join(body) + "\n"
+    """Titled plain-text table (views.table): first column left-aligned, the others right-aligned."""
+    head, *body = views_table(headers, rows, numbers_right=True).split("\n")
+    rule = "-" * max(len(head), *(len(line) for line in body))
+    return "\n".join([title, rule, head, rule, *body, rule, *notes]) + "\n"
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kvmtimer.v1 import node_pb2 as pb
 from kvmtimer.v1 import node_pb2_grpc
 
+from controller.cli.views import table
 from node.core.clock import ManualClock
 from node.core.features import ApiProfile, ClockMode, EcvLevel, HostFeatures
 from node.core.host import Host
@@ -215,16 +216,25 @@ def format_table(rows: list[Row], seconds: float) -> str:
         "ratios are items/s over the health check calls/s of the same run; cpu = process CPU time",
         "(client + server, all threads) per call in the cheapest slice, less sensitive to other load.",
         "",
-        f"{'measurement':<42} {'calls/s':>10} {'items/call':>10} {'items/s':>12} {'unit':<5} "
-        f"{'x health':>9} {'cpu us/call':>12}",
-        "-" * 106,
     ]
-    for row in rows:
-        lines.append(
-            f"{row.name:<42} {row.calls_per_s:>10,.0f} {row.items_per_call:>10} {row.items_per_s:>12,.0f} "
-            f"{row.unit:<5} {row.items_per_s / reference:>9.2f} {row.rate.cpu_us_per_call:>12,.2f}"
-        )
-    lines.append("-" * 106)
+    head, *body = table(
+        ("measurement", "calls/s", "items/call", "items/s", "unit", "x health", "cpu us/call"),
+        [
+            (
+                row.name,
+                f"{row.calls_per_s:,.0f}",
+                row.items_per_call,
+                f"{row.items_per_s:,.0f}",
+                row.unit,
+                f"{row.items_per_s / reference:.2f}",
+                f"{row.rate.cpu_us_per_call:,.2f}",
+            )
+            for row in rows
+        ],
+        numbers_right=True,
+    ).split("\n")
+    rule = "-" * max(len(head), *(len(line) for line in body))
+    lines += [head, rule, *body, rule]
     lines.append(f"health check round trip: {1e6 / reference:,.1f} us")
     batched = {
         row.name.split(",")[0]: row.items_per_s for row in rows if row.name.startswith(("GetRegs", "SetRegs"))

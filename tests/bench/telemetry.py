@@ -46,6 +46,7 @@ from kvmtimer.v1 import controller_pb2 as cpb
 from kvmtimer.v1 import controller_pb2_grpc, node_pb2_grpc
 from kvmtimer.v1 import node_pb2 as pb
 
+from controller.cli.views import table
 from node.core.clock import ManualClock
 from node.core.features import ClockMode, HostFeatures
 from node.core.host import Host
@@ -129,7 +130,7 @@ def _serve_controller(node_address: str, rate_hz: float, conn: Connection) -> No
     """Child process: a Cluster with the node registered, its collector at `rate_hz`, a gRPC server."""
     from controller.service.cluster import Cluster
     from controller.service.server import build_server, mark_serving
-    from node.logs import configure_logging
+    from node.runtime.logs import configure_logging
 
     configure_logging("warning", json=True)
 
@@ -346,7 +347,7 @@ def _num(value: float, fmt: str = ",.0f") -> str:
 def print_table(rows: list[Row], out: Callable[[str], None] = print) -> None:
     header = ["path", "vCPUs", "max_batch", "offered/s", "delivered/s", "dropped/s", "batches/s"]
     header += [f"{p} us/sample" for p in PROCESSES] + ["total us/sample"]
-    lines = [header]
+    lines: list[list[str]] = []
     for r in rows:
         cpu = [r.cpu_us.get(p, float("nan")) for p in PROCESSES]
         total = sum(c for c in cpu if c == c)
@@ -363,16 +364,11 @@ def print_table(rows: list[Row], out: Callable[[str], None] = print) -> None:
                 _num(total, ".2f"),
             ]
         )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    for n, line in enumerate(lines):
-        out(
-            "  ".join(
-                cell.ljust(w) if i == 0 else cell.rjust(w)
-                for i, (cell, w) in enumerate(zip(line, widths, strict=True))
-            )
-        )
-        if n == 0:
-            out("  ".join("-" * w for w in widths))
+    head, *body = table(header, lines, numbers_right=True).split("\n")
+    out(head)
+    out("-" * len(head))
+    for line in body:
+        out(line)
     node_rows = [r for r in rows if r.path == "gRPC node stream"]
     if node_rows:
         best = max(node_rows, key=lambda r: r.delivered_per_s)

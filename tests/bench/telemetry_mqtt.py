@@ -35,10 +35,11 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from kvmtimer.v1 import controller_pb2 as cpb
 from kvmtimer.v1 import node_pb2 as pb
 
+from controller.cli.views import table as views_table
 from controller.telemetry.bridge import TelemetryBridge
 from controller.telemetry.hub import Hub
-from controller.telemetry.mqtt import MqttPublisher, MqttSettings
-from controller.telemetry.schema import DEFAULT_MAX_SAMPLES, Topics
+from node.runtime.mqtt import MqttPublisher, MqttSettings
+from node.runtime.mqtt_schema import DEFAULT_MAX_SAMPLES, Topics
 from tests.support.mqtt import Mosquitto, mosquitto_binary
 
 GOAL_SAMPLES_PER_S = 50_000
@@ -204,18 +205,32 @@ async def run_row(
 
 
 def table(rows: list[Row]) -> str:
-    lines = [
-        f"{'row':<34} {'samples/s':>10} {'msgs/s':>8} {'samples/msg':>11} {'MB/s':>6} "
-        f"{'pub CPU us/sample':>17} {'sub CPU us/sample':>17} {'dropped':>7}"
-    ]
+    headers = (
+        "row",
+        "samples/s",
+        "msgs/s",
+        "samples/msg",
+        "MB/s",
+        "pub CPU us/sample",
+        "sub CPU us/sample",
+        "dropped",
+    )
+    cells = []
     for r in rows:
         per_msg = r.samples / r.messages if r.messages else 0.0
-        lines.append(
-            f"{r.name:<34} {r.samples_per_s:>10,.0f} {r.messages / r.seconds:>8,.0f} {per_msg:>11.1f} "
-            f"{r.bytes / r.seconds / 1e6:>6.1f} {r.publisher_cpu_s / max(r.samples, 1) * 1e6:>17.2f} "
-            f"{r.subscriber_cpu_s / max(r.samples, 1) * 1e6:>17.2f} {r.dropped:>7}"
+        cells.append(
+            (
+                r.name,
+                f"{r.samples_per_s:,.0f}",
+                f"{r.messages / r.seconds:,.0f}",
+                f"{per_msg:.1f}",
+                f"{r.bytes / r.seconds / 1e6:.1f}",
+                f"{r.publisher_cpu_s / max(r.samples, 1) * 1e6:.2f}",
+                f"{r.subscriber_cpu_s / max(r.samples, 1) * 1e6:.2f}",
+                str(r.dropped),
+            )
         )
-    return "\n".join(lines)
+    return views_table(headers, cells, numbers_right=True)
 
 
 async def measure(seconds: float, vcpus: int, *, quick: bool = False) -> list[Row]:

@@ -25,7 +25,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ import pytest
 
 from tests.support import netns
 from tests.support.nodes import kvmtimer_command
+from tests.support.wait import until_sync
 
 pytestmark = pytest.mark.e2e
 
@@ -84,8 +84,8 @@ def base_env(extra: Mapping[str, str]) -> dict[str, str]:
 def wait_log(
     path: Path, event: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0
 ) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+
+    def logged() -> dict[str, Any] | None:
         for line in path.read_text().splitlines():
             with contextlib.suppress(json.JSONDecodeError):
                 record = json.loads(line)
@@ -93,8 +93,9 @@ def wait_log(
                     return record
         if proc.poll() is not None:
             raise AssertionError(f"exited {proc.returncode} before {event!r}:\n{path.read_text()}")
-        time.sleep(0.1)
-    raise AssertionError(f"no {event!r} within {timeout_s} s:\n{path.read_text()}")
+        return None
+
+    return until_sync(logged, timeout_s=timeout_s, poll_s=0.1, what=f"{event!r} in {path}")
 
 
 @contextlib.contextmanager
@@ -254,13 +255,12 @@ def test_controller_and_three_hosts_in_namespaces(network_available: None, tmp_p
                 return json.loads(done.stdout)
 
             # Discovery (ecv-*) and self-registration (noecv) find all three nodes.
-            deadline = time.monotonic() + 30
-            while True:
-                listed = cli_json("nodes")["nodes"]
-                if sorted(n["node_id"] for n in listed if n["healthy"]) == sorted(EXPECTED):
-                    break
-                assert time.monotonic() < deadline, (listed, (tmp_path / "controller.log").read_text())
-                time.sleep(0.5)
+            def all_found() -> list[dict[str, Any]] | None:
+                listed: list[dict[str, Any]] = cli_json("nodes")["nodes"]
+                healthy = sorted(n["node_id"] for n in listed if n["healthy"])
+                return listed if healthy == sorted(EXPECTED) else None
+
+            listed = until_sync(all_found, timeout_s=30, poll_s=0.5, what="all three nodes found and healthy")
             for n in listed:
                 assert (n["ecv"], n["vhe"], n["api_profile"]) == EXPECTED[n["node_id"]], n
                 assert n["address"] == f"{n['node_id']}.{DOMAIN}:{NODE_PORT}"

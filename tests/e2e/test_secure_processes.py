@@ -16,7 +16,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.support.nodes import kvmtimer_command, wait_for_log_event
+from tests.support.wait import until_sync
 
 pytestmark = pytest.mark.e2e
 
@@ -150,10 +150,12 @@ def test_secure_cluster_on_loopback(tmp_path: Path) -> None:
                     assert done.returncode == 0, done.stderr
                     return json.loads(done.stdout)
 
-                deadline = time.monotonic() + 20
-                while sorted(n["node_id"] for n in cli("nodes")["nodes"]) != ["env-node", "file-node"]:
-                    assert time.monotonic() < deadline
-                    time.sleep(0.3)
+                until_sync(
+                    lambda: sorted(n["node_id"] for n in cli("nodes")["nodes"]) == ["env-node", "file-node"],
+                    timeout_s=20,
+                    poll_s=0.3,
+                    what="both nodes registered",
+                )
                 addresses = {n["node_id"]: n["address"] for n in cli("nodes")["nodes"]}
                 assert addresses["file-node"] == f"127.0.0.1:{b['port']}"  # registered itself
                 assert addresses["env-node"].endswith(f":{a['port']}")  # found in DNS

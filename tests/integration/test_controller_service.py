@@ -24,6 +24,7 @@ from controller.core.migration import Limits, Method, MigrationRecord, Phase
 from node.core.features import ApiProfile, EcvLevel, HostFeatures
 from node.core.workload import WorkloadSpec
 from tests.support.cluster import CNTFRQ, SimCluster, controller_stub, sim_cluster
+from tests.support.wait import until
 
 ECV_VHE = HostFeatures(ecv=EcvLevel.CNTPOFF, vhe=True)
 NOECV = HostFeatures(ecv=EcvLevel.NI, vhe=False)
@@ -31,9 +32,7 @@ PERIOD = CNTFRQ // 100
 
 
 async def wait_for_step(record: MigrationRecord, step: str, timeout_s: float = 10.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while step not in record.steps:  # noqa: ASYNC110 (the record has no event to wait on)
-            await asyncio.sleep(0.001)
+    await until(lambda: step in record.steps, timeout_s=timeout_s, what=f"step {step}", poll_s=0.001)
 
 
 def snapshot(sim: SimCluster) -> dict[str, object]:
@@ -213,7 +212,7 @@ async def test_watch_migrations_streams_every_phase_and_grpc_guest_lifecycle() -
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
         call = stub.WatchMigrations(cpb.WatchMigrationsRequest())
-        await asyncio.sleep(0.05)  # let the subscription start
+        await until(lambda: sim.cluster.events.subscribers > 0, what="the WatchMigrations subscription")
         done = await stub.Migrate(cpb.MigrateRequest(guest_id="g", migration_id="m", wait=True))
         assert done.phase == cpb.MIGRATION_PHASE_SUCCEEDED and done.destination == "b"
         assert done.method == cpb.MIGRATION_METHOD_VM_COUNTER_OFFSET

@@ -1,4 +1,4 @@
-"""Node discovery through DNS (controller/discovery.py) with real node servers on loopback.
+"""Node discovery through DNS (controller/app/discovery.py) with real node servers on loopback.
 
 Edge cases: --discover-dns parsing (SRV name, NAME:PORT, IPv6 literal results bracketed, bad
 ports); SRV records registering every node under the id it reports itself (GetHostInfo), not a
@@ -17,8 +17,8 @@ from collections.abc import AsyncIterator
 import dns.exception
 import pytest
 
-from controller import discovery
-from controller.deploy import probe_node_id
+from controller.app import discovery
+from controller.app.deploy import probe_node_id
 from controller.service.cluster import Cluster
 from tests.support.dns import DnsTable, dns_server
 from tests.support.nodes import InProcessNode, in_process_node

@@ -31,20 +31,15 @@ from kvmtimer.v1 import controller_pb2 as cpb
 from kvmtimer.v1 import node_pb2 as pb
 
 from controller.core.migration import Method, Phase
-from controller.telemetry.bridge import TelemetryBridge
+from controller.service.telemetry import start_controller_telemetry
+from controller.telemetry.bridge import MqttTelemetry, TelemetryBridge
 from controller.telemetry.broker import embedded_broker
 from controller.telemetry.hub import Hub
-from controller.telemetry.mqtt import (
-    MqttPublisher,
-    MqttSettings,
-    MqttTelemetry,
-    parse_mqtt_url,
-    start_controller_telemetry,
-)
-from controller.telemetry.publisher import OutMessage
-from controller.telemetry.schema import Topics, sample_dicts
 from node.core.features import ApiProfile, EcvLevel, HostFeatures
 from node.core.workload import WorkloadSpec
+from node.runtime.mqtt import MqttPublisher, MqttSettings, parse_mqtt_url
+from node.runtime.mqtt_schema import Topics, sample_dicts
+from node.runtime.publisher import OutMessage
 from tests.support.cluster import CNTFRQ, SimCluster, sim_cluster
 from tests.support.mqtt import (
     NO_MOSQUITTO,
@@ -58,6 +53,7 @@ from tests.support.mqtt import (
     subscriber,
 )
 from tests.support.nodes import kvmtimer_command, node_process, wait_for_log_event
+from tests.support.wait import until
 
 needs_mosquitto = pytest.mark.skipif(mosquitto_binary() is None, reason=NO_MOSQUITTO)
 
@@ -66,14 +62,6 @@ NODES = [
     ("ecv-vhe", HostFeatures(ecv=EcvLevel.CNTPOFF, vhe=True, api_profile=ApiProfile.VM_COUNTER_OFFSET)),
     ("noecv", HostFeatures(ecv=EcvLevel.NI, vhe=True, api_profile=ApiProfile.BY_VALUE)),
 ]
-
-
-async def until(predicate: Callable[[], object], timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 def batch(guest: str, vcpus: int, t0: int, rounds: int, node: str = "ecv-vhe") -> cpb.ClusterTelemetry:
@@ -322,6 +310,7 @@ async def test_controller_last_will_when_connection_is_cut(broker: Mosquitto) ->
 
 @needs_mosquitto
 @pytest.mark.asyncio
+@pytest.mark.e2e  # a real kvmtimer process
 async def test_killed_node_process_shows_offline(broker: Mosquitto) -> None:
     args = ["--node-id", "node-k", "--clock", "simulated", "--mqtt", broker.url, "--mqtt-prefix", "t1"]
     async with subscriber(broker.port, "t1/nodes/node-k/status") as live:
@@ -347,6 +336,7 @@ async def test_killed_node_process_shows_offline(broker: Mosquitto) -> None:
 
 @needs_mosquitto
 @pytest.mark.asyncio
+@pytest.mark.e2e  # a real kvmtimer process
 async def test_stopped_node_process_publishes_offline_stopped(broker: Mosquitto) -> None:
     args = ["--node-id", "node-s", "--clock", "simulated", "--mqtt", broker.url]
     async with subscriber(broker.port, "kvmtimer/nodes/node-s/status") as live:
@@ -387,6 +377,7 @@ def controller_process(*args: str) -> Iterator[tuple[subprocess.Popen[str], int]
 
 @needs_mosquitto
 @pytest.mark.asyncio
+@pytest.mark.e2e  # a real kvmtimer process
 async def test_controller_process_status_and_last_will(broker: Mosquitto) -> None:
     topic = "ctl/controller/status"
     async with subscriber(broker.port, topic) as live:
@@ -409,6 +400,7 @@ async def test_controller_process_status_and_last_will(broker: Mosquitto) -> Non
             assert stopped.payload["status"] == "offline"
 
 
+@pytest.mark.e2e  # a real kvmtimer process
 def test_controller_refuses_bad_mqtt_options() -> None:
     proc = subprocess.run(
         [
@@ -473,10 +465,10 @@ async def test_broker_outage_cluster_keeps_migrating_and_publishing_resumes(brok
                 sim.cluster.telemetry.publish(batch("g1", 1, i, 3))
             assert time.monotonic() - started < 5.0
             await until(lambda: telemetry.stats()["samples"] == 12)
-            await asyncio.sleep(0.3)  # past a flush interval: the samples were dropped too
             stats = telemetry.publisher.stats
+            # The next flush interval drops the buffered samples too.
+            await until(lambda: stats.dropped["disconnected"] >= 4 * 14 + 1)  # 4 migrations' events + samples
             assert telemetry.dropped > dropped_before
-            assert stats.dropped["disconnected"] >= 4 * 14 + 1  # 4 migrations' events + samples
 
             broker.start()  # same port, nothing retained
             assert await telemetry.publisher.wait_connected(10)

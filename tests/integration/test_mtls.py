@@ -34,15 +34,14 @@ from kvmtimer.v1 import controller_pb2_grpc as cpb_grpc
 from kvmtimer.v1 import node_pb2 as pb
 from kvmtimer.v1 import node_pb2_grpc
 
-from controller import certs
-from controller.cli import main
+from controller.cli import certs, main
 from controller.service.cluster import Cluster
 from controller.service.server import build_server as build_controller
 from controller.service.server import mark_serving as controller_serving
-from node import tls
 from node.core.clock import ManualClock
 from node.core.features import ApiProfile, ClockMode, EcvLevel, HostFeatures
 from node.core.host import Host
+from node.runtime import tls
 from node.service.server import build_server as build_node
 from node.service.server import mark_serving as node_serving
 

@@ -58,6 +58,12 @@ from tests.integration.node_helpers import (
     write,
 )
 from tests.support.nodes import InProcessNode, in_process_node
+from tests.support.wait import until
+
+
+async def has_run(stub: node_pb2_grpc.NodeStub, vm_id: str, index: int) -> bool:
+    return (await vcpu_state(stub, vm_id, index)).has_run
+
 
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -359,10 +365,7 @@ async def test_case26_counter_offset_while_run_vcpu_in_flight() -> None:
         before: pb.VmSummary = await vm_summary(n.stub, "vm")
         in_flight = asyncio.ensure_future(run(n.stub, "vm", 1, wait(12_500_000)))  # 0.5 s at 25 MHz
         try:
-            for _ in range(100):
-                if (await vcpu_state(n.stub, "vm", 1)).has_run:
-                    break
-                await asyncio.sleep(0.005)
+            await until(lambda: has_run(n.stub, "vm", 1), timeout_s=5.0, what="vCPU 1 in KVM_RUN")
             await expect_error(
                 n.stub.SetCounterOffset(pb.SetCounterOffsetRequest(vm_id="vm", counter_offset=7000)),
                 PRECONDITION,

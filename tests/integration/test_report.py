@@ -25,8 +25,8 @@ from kvmtimer.v1 import node_pb2 as pb
 from controller.cli import main
 from controller.core.migration import Method, Phase
 from controller.service.server import build_server, mark_serving
+from controller.service.telemetry import node_statuses
 from controller.telemetry import record, report
-from controller.telemetry.mqtt import node_statuses
 from controller.telemetry.record import TelemetryRecorder
 from node.core.clock import U64_MASK
 from node.core.features import ApiProfile, EcvLevel, HostFeatures

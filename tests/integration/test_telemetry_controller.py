@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Callable
 
 import grpc
@@ -35,6 +34,7 @@ from node.core.workload import WorkloadSpec
 from node.service.server import build_server, mark_serving
 from node.service.telemetry import TelemetryStreams
 from tests.support.cluster import CNTFRQ, DAY_TICKS, SimCluster, controller_stub, sim_cluster
+from tests.support.wait import until
 
 FEATURES = HostFeatures(ecv=EcvLevel.CNTPOFF, vhe=True)
 PERIOD = CNTFRQ // 100
@@ -88,16 +88,13 @@ def watch(
 
 
 async def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
+    await until(condition, timeout_s=timeout_s, what=what)
 
 
 @pytest.mark.asyncio
 async def test_idle_cluster_opens_no_node_streams() -> None:
     async with watched_cluster() as (sim, _):
-        await asyncio.sleep(0.2)
+        sim.cluster.collector._reconcile()  # a supervision pass, now: nobody watches
         assert sim.cluster.collector.streaming == frozenset()
         assert sim.cluster.collector.samples_total == 0
 

@@ -26,7 +26,7 @@ from controller.core.migration import Method, MigrationRecord, Phase
 from controller.telemetry.metrics import controller_registry
 from node.core.features import ApiProfile, EcvLevel, HostFeatures
 from node.core.workload import WorkloadSpec
-from node.metrics_http import MetricsServer, start_metrics
+from node.runtime.metrics_http import MetricsServer, start_metrics
 from node.service.metrics import node_registry
 from node.service.telemetry import TelemetryStreams
 from tests.support.cluster import CNTFRQ, sim_cluster

@@ -32,6 +32,7 @@ from node.core.features import ClockMode, EcvLevel, HostFeatures
 from node.core.host import Host
 from node.service.server import build_server, mark_serving
 from node.service.telemetry import TelemetryStreams
+from tests.support.wait import until
 
 H0 = 86_400 * 25_000_000  # the host booted a day ago at 25 MHz
 EOF = grpc.aio.EOF  # type: ignore[attr-defined]  # end-of-stream marker of call.read()
@@ -85,11 +86,11 @@ async def first_batches(
 
 
 async def wait_until_closed(streams: TelemetryStreams) -> None:
-    for _ in range(200):
-        if streams.open_streams == 0 and not sampler_tasks():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{streams.open_streams} streams / {sampler_tasks()} sampler tasks still open")
+    await until(
+        lambda: streams.open_streams == 0 and not sampler_tasks(),
+        timeout_s=2.0,
+        what=f"streams and sampler tasks closed ({streams.open_streams} / {sampler_tasks()} open)",
+    )
 
 
 def sampler_tasks() -> list[asyncio.Task[object]]:
@@ -219,14 +220,15 @@ async def test_slow_consumer_drops_are_counted_and_node_stays_responsive() -> No
         assert isinstance(first, pb.TelemetryBatch)
         assert (first.sequence, first.dropped, len(first.samples)) == (0, 0, 50)
         # The client stops reading; transport windows fill, then the node's buffer.
-        deadline = time.monotonic() + 10
-        while node.streams.dropped_total == 0 and time.monotonic() < deadline:
+
+        async def dropping_and_responsive() -> bool:
             start = time.monotonic()
             info = await node.stub.GetHostInfo(pb.GetHostInfoRequest(), timeout=2)
             assert info.vcpu_count == 50
             assert time.monotonic() - start < 0.5
-            await asyncio.sleep(0.05)
-        assert node.streams.dropped_total > 0
+            return node.streams.dropped_total > 0
+
+        await until(dropping_and_responsive, timeout_s=10, poll_s=0.05, what="the node dropping samples")
         # Reading again: the batches queued in transport come first, then ones reporting drops.
         last_sequence, last_dropped, received = 0, 0, 0
         while last_dropped == 0:

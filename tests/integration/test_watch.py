@@ -13,11 +13,9 @@ Edge cases covered:
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -25,27 +23,20 @@ import pytest
 from kvmtimer.v1 import controller_pb2 as cpb
 from kvmtimer.v1 import node_pb2 as pb
 
-from controller import telemetry_cli
-from controller.cli import build_parser, main
+from controller.cli import build_parser, main, telemetry
 from controller.core.migration import Method, Phase
 from controller.service.server import build_server, mark_serving
 from controller.telemetry import record
 from node.core.features import ApiProfile, EcvLevel, HostFeatures
 from node.core.workload import WorkloadSpec
+from node.runtime.settings import typed
 from tests.support.cluster import CNTFRQ, sim_cluster
+from tests.support.wait import until
 
 NODES = [
     ("ecv-vhe", HostFeatures(ecv=EcvLevel.CNTPOFF, vhe=True, api_profile=ApiProfile.VM_COUNTER_OFFSET)),
     ("noecv", HostFeatures(ecv=EcvLevel.NI, vhe=True, api_profile=ApiProfile.BY_VALUE)),
 ]
-
-
-async def until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 @pytest.mark.asyncio
@@ -151,8 +142,10 @@ class FakeStub:
         return cpb.ListNodesResponse(nodes=[cpb.NodeStatus(node_id="n1", cntfrq_hz=CNTFRQ)])
 
 
-def parse(*argv: str) -> argparse.Namespace:
-    return build_parser().parse_args(["watch", "--controller", "127.0.0.1:1", *argv])
+def parse(*argv: str) -> telemetry.WatchSettings:
+    return typed(
+        telemetry.WatchSettings, build_parser().parse_args(["watch", "--controller", "127.0.0.1:1", *argv])
+    )
 
 
 def event(
@@ -200,7 +193,7 @@ def test_plain_lines_and_count(capsys: pytest.CaptureFixture[str]) -> None:
     call = FakeCall(list(items))
     stub = FakeStub(call)
     args = parse("--count", "4", "--guest", "g", "--node", "n1")
-    assert telemetry_cli.cmd_watch(args, stub) == 0  # type: ignore[arg-type]
+    assert telemetry.cmd_watch(args, stub) == 0  # type: ignore[arg-type]
     (request,) = stub.requests
     assert isinstance(request, cpb.WatchClusterTelemetryRequest)
     assert (list(request.guest_ids), list(request.node_ids), request.events_only) == (["g"], ["n1"], False)
@@ -232,7 +225,7 @@ def test_falls_back_to_migration_events(capsys: pytest.CaptureFixture[str]) -> N
         ]
     )
     stub = FakeStub(unimplemented, migrations)
-    assert telemetry_cli.cmd_watch(parse("--guest", "g", "--node", "n2", "--output", "json"), stub) == 0  # type: ignore[arg-type]
+    assert telemetry.cmd_watch(parse("--guest", "g", "--node", "n2", "--output", "json"), stub) == 0  # type: ignore[arg-type]
     captured = capsys.readouterr()
     assert "no WatchTelemetry: showing migration events only" in captured.err
     items = [record.item_from_json(json.loads(line)) for line in captured.out.splitlines()]
@@ -245,11 +238,11 @@ def test_falls_back_to_migration_events(capsys: pytest.CaptureFixture[str]) -> N
 def test_other_errors_are_not_swallowed() -> None:
     stub = FakeStub(FakeCall([], FakeRpcError(grpc.StatusCode.PERMISSION_DENIED)))
     with pytest.raises(grpc.RpcError):
-        telemetry_cli.cmd_watch(parse(), stub)  # type: ignore[arg-type]
+        telemetry.cmd_watch(parse(), stub)  # type: ignore[arg-type]
 
 
 def test_live_view_rows_and_drift() -> None:
-    state = telemetry_cli.WatchState(cntfrq_hz={"n1": CNTFRQ})
+    state = telemetry.WatchState(cntfrq_hz={"n1": CNTFRQ})
     t0 = 10**18
     state.add(cpb.ClusterTelemetry(samples=pb.TelemetryBatch(samples=[sample("g", 0, t0, 1000)])))
     # One second later the guest counter moved 0.5 ms less than real time.

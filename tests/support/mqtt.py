@@ -12,14 +12,14 @@ import signal
 import socket
 import struct
 import subprocess
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiomqtt
 
-from controller.telemetry.publisher import OutMessage
+from node.runtime.publisher import OutMessage
+from tests.support.wait import until_sync
 
 
 def mosquitto_binary() -> str | None:
@@ -72,14 +72,19 @@ class Mosquitto:
             self.proc = subprocess.Popen(
                 [self.binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
             )
-            deadline = time.monotonic() + timeout_s
-            while time.monotonic() < deadline and self.proc.poll() is None:
-                if port_open(self.port):
-                    return
-                time.sleep(0.02)
+            if self._wait_listening(self.proc, timeout_s):
+                return
             self.stop()
             self.port = 0  # the port was taken meanwhile: pick another
         raise RuntimeError("mosquitto did not start")
+
+    def _wait_listening(self, proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
+        """True once the broker accepts connections; False if it exited or never listened."""
+        with contextlib.suppress(TimeoutError):
+            until_sync(
+                lambda: port_open(self.port) or proc.poll() is not None, timeout_s=timeout_s, poll_s=0.02
+            )
+        return proc.poll() is None and port_open(self.port)
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None

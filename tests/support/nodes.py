@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
-import os
-import signal
 import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 
 import grpc
 from kvmtimer.v1 import node_pb2_grpc
 
+from controller.cli.up.launch import kvmtimer_command, kvmtimer_process, wait_for_log_event
 from node.core.clock import ManualClock
 from node.core.features import ClockMode, HostFeatures
 from node.core.host import Host
 from node.service.server import build_server, mark_serving
+from tests.support.wait import until
+
+__all__ = ["kvmtimer_command", "kvmtimer_process", "wait_for_log_event"]
 
 
 @dataclass
@@ -77,53 +75,6 @@ class NodeProcess:
         return f"127.0.0.1:{self.port}"
 
 
-def kvmtimer_command() -> list[str]:
-    return [sys.executable, "-m", "controller.cli"]
-
-
-def wait_for_log_event(proc: subprocess.Popen[str], event: str, timeout_s: float = 20.0) -> dict[str, object]:
-    """Read JSON log lines from the process's stderr until `event` appears."""
-    assert proc.stderr is not None
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            if proc.poll() is not None:
-                raise RuntimeError(f"process exited with {proc.returncode} before logging {event!r}")
-            continue
-        with contextlib.suppress(json.JSONDecodeError):
-            record = json.loads(line)
-            if isinstance(record, dict) and record.get("event") == event:
-                return record
-    raise TimeoutError(f"no {event!r} log line within {timeout_s} s")
-
-
-@contextlib.contextmanager
-def kvmtimer_process(
-    command: str, args: Sequence[str], *, stop_timeout_s: float = 15.0
-) -> Iterator[subprocess.Popen[str]]:
-    """Run `kvmtimer COMMAND ARGS` with its JSON logs on a pipe; SIGTERM (then SIGKILL) it at the end."""
-    proc = subprocess.Popen(
-        [*kvmtimer_command(), command, *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
-    )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=stop_timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
-
-
 @contextlib.contextmanager
 def node_process(args: Sequence[str]) -> Iterator[NodeProcess]:
     """Start `kvmtimer node ARGS --listen 127.0.0.1:0`, wait until it listens; SIGTERM it at the end."""
@@ -137,15 +88,14 @@ def node_process(args: Sequence[str]) -> Iterator[NodeProcess]:
 async def wait_healthy(address: str, timeout_s: float = 10.0) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    deadline = time.monotonic() + timeout_s
     async with grpc.aio.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
-        while True:
+
+        async def serving() -> bool:
             try:
                 resp = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
-                if resp.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
             except grpc.aio.AioRpcError:
-                if time.monotonic() > deadline:
-                    raise
-            await asyncio.sleep(0.05)
+                return False
+            return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
+
+        await until(serving, timeout_s=timeout_s, poll_s=0.05, what=f"{address} SERVING")

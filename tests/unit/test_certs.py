@@ -1,4 +1,4 @@
-"""`kvmtimer certs` (controller/certs.py): the CA and component certificates for mutual TLS.
+"""`kvmtimer certs` (controller/cli/certs.py): the CA and component certificates for mutual TLS.
 
 Edge cases: every leaf is signed by the CA and carries the right key usages (client-only for the
 CLI client, server and client for controller and nodes); SANs of loopback, extra names (DNS and
@@ -17,8 +17,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from controller import certs
-from controller.cli import main
+from controller.cli import certs, main
 
 
 def load(path: Path) -> x509.Certificate:

@@ -7,7 +7,7 @@ port out of range, IPv6); --method is case-insensitive and rejects unknown names
 lower bounds; gRPC status -> exit code table; an unreachable controller gives exit 3
 with the status on stderr and no traceback; the node plan of `up` has every feature mix
 for any node count >= 3; physical-timer guests are never placed on BY_VALUE nodes;
-nearest-rank percentiles; table rendering; the summary's per-method accounting.
+percentiles (statistics.quantiles); table rendering; the summary's per-method accounting.
 """
 
 from __future__ import annotations
@@ -19,9 +19,11 @@ import pytest
 from kvmtimer.v1 import controller_pb2 as cpb
 from kvmtimer.v1 import node_pb2 as pb
 
-from controller import client_cli, up, views
-from controller.cli import build_parser, main
+from controller.cli import build_parser, client, main, views
+from controller.cli.up import scenario, summary
+from controller.cli.up.settings import UpSettings
 from node.core.features import ApiProfile
+from node.runtime.settings import typed
 
 SUBCOMMANDS = (
     "up",
@@ -109,9 +111,9 @@ def test_migrate_defaults_to_auto() -> None:
 
 
 def test_controller_address_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(client_cli.ENV_CONTROLLER, raising=False)
+    monkeypatch.delenv(client.ENV_CONTROLLER, raising=False)
     assert build_parser().parse_args(["nodes"]).controller == "127.0.0.1:7070"
-    monkeypatch.setenv(client_cli.ENV_CONTROLLER, "10.0.0.7:9000")
+    monkeypatch.setenv(client.ENV_CONTROLLER, "10.0.0.7:9000")
     assert build_parser().parse_args(["guests"]).controller == "10.0.0.7:9000"
     # The flag wins over the environment.
     assert build_parser().parse_args(["guests", "--controller", "h:1"]).controller == "h:1"
@@ -160,7 +162,7 @@ def test_up_defaults() -> None:
     ],
 )
 def test_exit_code_table(code: grpc.StatusCode, exit_code: int) -> None:
-    assert client_cli.exit_code_for(code) == exit_code
+    assert client.exit_code_for(code) == exit_code
 
 
 def test_unreachable_controller_exits_3(capsys: pytest.CaptureFixture[str]) -> None:
@@ -175,7 +177,7 @@ def test_unreachable_controller_exits_3(capsys: pytest.CaptureFixture[str]) -> N
 
 @pytest.mark.parametrize("count", range(3, 13))
 def test_up_node_plan_mixes_every_feature(count: int) -> None:
-    plans = up.node_plans(count)
+    plans = scenario.node_plans(count)
     assert [p.node_id for p in plans] == [f"node-{i}" for i in range(1, count + 1)]
     assert {p.api_profile for p in plans} == set(ApiProfile)
     hardware = {(p.ecv, p.vhe) for p in plans}
@@ -185,7 +187,7 @@ def test_up_node_plan_mixes_every_feature(count: int) -> None:
 
 
 def test_up_node_argv() -> None:
-    plan = up.node_plans(2)[1]
+    plan = scenario.node_plans(2)[1]
     argv = plan.argv()
     assert argv[:3] == ["node", "--listen", "127.0.0.1:0"]
     parsed = build_parser().parse_args(argv)
@@ -201,8 +203,8 @@ def test_up_node_argv() -> None:
 
 
 def test_up_guests_use_ptimer_only_where_it_can_move() -> None:
-    nodes = up.node_plans(4)
-    guests = up.guest_plans(12, nodes, random.Random(7))
+    nodes = scenario.node_plans(4)
+    guests = scenario.guest_plans(12, nodes, random.Random(7))
     by_node = {n.node_id: n for n in nodes}
     assert all(1 <= g.vcpus <= 4 for g in guests)
     assert any(g.use_ptimer for g in guests)
@@ -211,13 +213,20 @@ def test_up_guests_use_ptimer_only_where_it_can_move() -> None:
             assert by_node[g.node_id].api_profile is not ApiProfile.BY_VALUE
 
 
-def test_percentile_nearest_rank() -> None:
-    assert up.percentile([], 0.5) is None
-    assert up.percentile([3.0], 0.99) == 3.0
+def test_percentile_by_statistics_quantiles() -> None:
+    assert views.percentile([], 0.5) is None
+    assert views.percentile([3.0], 0.99) == 3.0
     values = [float(v) for v in range(1, 101)]
-    assert up.percentile(values, 0.5) == 50.0
-    assert up.percentile(values, 0.99) == 99.0
-    assert up.percentile(list(reversed(values)), 1.0) == 100.0
+    assert views.percentile(values, 0.5) == 50.5  # halfway between the 50th and 51st values
+    assert views.percentile(values, 0.99) == pytest.approx(99.01)
+    assert views.percentile(list(reversed(values)), 1.0) == 100.0
+    assert views.percentile(values, 0.0) == 1.0
+    assert views.percentile([2.0, 4.0], 0.5) == 3.0
+
+
+def test_table_right_aligns_numbers_when_asked() -> None:
+    text = views.table(("NAME", "MS"), [("a", 7), ("bb", 1234)], numbers_right=True)
+    assert text.split("\n") == ["NAME    MS", "a        7", "bb    1234"]
 
 
 def test_table_pads_columns_and_marks_empty_cells() -> None:
@@ -243,10 +252,9 @@ def _migration(
 
 
 def test_summary_accounting() -> None:
-    args = build_parser().parse_args(["up"])
-    args.tty = False
-    demo = up.Demo(args, None, "127.0.0.1:1", random.Random(0))  # type: ignore[arg-type]
-    demo.refusals.append(up.Refusal("g2", "c", "FAILED_PRECONDITION", "physical timer"))
+    settings = typed(UpSettings, build_parser().parse_args(["up"]))
+    demo = scenario.Demo(settings, False, None, "127.0.0.1:1", random.Random(0))  # type: ignore[arg-type]
+    demo.refusals.append(scenario.Refusal("g2", "c", "FAILED_PRECONDITION", "physical timer"))
     ok, failed = cpb.MIGRATION_PHASE_SUCCEEDED, cpb.MIGRATION_PHASE_FAILED
     migrations = [
         _migration("m1", cpb.MIGRATION_METHOD_VM_COUNTER_OFFSET, ok, 2_000, -3),
@@ -268,9 +276,9 @@ def test_summary_accounting() -> None:
         ]
     )
     guest = cpb.Guest(guest_id="g1", node_id="b", vcpus=2, migrations=3, observations=obs)
-    summary = up.build_summary(demo, migrations, [guest], {"a": (10, 0), "b": (11, 0)})
-    assert summary["migrations"] == {"succeeded": 3, "failed": 1, "refused": 1}
-    assert summary["by_method"] == {
+    result = summary.build_summary(demo, migrations, [guest], {"a": (10, 0), "b": (11, 0)})
+    assert result["migrations"] == {"succeeded": 3, "failed": 1, "refused": 1}
+    assert result["by_method"] == {
         "BY_VALUE": {
             "succeeded": 1,
             "failed": 0,
@@ -288,28 +296,28 @@ def test_summary_accounting() -> None:
         "VM_COUNTER_OFFSET": {
             "succeeded": 2,
             "failed": 0,
-            "downtime_ms_p50": 2.0,
-            "downtime_ms_p99": 4.0,
+            "downtime_ms_p50": 3.0,
+            "downtime_ms_p99": 3.98,
             "max_abs_counter_error_ticks": 5,
         },
     }
-    assert summary["refused_by_method"] == {"AUTO": 1}
-    assert summary["refused_by_code"] == {"FAILED_PRECONDITION": 1}
-    assert summary["max_abs_counter_error_ticks"] == {"offset_methods": 5, "by_value": 250_000}
-    assert summary["downtime_ms"] == {"p50": 4.0, "p99": 10.0, "max": 10.0}
-    rows = summary["guests"]
+    assert result["refused_by_method"] == {"AUTO": 1}
+    assert result["refused_by_code"] == {"FAILED_PRECONDITION": 1}
+    assert result["max_abs_counter_error_ticks"] == {"offset_methods": 5, "by_value": 250_000}
+    assert result["downtime_ms"] == {"p50": 4.0, "p99": 9.88, "max": 10.0}
+    rows = result["guests"]
     assert isinstance(rows, list) and len(rows) == 1
     row = rows[0]
     assert row["min_step"] == 4
     assert (row["interrupts_received"], row["interrupts_expected"], row["max_timer_shortfall"]) == (19, 20, 1)
-    assert summary["all_min_steps_non_negative"] is True
-    assert summary["node_processes_stopped"] is True
-    assert summary["moved_with_state_loss"] == [
+    assert result["all_min_steps_non_negative"] is True
+    assert result["node_processes_stopped"] is True
+    assert result["moved_with_state_loss"] == [
         {"migration_id": "m3", "guest_id": "g1", "not_carried": ["PTIMER_CTL", "PTIMER_CVAL", "PTIMER_CNT"]}
     ]
     assert views.state_lost(migrations[2]) == "PTIMER_CTL, PTIMER_CVAL, PTIMER_CNT"
     assert views.state_lost(migrations[1]) == ""
-    text = up.summary_text(summary)
+    text = summary.summary_text(result)
     assert "1 move(s) lost a guest's physical timer" in text and "g1 (m3)" in text
     assert "3 succeeded, 1 failed, 1 refused" in text
     assert "BY_VALUE 250000 ticks" in text

@@ -1,4 +1,4 @@
-"""Settings layering (node/config.py): flags > environment > config file > defaults.
+"""Settings layering (node/settings.py): flags > environment > config file > defaults.
 
 Edge cases: each layer beating the ones below it, for value, switch and repeatable options;
 TOML and YAML files; top-level keys shared between commands and a command's own table winning;
@@ -18,7 +18,7 @@ from unittest import mock
 
 import pytest
 
-from node import config
+from node.runtime import settings
 
 
 def host_port(value: str) -> str:
@@ -35,13 +35,13 @@ def make_parser(section: str = "node") -> argparse.ArgumentParser:
     parser.add_argument("--listen", type=host_port, default="127.0.0.1:0")
     parser.add_argument("--interval", type=float, default=1.5)
     parser.add_argument("--peer", action="append", default=[])
-    config.add_config_argument(parser)
-    config.defer_defaults(parser, section)
+    settings.add_config_argument(parser)
+    settings.defer_defaults(parser, section)
     return parser
 
 
 def environ(env: dict[str, str] | None) -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(config.ENV_PREFIX)}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(settings.ENV_PREFIX)}
     return {**clean, **(env or {})}
 
 
@@ -75,7 +75,7 @@ def test_defaults_when_nothing_is_set() -> None:
 
 
 def test_env_names() -> None:
-    names = {d.flag: d.env for d in config.deferred_options(make_parser())}
+    names = {d.flag: d.env for d in settings.deferred_options(make_parser())}
     assert names["--node-id"] == "KVMTIMER_NODE_ID"
     assert names["--ecv"] == "KVMTIMER_ECV"
     assert names["--config"] == "KVMTIMER_CONFIG"
@@ -174,16 +174,16 @@ def test_missing_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def test_string_defaults_are_converted_like_argparse() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--count", type=int, default="7")
-    config.defer_defaults(parser, "node")
+    settings.defer_defaults(parser, "node")
     assert parser.parse_args([]).count == 7
 
 
 def test_resolve_or_exit_exits_2(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """For namespaces built without parsing (markers still in place)."""
-    args = argparse.Namespace(**{d.dest: d for d in config.deferred_options(make_parser())})
+    args = argparse.Namespace(**{d.dest: d for d in settings.deferred_options(make_parser())})
     monkeypatch.setenv("KVMTIMER_ECV", "9")
     with pytest.raises(SystemExit) as info:
-        config.resolve_or_exit(args, "kvmtimer node")
+        settings.resolve_or_exit(args, "kvmtimer node")
     assert info.value.code == 2
     assert "kvmtimer node: environment KVMTIMER_ECV: '9' is not one of" in capsys.readouterr().err
 
@@ -199,6 +199,6 @@ def test_every_option_of_the_real_commands_is_layered() -> None:
         flag_only = [
             a.option_strings[-1]
             for a in p._actions
-            if a.option_strings and a.dest != "help" and config.marker_of(a.default) is None
+            if a.option_strings and a.dest != "help" and settings.marker_of(a.default) is None
         ]
         assert flag_only == [], f"kvmtimer {command}: options not settable from env/file: {flag_only}"

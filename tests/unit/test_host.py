@@ -141,6 +141,27 @@ def test_realtime_node_refuses_step_clock_and_wait_ops() -> None:
     assert run.host_counter == 110
 
 
+def test_a_realtime_run_hands_each_wait_to_the_adapter_and_holds_the_vcpu() -> None:
+    """VcpuRun: ops before a WAIT run at once; the WAIT comes back as ns to sleep; the vCPU
+    stays inside KVM_RUN (a second run gets EBUSY) until close(); the wait's result is the
+    counter after it."""
+    clock = ManualClock()
+    host = Host("n", HostFeatures(), clock, clock_mode=ClockMode.REALTIME, counter_base=100)
+    host.create_vm("vm0").create_vcpu(0)
+    run = host.start_run("vm0", 0, [rd(SysReg.CNTVCT_EL0), wait(25), rd(SysReg.CNTVCT_EL0)])
+    try:
+        assert run.advance() == 1000  # 25 ticks at 25 MHz
+        with pytest.raises(Busy):
+            host.start_run("vm0", 0, [])
+        clock.advance_ns(1000)  # the adapter slept
+        assert run.advance() is None
+        result = run.result()
+    finally:
+        run.close()
+    assert result.results == (AccessResult(0), AccessResult(125), AccessResult(25))
+    host.start_run("vm0", 0, []).close()  # out of KVM_RUN again
+
+
 def test_realtime_node_on_the_system_clock_reads_a_counter() -> None:
     host = Host("n", HostFeatures(), SystemClock(), clock_mode=ClockMode.REALTIME, counter_base=1000)
     first = host.counter.read()

@@ -20,10 +20,11 @@ import pytest
 from kvmtimer.v1 import controller_pb2 as cpb
 from kvmtimer.v1 import node_pb2 as pb
 
-from controller.telemetry import schema
-from controller.telemetry.mqtt import add_mqtt_arguments, parse_mqtt_url, settings_from_args
-from controller.telemetry.publisher import OutMessage
-from controller.telemetry.schema import SampleBuffer, Topics
+from node.runtime import mqtt_schema
+from node.runtime.mqtt import MqttOptions, add_mqtt_arguments, mqtt_settings, parse_mqtt_url
+from node.runtime.mqtt_schema import SampleBuffer, Topics
+from node.runtime.publisher import OutMessage
+from node.runtime.settings import typed
 
 U64_MAX = 2**64 - 1
 
@@ -56,26 +57,26 @@ def test_parse_mqtt_url_rejects(url: str) -> None:
         parse_mqtt_url(url)
 
 
-def _args(*argv: str) -> argparse.Namespace:
+def _args(*argv: str) -> MqttOptions:
     parser = argparse.ArgumentParser()
     add_mqtt_arguments(parser)
-    return parser.parse_args(list(argv))
+    return typed(MqttOptions, parser.parse_args(list(argv)))
 
 
-def test_settings_from_args() -> None:
-    assert settings_from_args(_args()) is None
-    s = settings_from_args(_args("--mqtt", "mqtts://h", "--mqtt-ca", "ca.pem", "--mqtt-prefix", "lab/kt/"))
+def test_mqtt_settings_from_options() -> None:
+    assert mqtt_settings(_args()) is None
+    s = mqtt_settings(_args("--mqtt", "mqtts://h", "--mqtt-ca", "ca.pem", "--mqtt-prefix", "lab/kt/"))
     assert s is not None and s.tls and s.ca_file == "ca.pem" and s.prefix == "lab/kt"
     with pytest.raises(ValueError, match="mqtts://"):
-        settings_from_args(_args("--mqtt", "mqtt://h", "--mqtt-ca", "ca.pem"))
+        mqtt_settings(_args("--mqtt", "mqtt://h", "--mqtt-ca", "ca.pem"))
     with pytest.raises(ValueError, match="go together"):
-        settings_from_args(_args("--mqtt", "mqtts://h", "--mqtt-cert", "c.pem"))
+        mqtt_settings(_args("--mqtt", "mqtts://h", "--mqtt-cert", "c.pem"))
 
 
 @pytest.mark.parametrize("prefix", ["", "/", "a/+/b", "a/#", "a//b"])
 def test_bad_prefixes(prefix: str) -> None:
     with pytest.raises(ValueError):
-        schema.check_prefix(prefix)
+        mqtt_schema.check_prefix(prefix)
 
 
 def test_topics_sanitise_ids() -> None:
@@ -130,7 +131,7 @@ def test_samples_are_batched_per_vcpu_in_order() -> None:
         [t, 1000 + t, t, t, U64_MAX - 4, 1000, False, False, False, t, 1, U64_MAX, False, 0, 0, False, True]
         for t in range(3)
     ]  # u64 values exact, flags as JSON booleans
-    rows = schema.sample_dicts(first)
+    rows = mqtt_schema.sample_dicts(first)
     assert [r["realtime_ns"] for r in rows] == [0, 1, 2]
     assert (
         rows[0]["voffset"] == U64_MAX - 4 and rows[0]["vtimer_cval"] == U64_MAX and rows[0]["running"] is True
@@ -168,7 +169,7 @@ def test_migration_event_payload() -> None:
         downtime=1500,
         destination_voffset=U64_MAX,
     )
-    msg = schema.migration_event_message(
+    msg = mqtt_schema.migration_event_message(
         Topics("p"), cpb.MigrationEvent(migration=m, step="pause", realtime_ns=7)
     )
     assert (msg.topic, msg.qos, msg.retain) == ("p/migrations/m-1/events", 1, False)
@@ -186,7 +187,7 @@ def test_migration_event_payload() -> None:
     assert rec["counter_error_ticks"] is None and rec["downtime"] == 1500
     assert rec["destination_voffset"] == U64_MAX
     m.counter_error_ticks = -37_500
-    p = json.loads(schema.migration_event_message(Topics("p"), cpb.MigrationEvent(migration=m)).payload)
+    p = json.loads(mqtt_schema.migration_event_message(Topics("p"), cpb.MigrationEvent(migration=m)).payload)
     assert p["migration"]["counter_error_ticks"] == -37_500
 
 
@@ -206,7 +207,7 @@ def test_node_status_payload(healthy: bool) -> None:
         vcpu_count=5,
         last_error="" if healthy else "health check failed",
     )
-    msg = schema.node_status_message(Topics("p"), node, source="controller", realtime_ns=9)
+    msg = mqtt_schema.node_status_message(Topics("p"), node, source="controller", realtime_ns=9)
     assert (msg.topic, msg.qos, msg.retain) == ("p/nodes/n1/status", 1, True)
     assert json.loads(msg.payload) == {
         "schema": 1,
@@ -229,7 +230,7 @@ def test_node_status_payload(healthy: bool) -> None:
 
 
 def test_offline_payloads() -> None:
-    will = schema.node_offline_message(Topics("p"), "n1", source="node", reason="connection lost")
+    will = mqtt_schema.node_offline_message(Topics("p"), "n1", source="node", reason="connection lost")
     assert will.retain and will.qos == 1
     assert json.loads(will.payload) == {
         "schema": 1,
@@ -238,5 +239,5 @@ def test_offline_payloads() -> None:
         "source": "node",
         "reason": "connection lost",
     }
-    ctl = schema.controller_status_payload("offline", controller_id="c", reason="connection lost")
+    ctl = mqtt_schema.controller_status_payload("offline", controller_id="c", reason="connection lost")
     assert ctl == {"schema": 1, "status": "offline", "controller_id": "c", "reason": "connection lost"}

@@ -26,13 +26,17 @@ from node.core.timer import (
     CTL_ENABLE,
     CTL_IMASK,
     CTL_ISTATUS,
+    TimerContext,
     TimerId,
+    TimerReg,
     condition_met,
     read_ctl,
     should_fire,
     sign_extend32,
     store_ctl,
     ticks_until_fire,
+    timer_read,
+    timer_write,
     tval_read,
     tval_write,
 )
@@ -593,3 +597,32 @@ def test_irq_levels_can_be_sampled_at_a_given_counter() -> None:
     assert vm.irq_levels(0, 1499)[0].level is False
     assert vm.irq_levels(0, 1500)[0].level is True
     assert host.counter.read() == 1000
+
+
+# --- the one register dispatch (timer_read / timer_write) -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reg", "expected"),
+    [
+        (TimerReg.CTL, CTL_ENABLE | CTL_ISTATUS),  # condition met at now=150 >= cval=100
+        (TimerReg.CVAL, 100),
+        (TimerReg.TVAL, (100 - 150) & 0xFFFF_FFFF),
+        (TimerReg.CNT, 150),
+    ],
+)
+def test_timer_read_dispatches_every_register(reg: TimerReg, expected: int) -> None:
+    ctx = TimerContext(TimerId.VTIMER, ctl=CTL_ENABLE, cval=100)
+    assert timer_read(ctx, reg, 150) == expected
+
+
+def test_timer_write_dispatches_ctl_cval_tval_and_refuses_cnt() -> None:
+    ctx = TimerContext(TimerId.PTIMER)
+    timer_write(ctx, TimerReg.CTL, CTL_ENABLE | CTL_ISTATUS, 0)
+    assert ctx.ctl == CTL_ENABLE  # ISTATUS is never stored
+    timer_write(ctx, TimerReg.CVAL, 7, 0)
+    assert ctx.cval == 7
+    timer_write(ctx, TimerReg.TVAL, 0xFFFF_FFFF, 1000)  # -1 sign-extended
+    assert ctx.cval == 999
+    with pytest.raises(ValueError):
+        timer_write(ctx, TimerReg.CNT, 5, 0)

@@ -1,0 +1,274 @@
+"""`kvmtimer up`: a local cluster on this machine, migrating guests around until Ctrl-C.
+
+Starts --nodes real `kvmtimer node` processes on 127.0.0.1 with mixed features (ECV2
+nVHE, ECV2 VHE, non-ECV; all three kernel API profiles; 25 MHz; different boot times),
+a controller (printed address: `kvmtimer nodes --controller ADDR` works meanwhile),
+--guests guests of 1-4 vCPUs with a 10 ms timer workload (some also on the physical
+timer), then migrates a random guest to a random other node (method AUTO) every
+--interval seconds and shows nodes, guests and the last migrations. Refusals (e.g. a
+physical-timer guest towards a BY_VALUE kernel) are counted and shown.
+
+Ctrl-C / SIGTERM / --duration: stop migrating, wait for the migrations in flight, print a
+summary (outcomes per method, downtime percentiles, counter errors, what every guest
+observed), stop the node processes, exit 0. The last line is `SUMMARY {json}`.
+
+Telemetry: the cluster's telemetry goes to MQTT (README "MQTT telemetry"): to --mqtt URL,
+else to an embedded broker (amqtt, in this process, on a free 127.0.0.1 port, printed at
+the start), or nowhere with --no-mqtt; the node processes publish their own status there.
+--record FILE writes every telemetry item (vCPU sample batches, migration events, node
+health) as JSON lines, which `kvmtimer report --from FILE --out FILE.png` draws.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+
+import grpc
+import structlog
+from kvmtimer.v1 import controller_pb2 as cpb
+from kvmtimer.v1 import controller_pb2_grpc as cpb_grpc
+from kvmtimer.v1 import node_pb2 as pb
+
+from controller.cli.up import live
+from controller.cli.up.launch import NodeProcess, spawn_node, stop_node
+from controller.cli.up.scenario import PERIOD_TICKS, RPC_TIMEOUT_S, Demo, guest_plans, node_plans
+from controller.cli.up.settings import UpSettings
+from controller.cli.up.summary import build_summary, summary_text
+from controller.cli.up.telemetry import add_local_telemetry_arguments, local_telemetry
+from controller.service.cluster import Cluster
+from controller.service.server import build_server, mark_serving
+from node.runtime.addr import host_port, local_address
+from node.runtime.logs import configure_logging
+from node.runtime.options import add_log_level_argument, int_at_least, positive_float
+from node.runtime.settings import command, standalone
+
+IN_FLIGHT_TIMEOUT_S = 30.0
+
+log = structlog.get_logger("kvmtimer.up")
+
+
+def configure_up_logging(level: str, log_file: TextIO | None) -> None:
+    """JSON lines to --log-file; without one, only errors reach stderr (the view owns the terminal)."""
+    configure_logging(level if log_file is not None else "error", json=True, file=log_file)
+
+
+async def wait_for_stop(stop: asyncio.Event, duration: float | None) -> None:
+    if duration is None:
+        await stop.wait()
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), duration)
+    stop.set()
+
+
+async def run_up(args: UpSettings, tty: bool, log_file: TextIO | None, record_file: TextIO | None) -> int:
+    stop = asyncio.Event()
+    cleaning = False
+    loop = asyncio.get_running_loop()
+    main_task = asyncio.current_task()
+
+    def on_signal() -> None:
+        if stop.is_set() and not cleaning and main_task is not None:
+            main_task.cancel()  # second Ctrl-C: skip the waiting, go straight to the clean-up
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+
+    telemetry_stack = contextlib.AsyncExitStack()
+    try:
+        telemetry = await telemetry_stack.enter_async_context(local_telemetry(args.mqtt, off=args.no_mqtt))
+    except ValueError as err:  # --mqtt options
+        print(f"kvmtimer up: {err}", file=sys.stderr)
+        return 2
+    rng = random.Random(args.seed)
+    plans = node_plans(args.nodes)
+    nodes: list[NodeProcess] = []
+    cluster = Cluster(health_interval_s=1.0)
+    server, port, health_servicer = build_server(cluster, args.listen)
+    address = local_address(args.listen, port)
+    channel = grpc.aio.insecure_channel(address)
+    demo = Demo(args, tty, cpb_grpc.ControllerStub(channel), address, rng)
+    background: list[asyncio.Task[None]] = []
+    final: tuple[list[cpb.Migration], list[cpb.Guest]] | None = None
+    try:
+        await server.start()
+        await mark_serving(health_servicer)
+        print(
+            f"kvmtimer up: starting {args.nodes} nodes and {args.guests} guests; controller at {address}\n"
+            f"  meanwhile try: kvmtimer nodes --controller {address}\n{telemetry.banner()}",
+            flush=True,
+        )
+        telemetry.start_mqtt(cluster, address)
+        spawned = await asyncio.gather(
+            *(spawn_node(p, log_file, telemetry.node_args()) for p in plans), return_exceptions=True
+        )
+        nodes = [n for n in spawned if isinstance(n, NodeProcess)]
+        failures = [e for e in spawned if isinstance(e, BaseException)]
+        if failures:
+            raise failures[0]
+        for n in nodes:
+            print(
+                f"  node {n.plan.node_id} at {n.address}: ecv{n.plan.ecv} {'VHE' if n.plan.vhe else 'nVHE'} "
+                f"{n.plan.api_profile.name}"
+            )
+            await demo.stub.RegisterNode(
+                cpb.RegisterNodeRequest(node_id=n.plan.node_id, address=n.address), timeout=RPC_TIMEOUT_S
+            )
+        await telemetry.nodes_changed()
+        telemetry.start_recording(cluster, record_file, str(args.record or ""))
+        cluster.start()
+        for g in guest_plans(args.guests, plans, rng):
+            created: cpb.Guest = await demo.stub.CreateGuest(
+                cpb.CreateGuestRequest(
+                    guest_id=g.guest_id,
+                    vcpus=g.vcpus,
+                    node_id=g.node_id,
+                    workload=pb.WorkloadSpec(period_ticks=PERIOD_TICKS, use_ptimer=g.use_ptimer),
+                ),
+                timeout=RPC_TIMEOUT_S,
+            )
+            print(
+                f"  guest {created.guest_id} on {created.node_id}: {created.vcpus} "
+                + ("vCPUs, " if created.vcpus > 1 else "vCPU, ")
+                + ("virtual + physical timers" if g.use_ptimer else "virtual timer")
+            )
+        await demo.refresh()
+        demo.started = time.monotonic()
+        if tty:
+            sys.stdout.write("\x1b[?25l\x1b[2J")  # hide the cursor, clear once
+        background = [
+            asyncio.create_task(demo.watch_loop(), name="watch"),
+            asyncio.create_task(live.view_loop(demo, stop), name="view"),
+            asyncio.create_task(demo.migrate_loop(stop), name="migrate"),
+        ]
+        await wait_for_stop(stop, args.duration)
+        # Stop migrating; let the migrations in flight end.
+        await background[2]
+        if demo.in_flight:
+            demo.say(f"stopping: waiting for {len(demo.in_flight)} migration(s) in flight")
+            await asyncio.wait(list(demo.in_flight.values()), timeout=IN_FLIGHT_TIMEOUT_S)
+        await background[1]
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await demo.refresh()
+        if tty:
+            live.draw(demo)
+        listed: cpb.ListMigrationsResponse = await demo.stub.ListMigrations(
+            cpb.ListMigrationsRequest(), timeout=RPC_TIMEOUT_S
+        )
+        guests: list[cpb.Guest] = [
+            await demo.stub.GetGuest(cpb.GetGuestRequest(guest_id=g.guest_id), timeout=RPC_TIMEOUT_S)
+            for g in demo.guests
+        ]
+        final = list(listed.migrations), guests
+    except asyncio.CancelledError:
+        print("kvmtimer up: interrupted again: stopping without a summary", file=sys.stderr)
+    finally:
+        cleaning = True
+        if tty:
+            sys.stdout.write("\x1b[?25h\n")
+            sys.stdout.flush()
+        for task in background:
+            task.cancel()
+        for task in [*background, *demo.in_flight.values()]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await channel.close(None)
+        await health_servicer.enter_graceful_shutdown()
+        await cluster.stop()
+        await telemetry.stop()  # the recording and MQTT get the last items first
+        await server.stop(grace=1.0)
+        codes = await asyncio.gather(*(stop_node(n) for n in nodes), return_exceptions=True)
+        await telemetry_stack.aclose()  # the embedded broker outlives the nodes' final statuses
+    if final is None:
+        return 1
+    processes: dict[str, tuple[int | None, int | None]] = {p.node_id: (None, None) for p in plans}
+    for n, code in zip(nodes, codes, strict=True):
+        processes[n.plan.node_id] = (n.proc.pid, code if isinstance(code, int) else None)
+    summary = build_summary(demo, *final, processes)
+    summary["telemetry"] = telemetry.summary()
+    print(summary_text(summary))
+    print("SUMMARY " + json.dumps(summary, sort_keys=True), flush=True)
+    return 0
+
+
+def add_up_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--duration", type=positive_float, default=None, metavar="S", help="stop by itself after S seconds"
+    )
+    parser.add_argument(
+        "--nodes", type=int_at_least(2), default=4, metavar="N", help="node processes to start (default 4)"
+    )
+    parser.add_argument(
+        "--guests", type=int_at_least(1), default=6, metavar="G", help="guests to create (default 6)"
+    )
+    parser.add_argument(
+        "--interval",
+        type=positive_float,
+        default=1.0,
+        metavar="S",
+        help="seconds between migrations (default 1.0)",
+    )
+    parser.add_argument(
+        "--record",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="write every telemetry item to FILE (JSONL: samples, migration events, node health)",
+    )
+    add_local_telemetry_arguments(parser)
+    parser.add_argument(
+        "--listen",
+        type=host_port,
+        default="127.0.0.1:0",
+        metavar="HOST:PORT",
+        help="controller HOST:PORT (default 127.0.0.1:0)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=None, metavar="SEED", help="random seed (guest sizes, migration choices)"
+    )
+    parser.add_argument(
+        "--log-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="write controller and node logs (JSON) here",
+    )
+    add_log_level_argument(parser, metavar="LEVEL", help="level for --log-file (default info)")
+
+
+def run(args: UpSettings) -> int:
+    tty = sys.stdout.isatty()
+    with contextlib.ExitStack() as files:
+        try:
+            log_file = (
+                files.enter_context(open(args.log_file, "a", encoding="utf-8")) if args.log_file else None
+            )
+            record_file = (
+                files.enter_context(open(args.record, "w", encoding="utf-8")) if args.record else None
+            )
+        except OSError as err:
+            print(f"kvmtimer up: {err}", file=sys.stderr)
+            return 2
+        configure_up_logging(args.log_level, log_file)
+        try:
+            return asyncio.run(run_up(args, tty, log_file, record_file))
+        except (RuntimeError, OSError, grpc.aio.AioRpcError) as err:
+            message = (
+                f"{err.code().name}: {err.details()}" if isinstance(err, grpc.aio.AioRpcError) else str(err)
+            )
+            print(f"kvmtimer up: {message}", file=sys.stderr)
+            return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    return standalone("kvmtimer up", __doc__, add_up_arguments)(command(UpSettings, run), argv)
