@@ -10,7 +10,8 @@ Edge cases covered:
   (recovered = rolled_back / rolled_forward) and is no longer in flight
 - recovery twice (a crash during recovery) gives the same result
 - a node whose host crashed (it answers, empty): its guests are lost, visibly (ListGuests state
-  and reason, NodeStatus.lost_guests), not recreated; the node is healthy again
+  and reason, NodeStatus.lost_guests, a node telemetry event, the guests_lost metric), not
+  recreated; the node is healthy again
 - a VM no known guest owns is reported as an orphan (ListNodes) and never destroyed
 """
 
@@ -22,12 +23,14 @@ from pathlib import Path
 import pytest
 from kvmtimer.v1 import controller_pb2 as cpb
 from kvmtimer.v1 import node_pb2 as pb
+from prometheus_client import generate_latest
 
 from controller.core.errors import InvalidArgument
 from controller.core.machine import PIPELINE
 from controller.core.migration import Method, MigrationRecord, Phase, Step
 from controller.core.model import GuestState
 from controller.service.executor import FaultHook
+from controller.telemetry.metrics import controller_registry
 from node.core.features import ApiProfile, EcvLevel, HostFeatures
 from node.core.uapi import OneReg
 from node.core.workload import WorkloadSpec
@@ -141,7 +144,13 @@ async def test_node_crash_marks_its_guests_lost_visibly(tmp_path: Path) -> None:
         host = sim.nodes["a"].host
         for vm_id in list(host.vms):  # the host crashed and came back empty
             host.destroy_vm(vm_id)
+        watcher = c.telemetry.subscribe()
         await c.reconcile()
+        event = watcher.queue.get_nowait()
+        assert event is not None and list(event.node.node.lost_guests) == ["x"]  # telemetry
+        c.telemetry.unsubscribe(watcher)
+        metrics = generate_latest(controller_registry(c)).decode()
+        assert "kvmtimer_controller_guests_lost 1.0" in metrics
         listed = await stub.ListGuests(cpb.ListGuestsRequest())
         states = {g.guest_id: (g.state, g.state_reason) for g in listed.guests}
         assert states["y"] == (cpb.GUEST_STATE_RUNNING, "")
