@@ -11,10 +11,12 @@ migration may have got: a step is "possibly done" once it is journaled.
 Policy (issue #11): the guest belongs to the source until the destination is told to
 resume. A failure at PREPARE..RESTORE rolls back (destroy the destination VM, resume
 the source). From RESUME on the guest belongs to the destination: a definite failure
-of the resume batch (the node answered; the batch stops before its last call, the
-resume) still rolls back, but an unanswered one is in doubt, so the machine holds
-and leaves the decision to reconciliation (controller.core.recovery), which looks at
-the nodes.
+of the resume (the node answered that it did not resume) still rolls back, but an
+unanswered one is in doubt, so the machine holds and leaves the decision to
+reconciliation (controller.core.recovery), which looks at the nodes. CLEANUP first
+checks that the destination still runs the guest: if its host crashed meanwhile, the
+paused source (the one complete copy left) is resumed instead of destroyed, as
+reconciliation would; no answer holds.
 """
 
 from __future__ import annotations
@@ -138,9 +140,11 @@ class Resume:
 
 @dataclass(frozen=True, slots=True)
 class Cleanup:
-    """Destroy the stopped source VM."""
+    """Check that the destination VM runs, then destroy the stopped source VM (never before:
+    while the destination's host may have crashed, the source is the complete copy left)."""
 
     vm: VmRef
+    destination: VmRef
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +192,7 @@ def command_for(j: Journal) -> Command:
         case Step.RESUME:
             return Resume(j.destination)
         case Step.CLEANUP:
-            return Cleanup(j.source)
+            return Cleanup(j.source, j.destination)
         case Step.ROLLBACK:
             return Rollback(j.destination, j.source)
     raise AssertionError(j.step)
@@ -217,9 +221,19 @@ def advance(j: Journal, result: Result, reason: str = "") -> tuple[Journal, Comm
         # Best effort: what a rollback could not reach, reconciliation removes or resumes later.
         return _finish(j, Outcome.ROLLED_BACK, j.reason or reason)
     if step is Step.CLEANUP:
-        # The guest runs on the destination either way; a source VM left over is stale
-        # (ours, terminal migration) and reconciliation destroys it.
-        return _finish(j, Outcome.SUCCEEDED, "")
+        if result is Result.OK:
+            # The destination runs the guest; a source VM whose destroy failed is a leftover
+            # (ours, terminal migration) that reconciliation destroys.
+            return _finish(j, Outcome.SUCCEEDED, "")
+        if result is Result.UNREACHABLE:
+            held = replace(j, reason=reason or "destination did not answer the check before cleanup")
+            return held, Hold(held.reason)
+        if result is Result.CANCELLED:
+            raise ValueError("a migration cannot be cancelled once the destination was told to resume")
+        # The destination's VM is gone (its host crashed after the resume): the paused source
+        # is the only complete copy left, so the guest goes back to it.
+        nxt = replace(j, step=Step.ROLLBACK, reason=reason or "destination lost the guest before cleanup")
+        return nxt, Rollback(j.destination, j.source)
     if result is Result.OK:
         nxt = replace(j, step=PIPELINE[PIPELINE.index(step) + 1])
         return nxt, command_for(nxt)

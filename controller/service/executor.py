@@ -175,13 +175,19 @@ class MigrationExecutor:
         elif j.step is Step.ROLLBACK:
             r.reason = j.reason
         r.steps.append(j.step.value)
+        g = self.guest
         moved = j.step is Step.CLEANUP
         if moved:
             # The destination runs the guest: it lives there from now on (same commit).
-            g = self.guest
             g.node_id, g.vm_id, g.generation = j.destination.node_id, j.destination.vm_id, j.generation
             g.migrations += 1
             g.history.append(g.node_id)
+        elif j.step is Step.ROLLBACK and (g.node_id, g.vm_id) == (j.destination.node_id, j.destination.vm_id):
+            # Back from the destination (its host lost the guest before cleanup).
+            g.node_id, g.vm_id, g.generation = j.source.node_id, j.source.vm_id, j.generation - 1
+            g.migrations -= 1
+            g.history.append(g.node_id)
+            moved = True
         self._commit(j, guest=moved)
         c.publish_step(r, j.step.value)
 
@@ -414,27 +420,26 @@ class MigrationExecutor:
         await dst.batch(restore)
 
     async def _cleanup(self, src: NodeClient) -> None:
-        """Drop the stopped source VM; read how the move went on the destination."""
+        """Read how the move went on the destination (which also proves its VM is there and
+        runs), then drop the stopped source VM. A destination that lost the VM raises, and the
+        machine rolls back to the source instead."""
         r, k, n = self.r, self.carry, self.guest.vcpus
+        dst_vm = self.j.destination.vm_id
+        after = await self.c.pool.client(self.j.destination.node_id).batch(
+            [
+                *(
+                    pb.BatchCall(get_vcpu_state=pb.GetVcpuStateRequest(vm_id=dst_vm, vcpu_index=i))
+                    for i in range(n)
+                ),
+                pb.BatchCall(get_guest_observations=pb.GetGuestObservationsRequest(vm_id=dst_vm)),
+            ]
+        )
         try:
             await src.destroy_vm(self.j.source.vm_id)
         except NodeCallError as err:
             # A source VM left behind is a leftover of a finished migration: reconciliation removes it.
             log.warning("source_cleanup_failed", migration_id=r.migration_id, error=err.message)
-        dst_vm = self.j.destination.vm_id
-        try:
-            after = await self.c.pool.client(self.j.destination.node_id).batch(
-                [
-                    *(
-                        pb.BatchCall(get_vcpu_state=pb.GetVcpuStateRequest(vm_id=dst_vm, vcpu_index=i))
-                        for i in range(n)
-                    ),
-                    pb.BatchCall(get_guest_observations=pb.GetGuestObservationsRequest(vm_id=dst_vm)),
-                ]
-            )
-            self._record_outcome(k.plan is None or k.plan.offsets is None, after)
-        except NodeCallError as err:
-            log.warning("post_migration_read_failed", migration_id=r.migration_id, error=err.message)
+        self._record_outcome(k.plan is None or k.plan.offsets is None, after)
 
     def _record_outcome(self, read_offsets: bool, after: list[pb.BatchResult]) -> None:
         """Trap counts, offsets and the guest's own measurement of the jump, after the move."""

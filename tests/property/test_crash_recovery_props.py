@@ -211,7 +211,9 @@ def run_command(w: World, cmd: Command, snap: Snap | None, stall: int) -> tuple[
                 w.vm(ref).complete = True
             case Resume(vm=ref):
                 w.vm(ref).running = True
-            case Cleanup(vm=ref):
+            case Cleanup(vm=ref, destination=dst):
+                if not w.vm(dst).running:
+                    return Result.FAILED, snap
                 w.node(ref.node_id).vms.pop(ref.vm_id, None)
             case Rollback(destroy=dst, resume=src):
                 failed = False
@@ -244,6 +246,8 @@ def migration_step(w: World, gid: GuestId, lose_answer: bool, stall: int) -> Non
     if j.step is Step.CLEANUP and j.outcome is Outcome.IN_FLIGHT:
         g = w.guests[gid]
         w.guests[gid] = replace(g, vm=j.destination, generation=j.generation)
+    if j.step is Step.ROLLBACK and w.guests[gid].vm == j.destination:
+        w.guests[gid] = replace(w.guests[gid], vm=j.source, generation=j.generation - 1)
     if isinstance(nxt, (Finish, Hold)):
         del w.active[gid]
     else:

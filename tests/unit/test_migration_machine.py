@@ -6,7 +6,7 @@ Edge cases covered:
   VM, resume the source only once PAUSE was journaled; the rollback then finishes ROLLED_BACK
   whatever it gets back (leftovers are reconciliation's)
 - RESUME: a definite failure rolls back; no answer holds (in doubt); a cancel is refused
-- CLEANUP: any result succeeds (the guest runs on the destination)
+- CLEANUP: OK succeeds; the destination VM gone rolls back to the source; no answer holds
 - advancing a finished or unstarted journal, or starting twice, is refused
 - command_for(journal) re-derives the command a journal stands for (what recovery re-sends)
 """
@@ -65,7 +65,7 @@ def test_happy_path_journals_every_step_before_its_command() -> None:
         (Step.TRANSFER, Transfer(DST)),
         (Step.RESTORE, Restore(DST)),
         (Step.RESUME, Resume(DST)),
-        (Step.CLEANUP, Cleanup(SRC)),
+        (Step.CLEANUP, Cleanup(SRC, DST)),
         (Step.CLEANUP, Finish(Outcome.SUCCEEDED)),
     ]
     assert j.outcome is Outcome.SUCCEEDED
@@ -100,10 +100,17 @@ def test_resume_cannot_be_cancelled() -> None:
         advance(at(Step.RESUME), Result.CANCELLED)
 
 
-@pytest.mark.parametrize("result", list(Result))
-def test_cleanup_always_succeeds(result: Result) -> None:
-    j, cmd = advance(at(Step.CLEANUP), result)
+def test_cleanup() -> None:
+    j, cmd = advance(at(Step.CLEANUP), Result.OK)
     assert cmd == Finish(Outcome.SUCCEEDED) and j.outcome is Outcome.SUCCEEDED
+    # The destination's host lost the VM: back to the paused source, the one complete copy.
+    j, cmd = advance(at(Step.CLEANUP), Result.FAILED, "no vm")
+    assert (j.step, cmd, j.reason) == (Step.ROLLBACK, Rollback(DST, SRC), "no vm")
+    assert advance(j, Result.OK)[0].outcome is Outcome.ROLLED_BACK
+    j, cmd = advance(at(Step.CLEANUP), Result.UNREACHABLE, "timeout")
+    assert cmd == Hold("timeout") and j.step is Step.CLEANUP and j.outcome is Outcome.IN_FLIGHT
+    with pytest.raises(ValueError, match="cannot be cancelled"):
+        advance(at(Step.CLEANUP), Result.CANCELLED)
 
 
 def test_refusals() -> None:
