@@ -177,7 +177,8 @@ class Campaign:
             lambda: stub.GetHostInfo(pb.GetHostInfoRequest(), timeout=1), f"node {node_id} up", START_S
         )
 
-    def start_controller(self, step: str) -> None:
+    def start_controller(self, step: str | None) -> None:
+        """Start the controller; with `step`, in test mode stopping itself at that step."""
         args = kvmtimer(
             "controller",
             "--listen",
@@ -190,7 +191,7 @@ class Campaign:
             "warning",
             *(f"--node={n}=127.0.0.1:{p}" for n, p in self.ports.items()),
         )
-        env = {"KVMTIMER_TEST_MODE": "1", "KVMTIMER_TEST_STOP_AT": step}
+        env = {"KVMTIMER_TEST_MODE": "1", "KVMTIMER_TEST_STOP_AT": step} if step else {}
         self.controller = Proc(args, self.workdir / "controller.log", env)
         self.controller.start()
         wait_until(
