@@ -134,6 +134,7 @@ class Cell:
     rolled_back: int = 0
     rolled_forward: int = 0
     lost: int = 0
+    errors: int = 0  # runs that could not complete (counted as violations too)
     violations: int = 0
     notes: list[str] = field(default_factory=list)
 
@@ -330,7 +331,11 @@ def _worker(
                 for n in range(runs):
                     for victim in victims:
                         cell = cells[(victim, step)]
-                        outcome, problems = campaign.one(victim, step)
+                        try:
+                            outcome, problems = campaign.one(victim, step)
+                        except (grpc.RpcError, TimeoutError, RuntimeError) as err:
+                            # Counted, never hidden: a run that could not finish is a violation.
+                            outcome, problems = "errors", [f"run failed: {err!r}"[:300]]
                         cell.runs += 1
                         setattr(cell, outcome, getattr(cell, outcome) + 1)
                         if problems:
