@@ -23,6 +23,7 @@ from controller.service.telemetry import start_controller_telemetry
 from controller.telemetry.metrics import controller_registry
 from node.runtime.addr import advertise_address, host_port
 from node.runtime.aio import stop_on_signals
+from node.runtime.grpc_metrics import GrpcServerMetrics
 from node.runtime.logs import configure_logging
 from node.runtime.metrics_http import add_metrics_argument, start_metrics
 from node.runtime.mqtt import add_mqtt_arguments
@@ -160,12 +161,13 @@ async def serve(args: ControllerSettings) -> int:
         fault_hook=test_fault_hook(),
     )
     cluster.load_state()
+    rpc_metrics = GrpcServerMetrics()
     try:
         server, port, health_servicer = build_server(
             cluster,
             args.listen,
             credentials=security.server.credentials,
-            interceptors=security.server.interceptors,
+            interceptors=(rpc_metrics, *security.server.interceptors),
         )
         extras = deploy.Extras(args, cluster, health_servicer)
     except RuntimeError as err:  # grpc cannot bind the address
@@ -173,7 +175,7 @@ async def serve(args: ControllerSettings) -> int:
         return 2
     try:
         metrics = (
-            await start_metrics(controller_registry(cluster), args.metrics_listen)
+            await start_metrics(rpc_metrics.register(controller_registry(cluster)), args.metrics_listen)
             if args.metrics_listen
             else None
         )

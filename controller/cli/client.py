@@ -25,7 +25,7 @@ from kvmtimer.v1 import controller_pb2_grpc as cpb_grpc
 from kvmtimer.v1 import node_pb2 as pb
 
 from controller.cli import views
-from node.runtime import settings, tls
+from node.runtime import secret_files, settings, tls
 from node.runtime.addr import host_port
 from node.runtime.options import positive_int
 
@@ -301,6 +301,7 @@ def _common(parser: argparse.ArgumentParser, *, output: bool = True) -> None:
     parser.add_argument(
         "--token", default=None, help="bearer token for the controller (prefer KVMTIMER_TOKEN)"
     )
+    secret_files.add_file_option(parser, "token", "the bearer token")
     settings.add_config_argument(parser)
     settings.defer_defaults(parser, "client")  # the options above; a command's own options stay flags
 

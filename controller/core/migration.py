@@ -4,15 +4,17 @@ Pure: no I/O. The adapter (controller/service/migrator.py) executes the steps
 against nodes and feeds the results back in.
 
 Algorithm (spec §4.2): with the source paused, read the guest counters and the
-source's (host counter, realtime) sample they were read at. On the destination,
-sample its own pair and credit the guest with the real time that passed:
+source's (host counter, realtime) instant they were read at (`SourceSnapshot`). The
+destination node applies that record itself (Node.ApplyCounterRecord, node/core/timesync.py):
+it reads its own (H_d, RT_d) at the instant the offsets take effect and credits the guest
+with the real time that passed as its own clock sees it, clamped at 0:
 
     elapsed   = max(0, RT_d - RT_s) * CNTFRQ / 1e9      (clamped: never backwards)
     voffset_d = H_d - (CNTVCT_s + elapsed)
     poffset_d = H_d - (CNTPCT_s + elapsed)
 
-Because H_d and RT_d advance together, the result does not depend on when the
-destination sample is taken: applying the same record twice gives the same offsets.
+The controller never estimates a node's clock from its own: what it records (elapsed
+ticks credited, offsets, the instant used) is what the destination reports.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from enum import IntEnum, StrEnum
 
 from controller.core.errors import FailedPrecondition, InvalidArgument
 from controller.core.model import GuestId, MigrationId, NodeId
-from node.core.clock import NS_PER_S, U64_MASK
+from node.core.clock import U64_MASK
 from node.core.features import ApiProfile, HostFeatures
-from node.core.uapi import Cap, OneReg, reg_name, timer_reg_list
+from node.core.timesync import CounterRecord
+from node.core.uapi import OneReg, reg_name, timer_reg_list
 
 
 class Method(IntEnum):
@@ -241,14 +244,9 @@ def check_state_loss(
 
 
 @dataclass(frozen=True, slots=True)
-class SourceSnapshot:
-    """Guest counters read on the paused source, with the sample they were read at."""
-
-    cntvct: int  # guest CNTVCT (TIMER_CNT)
-    cntpct: int  # guest CNTPCT (PTIMER_CNT)
-    host_counter: int  # source H at the read
-    realtime_ns: int  # source CLOCK_REALTIME at the read
-    cntfrq_hz: int  # counter frequency
+class SourceSnapshot(CounterRecord):
+    """Guest counters read on the paused source, with the instant they were read at: the
+    record the destination applies (node/core/timesync.py), plus the source's offsets."""
 
     @property
     def voffset(self) -> int:
@@ -260,111 +258,12 @@ class SourceSnapshot:
 
 
 @dataclass(frozen=True, slots=True)
-class DestinationOffsets:
-    """Offsets that make the guest counters continue in real time on the destination."""
-
-    voffset: int  # destination virtual offset
-    poffset: int  # destination physical offset
-    elapsed_ticks: int  # real time between the two samples (0 when the destination sampled first)
-    cntvct: int  # guest CNTVCT at the destination sample
-    cntpct: int  # guest CNTPCT at the destination sample
-
-
-def compute_destination_offsets(
-    src: SourceSnapshot, dst_host_counter: int, dst_realtime_ns: int, *, now_realtime_ns: int | None = None
-) -> DestinationOffsets:
-    """The idempotent offset computation (spec §4.2), clamped so guest time never goes back.
-
-    The destination pair may have been sampled before the source's (any pair of the
-    destination gives the same offsets). `now_realtime_ns` is the destination's realtime
-    when the offsets are applied (default: the sample's): if that is still behind the
-    source's sample, the clocks are skewed and the guest is credited 0 elapsed time, as
-    of now — never negative time.
-    """
-    now_realtime_ns = dst_realtime_ns if now_realtime_ns is None else now_realtime_ns
-    elapsed_ns = dst_realtime_ns - src.realtime_ns + max(0, src.realtime_ns - now_realtime_ns)
-    elapsed = elapsed_ns * src.cntfrq_hz // NS_PER_S
-    cntvct = (src.cntvct + elapsed) & U64_MASK
-    cntpct = (src.cntpct + elapsed) & U64_MASK
-    return DestinationOffsets(
-        voffset=(dst_host_counter - cntvct) & U64_MASK,
-        poffset=(dst_host_counter - cntpct) & U64_MASK,
-        elapsed_ticks=max(0, elapsed),
-        cntvct=cntvct,
-        cntpct=cntpct,
-    )
-
-
-@dataclass(frozen=True, slots=True)
 class RegWrite:
     """One ONE_REG write on the destination."""
 
     vcpu_index: int
     reg_id: int
     value: int
-
-
-@dataclass(frozen=True, slots=True)
-class RestorePlan:
-    """What to do on the destination, in order: caps, regs, counter offset, attr, post regs."""
-
-    applied_as: str  # human description of the mechanism
-    enable_caps: tuple[int, ...] = ()  # KVM_ENABLE_CAP on the VM
-    regs: tuple[RegWrite, ...] = ()  # one SetRegs batch
-    counter_offset: int | None = None  # KVM_ARM_SET_COUNTER_OFFSET
-    phys_offset: int | None = None  # KVM_ARM_VCPU_TIMER_PHYS_OFFSET (broadcast; set on vCPU 0)
-    post_regs: tuple[RegWrite, ...] = ()  # one SetRegs batch after the attribute
-    counter_reference: int | None = None  # host counter at which `regs`' counter values hold
-    offsets: DestinationOffsets | None = None  # the computed offsets (offset methods)
-
-
-def plan_restore(
-    method: Method,
-    destination_ids: Sequence[int],
-    src: SourceSnapshot,
-    timer_regs: tuple[RegWrite, ...],
-    dst_sample: tuple[int, int],
-    *,
-    dst_now_realtime_ns: int | None = None,
-) -> RestorePlan:
-    """How `method` is applied on this destination. Timer CVAL/CTL are copied verbatim
-    (they live in the guest's counter domain, which the offsets preserve)."""
-    if method is Method.BY_VALUE:
-        # QEMU's default: the saved values, as they were at the pause. Guest time stalls.
-        counters = [RegWrite(0, OneReg.TIMER_CNT, src.cntvct)]
-        if OneReg.PTIMER_CNT in destination_ids:
-            counters.append(RegWrite(0, OneReg.PTIMER_CNT, src.cntpct))
-        return RestorePlan("TIMER_CNT by value (saved at pause)", regs=(*timer_regs, *counters))
-
-    offsets = compute_destination_offsets(src, *dst_sample, now_realtime_ns=dst_now_realtime_ns)
-    if method is Method.VM_COUNTER_OFFSET:
-        if offsets.voffset == offsets.poffset:
-            return RestorePlan(
-                "KVM_ARM_SET_COUNTER_OFFSET", regs=timer_regs, counter_offset=offsets.voffset, offsets=offsets
-            )
-        # The VM-wide ioctl forces CNTVCT == CNTPCT; this guest's counters differ, so
-        # write both counters as computed for the destination sample instead.
-        return RestorePlan(
-            "TIMER_CNT+PTIMER_CNT computed from offsets (guest counters differ)",
-            regs=(
-                *timer_regs,
-                RegWrite(0, OneReg.TIMER_CNT, offsets.cntvct),
-                RegWrite(0, OneReg.PTIMER_CNT, offsets.cntpct),
-            ),
-            offsets=offsets,
-            counter_reference=dst_sample[0],
-        )
-    if method is Method.VCPU_OFFSETS:
-        # P first (it moves the virtual total with it), then the guest's own CNTVOFF.
-        return RestorePlan(
-            "KVM_ARM_VCPU_TIMER_PHYS_OFFSET + KVM_REG_ARM_TIMER_OFFSET",
-            enable_caps=(Cap.ARM_VTIMER_OFFSET,),
-            regs=timer_regs,
-            phys_offset=offsets.poffset,
-            post_regs=(RegWrite(0, OneReg.TIMER_OFFSET, (offsets.voffset - offsets.poffset) & U64_MASK),),
-            offsets=offsets,
-        )
-    raise InvalidArgument(f"method {method.name} has no restore plan")
 
 
 @dataclass(slots=True)
@@ -384,8 +283,13 @@ class MigrationRecord:
     applied_as: str = ""
     started_ns: int = 0
     target_ready_ns: int | None = None
-    paused_realtime_ns: int | None = None  # node realtime when the source stopped
-    resumed_realtime_ns: int | None = None  # node realtime when the destination continued
+    paused_realtime_ns: int | None = None  # source node's realtime when it stopped
+    resumed_realtime_ns: int | None = None  # destination node's realtime when it continued
+    stop_sent_ns: int | None = None  # controller monotonic: the pause was sent
+    resume_acked_ns: int | None = None  # controller monotonic: the resume's reply arrived
+    paused_host_counter: int | None = None  # source host counter when it stopped
+    stop_bound_ns: int | None = None  # source counter: pause -> a read after the resume (one clock)
+    guest_stop_ns: int | None = None  # the guest's own pause -> resume readings (machine realtimes)
     ended_ns: int | None = None
     created_realtime_ns: int = 0
     finished_realtime_ns: int = 0
@@ -399,7 +303,8 @@ class MigrationRecord:
     source_poffset: int = 0
     destination_voffset: int = 0
     destination_poffset: int = 0
-    elapsed_ticks: int = 0
+    elapsed_ticks: int = 0  # ticks of realtime the destination credited (its own clock, clamped at 0)
+    realtime_skew_ns: int = 0  # destination realtime minus source realtime (deliberate effects)
     guest_uses_ptimer: bool = False  # the guest arms its physical timer
     allow_state_loss: bool = False  # the request allowed losing state
     not_carried: list[str] = field(default_factory=list)  # state the kernels could not carry
@@ -426,8 +331,25 @@ class MigrationRecord:
         return _us(self.started_ns, self.target_ready_ns)
 
     def downtime_us(self) -> int:
-        """Source stopped -> destination continued, as the nodes' clocks saw it."""
-        return _us(self.paused_realtime_ns, self.resumed_realtime_ns)
+        """How long the guest was stopped; never negative.
+
+        The guest's own measurement (its pause reading on the source to its resume reading on
+        the destination, on the machines' CLOCK_REALTIME: one system-wide clock when the nodes
+        share a machine, exact on simulated nodes), accepted when it lies within [0, bound]; the
+        bound is measured on one monotonic clock, the source host's counter from its pause to a
+        read taken right after the destination resumed (it includes the resume's reply and one
+        round trip), or, when the source cannot be read then, the controller's monotonic clock
+        from sending the pause to the resume's reply. Outside that interval (hosts whose clocks
+        disagree by more than the stop), the bound. Never two nodes' own realtimes subtracted
+        as they are: they are different clocks, apart by as much as the hosts disagree.
+        """
+        bound_ns = self.stop_bound_ns
+        if bound_ns is None and self.stop_sent_ns is not None and self.resume_acked_ns is not None:
+            bound_ns = max(0, self.resume_acked_ns - self.stop_sent_ns)
+        if bound_ns is None:
+            return 0
+        stop = self.guest_stop_ns
+        return (stop if stop is not None and 0 <= stop <= bound_ns else bound_ns) // 1000
 
     def total_time_us(self) -> int:
         return _us(self.started_ns, self.ended_ns)

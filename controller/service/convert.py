@@ -102,6 +102,7 @@ def migration_to_pb(r: MigrationRecord) -> cpb.Migration:
         destination_voffset=r.destination_voffset,
         destination_poffset=r.destination_poffset,
         elapsed_ticks=r.elapsed_ticks,
+        realtime_skew_ns=r.realtime_skew_ns,
         not_carried=r.not_carried,
         guest_uses_ptimer=r.guest_uses_ptimer,
         allow_state_loss=r.allow_state_loss,

@@ -16,7 +16,7 @@ import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import structlog
 from kvmtimer.v1 import node_pb2 as pb
@@ -43,20 +43,19 @@ from controller.core.machine import (
     told_to_resume,
 )
 from controller.core.migration import (
+    Method,
     MigrationRecord,
     Phase,
     RegisterSet,
     RegWrite,
-    RestorePlan,
     SourceSnapshot,
     Step,
     check_state_loss,
     choose_method,
-    plan_restore,
     register_set,
 )
 from controller.core.model import GuestRecord, NodeId
-from node.core.clock import U64_MASK
+from node.core.clock import NS_PER_S, U64_MASK
 from node.core.timer import DEFAULT_PPI, TimerId
 from node.core.uapi import KVM_ARM_VCPU_TIMER_PHYS_OFFSET, OneReg, TimerAttr
 
@@ -90,15 +89,13 @@ class _Carry:
     has_workload: bool = False
     dst_ids: tuple[int, ...] = ()
     regs: RegisterSet | None = None
-    dst_sample: tuple[int, int] = (0, 0)
-    sampled_ns: int = 0
+    source_realtime_offset_ns: int = 0
     entries: tuple[tuple[int, int], ...] = ()
     read_phys_attr: bool = False
     snap: list[pb.BatchResult] | None = None
     snapshot: SourceSnapshot | None = None
     timer_regs: tuple[RegWrite, ...] = ()
     workload_state: pb.WorkloadState | None = None
-    plan: RestorePlan | None = None
 
 
 class MigrationExecutor:
@@ -230,6 +227,7 @@ class MigrationExecutor:
                 resumed = await c.pool.client(vm.node_id).batch(
                     [pb.BatchCall(resume_vm=pb.ResumeVmRequest(vm_id=vm.vm_id))]
                 )
+                self.r.resume_acked_ns = time.monotonic_ns()
                 self.r.resumed_realtime_ns = resumed[0].resume_vm.realtime_ns
             case Cleanup(vm=vm):
                 await self._cleanup(c.pool.client(vm.node_id))
@@ -287,11 +285,8 @@ class MigrationExecutor:
             prepare.append(pb.BatchCall(load_workload=pb.LoadWorkloadRequest(vm_id=dst_vm, state=k.precopy)))
         # The destination kernel's register list: with the source's, it decides what is carried.
         prepare.append(pb.BatchCall(get_reg_list=pb.GetRegListRequest(vm_id=dst_vm, vcpu_index=0)))
-        # The destination's (H, realtime) pair: any pair gives the same offsets, so it is
-        # taken now, outside the downtime window.
-        prepare.append(pb.BatchCall(get_clock=pb.GetClockRequest()))
         prepared = await dst.batch(prepare)
-        k.dst_ids = tuple(prepared[-2].get_reg_list.reg_ids)
+        k.dst_ids = tuple(prepared[-1].get_reg_list.reg_ids)
         k.regs = register_set(k.src_ids, k.dst_ids, r.method, uses_ptimer=r.guest_uses_ptimer)
         src_node, dst_node = self.c.pool.node(r.source), self.c.pool.node(r.destination)
         check_state_loss(
@@ -303,9 +298,6 @@ class MigrationExecutor:
             method=r.method,
         )
         r.not_carried = list(k.regs.not_carried)
-        dst_clock = prepared[-1].get_clock
-        k.dst_sample = (dst_clock.host_counter, dst_clock.realtime_ns)
-        k.sampled_ns = time.monotonic_ns()
         r.target_ready_ns = time.monotonic_ns()
 
     async def _pause(self, src: NodeClient) -> None:
@@ -330,6 +322,7 @@ class MigrationExecutor:
             if k.read_phys_attr
             else []
         )
+        r.stop_sent_ns = time.monotonic_ns()
         snap = await src.batch(
             [
                 pb.BatchCall(pause_vm=pb.PauseVmRequest(vm_id=vm)),
@@ -348,7 +341,8 @@ class MigrationExecutor:
                 ),
             ]
         )
-        r.paused_realtime_ns = snap.pop(0).pause_vm.realtime_ns
+        paused = snap.pop(0).pause_vm
+        r.paused_realtime_ns, r.paused_host_counter = paused.realtime_ns, paused.host_counter
         k.snap = snap
 
     def _snapshot(self) -> None:
@@ -366,64 +360,37 @@ class MigrationExecutor:
             realtime_ns=got.realtime_ns,
             cntfrq_hz=self.c.pool.node(r.source).features.cntfrq_hz,
         )
+        k.source_realtime_offset_ns = got.realtime_offset_ns
         r.source_voffset, r.source_poffset = k.snapshot.voffset, k.snapshot.poffset
         k.timer_regs = tuple(RegWrite(i, reg, saved[(i, reg)]) for i in range(n) for reg in k.regs.restored)
         k.workload_state = snap[1].save_workload
 
     async def _restore(self, dst: NodeClient) -> None:
-        """Write the guest state into the (still paused) destination VM."""
+        """Write the guest state into the (still paused) destination VM. The destination applies
+        the source's counter record at its own instant: it credits the realtime that passed as its
+        clock sees it then (never negative), with its kernel's interface."""
         r, k = self.r, self.carry
         assert r.method is not None and k.snapshot is not None
         dst_vm = self.j.destination.vm_id
-        # The destination's realtime now, extrapolated from its early sample: if it is still
-        # behind the source's, the clocks are skewed and the guest gets 0 elapsed time.
-        dst_now_rt = k.dst_sample[1] + (time.monotonic_ns() - k.sampled_ns)
-        plan = plan_restore(
-            r.method, k.dst_ids, k.snapshot, k.timer_regs, k.dst_sample, dst_now_realtime_ns=dst_now_rt
-        )
-        k.plan = plan
-        r.applied_as = plan.applied_as
-        if plan.offsets is not None:
-            r.destination_voffset, r.destination_poffset = plan.offsets.voffset, plan.offsets.poffset
-            r.elapsed_ticks = plan.offsets.elapsed_ticks
-        restore = [
-            pb.BatchCall(enable_cap=pb.EnableCapRequest(vm_id=dst_vm, cap=cap)) for cap in plan.enable_caps
-        ]
-        set_regs = _set_regs(dst_vm, plan.regs)
-        if plan.counter_reference is not None:
-            set_regs.counter_reference = plan.counter_reference
-        restore.append(pb.BatchCall(set_regs=set_regs))
-        if plan.counter_offset is not None:
-            restore.append(
-                pb.BatchCall(
-                    set_counter_offset=pb.SetCounterOffsetRequest(
-                        vm_id=dst_vm, counter_offset=plan.counter_offset
-                    )
-                )
-            )
-        if plan.phys_offset is not None:
-            restore.append(
-                pb.BatchCall(
-                    set_device_attr=pb.SetDeviceAttrRequest(
-                        vm_id=dst_vm, group=1, attr=2, value=plan.phys_offset
-                    )
-                )
-            )
-        if plan.post_regs:
-            restore.append(pb.BatchCall(set_regs=_set_regs(dst_vm, plan.post_regs)))
+        restore = [pb.BatchCall(set_regs=_set_regs(dst_vm, k.timer_regs))]
         if k.has_workload:
             restore.append(
                 pb.BatchCall(
                     load_workload=pb.LoadWorkloadRequest(vm_id=dst_vm, state=k.workload_state, merge=True)
                 )
             )
-        await dst.batch(restore)
+        restore.append(pb.BatchCall(apply_counter_record=_apply_request(dst_vm, k.snapshot, r.method)))
+        restored = await dst.batch(restore)
+        credit = restored[-1].apply_counter_record
+        r.applied_as, r.elapsed_ticks = credit.applied_as, credit.elapsed_ticks
+        r.destination_voffset, r.destination_poffset = credit.voffset, credit.poffset
+        r.realtime_skew_ns = credit.realtime_offset_ns - k.source_realtime_offset_ns
 
     async def _cleanup(self, src: NodeClient) -> None:
         """Read how the move went on the destination (which also proves its VM is there and
         runs), then drop the stopped source VM. A destination that lost the VM raises, and the
         machine rolls back to the source instead."""
-        r, k, n = self.r, self.carry, self.guest.vcpus
+        r, n = self.r, self.guest.vcpus
         dst_vm = self.j.destination.vm_id
         after = await self.c.pool.client(self.j.destination.node_id).batch(
             [
@@ -435,24 +402,32 @@ class MigrationExecutor:
             ]
         )
         try:
-            await src.destroy_vm(self.j.source.vm_id)
+            # The source's counter now ends the downtime on the clock that started it.
+            cleaned = await src.batch(
+                [
+                    pb.BatchCall(get_clock=pb.GetClockRequest()),
+                    pb.BatchCall(destroy_vm=pb.DestroyVmRequest(vm_id=self.j.source.vm_id)),
+                ]
+            )
+            ticks = (cleaned[0].get_clock.host_counter - (r.paused_host_counter or 0)) & U64_MASK
+            r.stop_bound_ns = ticks * NS_PER_S // self.c.pool.node(r.source).features.cntfrq_hz
         except NodeCallError as err:
             # A source VM left behind is a leftover of a finished migration: reconciliation removes it.
             log.warning("source_cleanup_failed", migration_id=r.migration_id, error=err.message)
-        self._record_outcome(k.plan is None or k.plan.offsets is None, after)
+        self._record_outcome(after)
 
-    def _record_outcome(self, read_offsets: bool, after: list[pb.BatchResult]) -> None:
-        """Trap counts, offsets and the guest's own measurement of the jump, after the move."""
+    def _record_outcome(self, after: list[pb.BatchResult]) -> None:
+        """Trap counts and the guest's own measurement of the jump, after the move."""
         r = self.r
         states = [res.get_vcpu_state for res in after if res.HasField("get_vcpu_state")]
-        if read_offsets:
-            r.destination_voffset, r.destination_poffset = states[0].voffset, states[0].poffset
         r.traps_after = sum(s.trap_count for s in states)
         r.destination_traps_cntpct = states[0].traps_cntpct
         r.destination_uses_cntpoff = states[0].uses_cntpoff
         obs = after[-1].get_guest_observations
         errors = [o.last_jump_error_ticks for o in obs.vcpus if o.HasField("last_jump_error_ticks")]
         r.counter_error_ticks = max(errors, key=abs) if errors else None
+        stops = [o.last_stop_ns for o in obs.vcpus if o.HasField("last_stop_ns")]
+        r.guest_stop_ns = max(stops) if stops else None
 
     async def _rollback(self, cmd: Rollback) -> None:
         """Destroy the destination VM, then resume the source guest unchanged (best effort:
@@ -470,6 +445,19 @@ class MigrationExecutor:
             except NodeCallError as err:
                 log.error("rollback_resume_failed", migration_id=r.migration_id, error=err.message)
         log.info("migration_rolled_back", migration_id=r.migration_id, cause=self.j.reason)
+
+
+def _apply_request(vm_id: str, snapshot: SourceSnapshot, method: Method) -> pb.ApplyCounterRecordRequest:
+    record = pb.CounterRecord(
+        cntvct=snapshot.cntvct,
+        cntpct=snapshot.cntpct,
+        host_counter=snapshot.host_counter,
+        realtime_ns=snapshot.realtime_ns,
+        cntfrq_hz=snapshot.cntfrq_hz,
+    )
+    return pb.ApplyCounterRecordRequest(
+        vm_id=vm_id, record=record, method=cast(pb.CounterRestoreMethod, int(method))
+    )
 
 
 def _set_regs(vm_id: str, writes: tuple[RegWrite, ...]) -> pb.SetRegsRequest:

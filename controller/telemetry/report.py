@@ -64,6 +64,7 @@ class Mark:
     at_ns: int  # where it is drawn, on the series' clock
     jump_ticks: int  # error after minus error before (the guest's own figure without samples)
     cntfrq_hz: int  # the guest's counter frequency
+    skew_ticks: int = 0  # destination realtime minus source realtime, in ticks (what an offset method shows)
 
     @property
     def kind(self) -> str:
@@ -228,6 +229,7 @@ def _from_samples(
                 (rows[i - 1].realtime_ns + rows[i].realtime_ns) // 2,
                 errors[i] - errors[i - 1],
                 freq,
+                rec.realtime_skew_ns * freq // NS_PER_S if rec is not None else 0,
             )
         )
     jumps = dict(zip(moves, series.marks, strict=True))
@@ -257,7 +259,7 @@ def _from_records(
     for m in records:
         jump = m.counter_error_ticks if m.HasField("counter_error_ticks") else 0
         at = paused_ns.get(m.migration_id) or m.finished_realtime_ns
-        mark = Mark(m.migration_id, guest, m.method, at, jump, freq)
+        mark = Mark(m.migration_id, guest, m.method, at, jump, freq, m.realtime_skew_ns * freq // NS_PER_S)
         series.marks.append(mark)
         if mark.kind == BY_VALUE:
             bv += jump
@@ -300,6 +302,14 @@ def jump_label(mark: Mark, unit: str) -> str:
         us = scale(mark.jump_ticks, mark.cntfrq_hz, "us")
         text = f"{us / 1000:+.1f} ms" if abs(us) >= 1000 else f"{us:+.0f} µs"
     method = METHOD_SHORT.get(mark.method, "?") if mark.method is not None else "?"
+    if mark.skew_ticks and mark.method in OFFSET_METHODS:
+        # Case 39 at a glance: an offset method's error is the skew between the two nodes.
+        skew = (
+            f"{mark.skew_ticks:+d}"
+            if unit == "ticks"
+            else f"{scale(mark.skew_ticks, mark.cntfrq_hz, 'us'):+.0f} µs"
+        )
+        return f"{method} {text} (skew {skew})"
     return f"{method} {text}"
 
 

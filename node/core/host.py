@@ -7,10 +7,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import NewType
 
-from node.core.clock import Clock, HostCounter, ManualClock
+from node.core.clock import Clock, ClockEffects, HostCounter, ManualClock, RealtimeState
 from node.core.errors import AlreadyExists, BadRequest, VmNotFound, WrongClockMode
 from node.core.features import ClockMode, HostFeatures
 from node.core.state import VmState
+from node.core.timesync import CounterRecord, Credit, apply_record
 from node.core.uapi import Cap
 from node.core.vcpu import AccessKind, AccessResult, GuestOp, Vcpu
 from node.core.vm import IrqLevel, Vm, check_u64
@@ -58,13 +59,14 @@ class Host:
         *,
         counter_base: int = 0,
         clock_mode: ClockMode = ClockMode.SIMULATED,
+        clock_effects: ClockEffects | None = None,
     ) -> None:
         if clock_mode is ClockMode.SIMULATED and not isinstance(clock, ManualClock):
             raise WrongClockMode("simulated clock mode needs a ManualClock")
         self.node_id = NodeId(node_id)
         self.features = features
         self.clock_mode = clock_mode
-        self.counter = HostCounter(clock, features.cntfrq_hz, counter_base)
+        self.counter = HostCounter(clock, features.cntfrq_hz, counter_base, clock_effects)
         self.vms: dict[VmId, Vm] = {}
         self.owners: dict[VmId, VmOwner] = {}  # CreateVm's labels, listed by ListVms
         self._ids = itertools.count(1)
@@ -129,8 +131,21 @@ class Host:
         return vm
 
     def get_clock(self) -> tuple[int, int]:
-        """(host counter, realtime ns), sampled together."""
+        """(host counter, this host's realtime ns) of one instant."""
         return self.counter.sample()
+
+    def apply_counter_record(self, vm_id: str, record: CounterRecord, method: int) -> Credit:
+        """Apply a paused source's counter record to this paused VM at one instant of this host."""
+        return apply_record(self.vm(vm_id), record, method)
+
+    def change_clock_effects(
+        self, *, skew_ns: int | None = None, drift_ppm: float | None = None, step_ns: int = 0
+    ) -> RealtimeState:
+        """Deliberate realtime effects from now on (None: unchanged; step: a jump now).
+
+        Only this host's idea of realtime moves; its counter runs on at CNTFRQ.
+        """
+        return self.counter.change_realtime(skew_ns=skew_ns, drift_ppm=drift_ppm, step_ns=step_ns)
 
     def step_clock(self, delta_ticks: int) -> int:
         """Advance a simulated host by `delta_ticks`, delivering guest timer interrupts on the way."""

@@ -1,7 +1,8 @@
 """Telemetry of one host: per-vCPU samples and monotonic host totals (pure).
 
-A sampling round reads the host counter and CLOCK_REALTIME once
-(`HostCounter.sample()`), and every vCPU sample of the round is taken at that
+A sampling round reads the host counter and the machine's CLOCK_REALTIME at one
+instant (`HostCounter.reference_sample()`: without the host's deliberate skew, so
+samples of every node share one time axis), and every vCPU sample of the round is taken at that
 instant: guest CNTVCT = H - voffset, CNTPCT = H - poffset (mod 2^64), timer
 lines as `should_fire()` sees them at H. Nothing here sleeps or schedules:
 adapters decide when a round happens.
@@ -159,7 +160,7 @@ def count_vcpus(vms: Collection[Vm]) -> int:
 
 def sample_round(host: Host, vms: Collection[Vm]) -> list[VmRound]:
     """One round: every vCPU of `vms` (VM order, then vCPU index order) at one (H, realtime) instant."""
-    h, realtime_ns = host.counter.sample()
+    h, realtime_ns = host.counter.reference_sample()  # the machine's realtime: one axis for all nodes
     node_id = host.node_id
     vt, pt = int(TimerId.VTIMER), int(TimerId.PTIMER)  # plain ints index faster than IntEnum
     make = VcpuTimers._make  # skips NamedTuple.__new__'s Python frame (hot loop)

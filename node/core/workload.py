@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Protocol
 
-from node.core.clock import NS_PER_S, U64_MASK, HostCounter
+from node.core.clock import U64_MASK, HostCounter, ticks_between
 from node.core.errors import InvalidArgument
 from node.core.features import HostFeatures
 from node.core.timer import CTL_ENABLE, TimerId
@@ -156,9 +156,9 @@ class Workload:
     def read_counters(self, vm: Guest, vcpu: Vcpu, cause: SampleCause) -> Sample:
         """The guest reads CNTVCT and CNTPCT; the reading is recorded with the observer's realtime."""
         w = self.vcpus[vcpu.index]
-        # One tight (counter, realtime) pair for both reads: the observer's realtime must
-        # belong to the very counter values, or scheduling noise reads as a clock error.
-        h, realtime_ns = vm.counter.sample()
+        # One instant for both reads and the observer's realtime (the machine's, without the
+        # host's deliberate skew): scheduling noise cannot read as a clock error.
+        h, realtime_ns = vm.counter.reference_sample()
         cntvct = vm.guest_read(vcpu, SysReg.CNTVCT_EL0, h).value
         cntpct = vm.guest_read(vcpu, SysReg.CNTPCT_EL0, h).value
         sample = Sample(cntvct, cntpct, realtime_ns, cause)
@@ -185,7 +185,8 @@ class Workload:
             if before is None:
                 continue
             stop_ns = after.realtime_ns - before.realtime_ns
-            ideal_ticks = stop_ns * self.cntfrq_hz // NS_PER_S
+            # Tick boundaries of real time crossed (telescopes with the counter's own grid).
+            ideal_ticks = ticks_between(before.realtime_ns, after.realtime_ns, self.cntfrq_hz)
             w.last_jump_error_ticks = signed64(after.cntvct - before.cntvct) - ideal_ticks
             w.last_stop_ns = stop_ns
             w.pause_sample = None

@@ -12,11 +12,14 @@ import structlog
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-from node.core.clock import Clock, ManualClock, SystemClock
+    from node.runtime.grpc_metrics import GrpcServerMetrics
+
+from node.core.clock import NS_PER_S, Clock, ManualClock, SystemClock
 from node.core.errors import EmulatorError
 from node.core.features import DEFAULT_CNTFRQ_HZ, ApiProfile, ClockMode, EcvLevel, HostFeatures
 from node.core.host import Host
 from node.process import deploy
+from node.process.clock_settings import add_clock_effect_arguments, clock_effects_of
 from node.process.settings import NodeSettings
 from node.process.status import start_node_status
 from node.runtime.addr import advertise_address
@@ -56,6 +59,7 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="host counter at boot (default: derived from --node-id)",
     )
+    add_clock_effect_arguments(parser)
     add_log_level_argument(parser)
     add_mqtt_arguments(parser)
     add_metrics_argument(parser)
@@ -78,23 +82,27 @@ def host_from_settings(args: NodeSettings) -> Host:
         nv=args.nv,
     )
     mode = ClockMode.SIMULATED if args.clock == "simulated" else ClockMode.REALTIME
-    # A simulated host's realtime starts at the wall clock and then moves only with its counter.
-    clock: Clock = (
-        ManualClock(realtime_offset_ns=time.time_ns()) if mode is ClockMode.SIMULATED else SystemClock()
-    )
+    # A simulated host's realtime starts at the wall clock's current whole second (on the
+    # counter's tick grid at any CNTFRQ) and then moves only with its counter.
+    epoch_ns = time.time_ns() // NS_PER_S * NS_PER_S
+    clock: Clock = ManualClock(realtime_offset_ns=epoch_ns) if mode is ClockMode.SIMULATED else SystemClock()
     base = (
         args.counter_base
         if args.counter_base is not None
         else default_counter_base(args.node_id, args.cntfrq)
     )
-    return Host(args.node_id, features, clock, counter_base=base, clock_mode=mode)
+    effects = clock_effects_of(args.clock_effects)
+    return Host(args.node_id, features, clock, counter_base=base, clock_mode=mode, clock_effects=effects)
 
 
-def node_metrics(host: Host, telemetry: TelemetryStreams) -> CollectorRegistry:
+def node_metrics(
+    host: Host, telemetry: TelemetryStreams, rpc_metrics: GrpcServerMetrics
+) -> CollectorRegistry:
     """The node's Prometheus registry (imported here: only --metrics-listen needs prometheus-client)."""
+    from node.service.guest_metrics import GuestMetrics
     from node.service.metrics import node_registry
 
-    return node_registry(host, telemetry)
+    return rpc_metrics.register(GuestMetrics(host).register(node_registry(host, telemetry)))
 
 
 async def serve(args: NodeSettings) -> None:
@@ -103,18 +111,25 @@ async def serve(args: NodeSettings) -> None:
     host = host_from_settings(args)
     security = deploy.security(args)  # TlsConfigError: bad TLS options or plaintext off loopback
     telemetry = TelemetryStreams()
+    interceptors = tuple(security.interceptors)
+    rpc_metrics = None
+    if args.metrics_listen:  # per-RPC metrics only with an endpoint (prometheus-client loads here)
+        from node.runtime.grpc_metrics import GrpcServerMetrics
+
+        rpc_metrics = GrpcServerMetrics()
+        interceptors = (rpc_metrics, *interceptors)
     server, port, health_servicer = build_server(
         host,
         args.listen,
         telemetry=telemetry,
         credentials=security.credentials,
-        interceptors=security.interceptors,
+        interceptors=interceptors,
     )
     extras = deploy.Extras(args, health_servicer, port, host.node_id)
     await server.start()
     metrics = (
-        await start_metrics(node_metrics(host, telemetry), args.metrics_listen)
-        if args.metrics_listen
+        await start_metrics(node_metrics(host, telemetry, rpc_metrics), args.metrics_listen)
+        if rpc_metrics is not None and args.metrics_listen
         else None
     )
     await mark_serving(health_servicer)

@@ -16,7 +16,7 @@ import structlog
 from kvmtimer.v1 import controller_pb2 as cpb
 from kvmtimer.v1 import controller_pb2_grpc as cpb_grpc
 
-from node.runtime import tls
+from node.runtime import secret_files, tls
 from node.runtime.backoff import Backoff
 
 log = structlog.get_logger("kvmtimer.node")
@@ -47,6 +47,7 @@ def add_register_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--token", default=None, help="bearer token presented to the controller (prefer KVMTIMER_TOKEN)"
     )
+    secret_files.add_file_option(parser, "token", "the bearer token")
 
 
 async def register_once(

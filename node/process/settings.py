@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from node.process.clock_settings import ClockEffectOptions
 from node.runtime.mqtt import MqttOptions
 from node.runtime.tls import TlsOptions
 
@@ -25,6 +26,7 @@ class NodeSettings:
     api_profile: str  # --api-profile: an ApiProfile name
     clock: str  # --clock: realtime | simulated
     counter_base: int | None  # --counter-base (None: derived from the node id)
+    clock_effects: ClockEffectOptions  # --realtime-skew-ns, --realtime-drift-ppm, --realtime-step-*
     log_level: str  # --log-level
     mqtt: MqttOptions  # --mqtt*
     metrics_listen: tuple[str, int] | None  # --metrics-listen (host, port)

@@ -27,6 +27,7 @@ from urllib.parse import unquote, urlsplit
 
 import structlog
 
+from node.runtime import secret_files
 from node.runtime.backoff import Backoff
 from node.runtime.mqtt_schema import DEFAULT_PREFIX, check_prefix
 from node.runtime.publisher import OutMessage
@@ -104,6 +105,7 @@ def add_mqtt_arguments(parser: argparse.ArgumentParser, *, what: str = "telemetr
         default=None,
         help=f"publish {what} to this MQTT broker: mqtt://[USER:PASS@]HOST:PORT, or mqtts:// for TLS",
     )
+    secret_files.add_file_option(parser, "mqtt", "the broker URL (it may hold a password)")
     parser.add_argument(
         "--mqtt-prefix",
         default=DEFAULT_PREFIX,

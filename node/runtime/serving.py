@@ -17,7 +17,7 @@ import grpc
 from grpc_health.v1 import health_pb2_grpc
 from grpc_health.v1._async import HealthServicer  # health.aio, which the stubs lack
 
-from node.runtime import tls
+from node.runtime import secret_files, tls
 
 Interceptor = tls.ServerInterceptor
 
@@ -53,6 +53,7 @@ def add_server_arguments(
             default=None,
             help="require `authorization: Bearer TOKEN` from clients (prefer KVMTIMER_TOKEN)",
         )
+        secret_files.add_file_option(parser, "token", "the bearer token")
     parser.add_argument(
         "--health-listen",
         default=None,

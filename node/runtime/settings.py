@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from node.runtime.secret_files import SecretFileError, read_secret_files
+
 S = TypeVar("S")
 
 ENV_PREFIX = "KVMTIMER_"
@@ -299,8 +301,8 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> a
 def resolve_or_exit(args: argparse.Namespace, prog: str) -> argparse.Namespace:
     """`resolve`, exiting with status 2 and the reason on stderr (like a bad flag) on error."""
     try:
-        return resolve(args)
-    except ConfigError as err:
+        return read_secret_files(resolve(args))  # then --token-file/--mqtt-file
+    except (ConfigError, SecretFileError) as err:
         print(f"{prog}: {err}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -20,6 +20,7 @@ from node.core.workload import (
     VcpuWorkloadState,
     WorkloadState,
 )
+from node.service import convert_time
 from node.wire import (
     api_profile_from_pb as api_profile_from_pb,
 )
@@ -40,7 +41,7 @@ from node.wire import (
 def host_info(host: Host) -> pb.HostInfo:
     f = host.features
     h, rt = host.get_clock()
-    return pb.HostInfo(
+    info = pb.HostInfo(
         node_id=host.node_id,
         cntfrq_hz=f.cntfrq_hz,
         ecv=int(f.ecv),
@@ -54,6 +55,7 @@ def host_info(host: Host) -> pb.HostInfo:
         vm_count=len(host.vms),
         vcpu_count=sum(len(vm.vcpus) for vm in host.vms.values()),
     )
+    return convert_time.with_clock_effects(info, host)
 
 
 def clock_mode_from_pb(value: int) -> ClockMode:

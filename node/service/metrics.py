@@ -26,6 +26,7 @@ class NodeMetrics(Collector):
     def collect(self) -> Iterable[Metric]:
         totals = host_totals(self.host)
         node = [self.host.node_id]
+        realtime = self.host.counter.realtime_state()
         families: list[tuple[type[CounterMetricFamily] | type[GaugeMetricFamily], str, str, float]] = [
             (GaugeMetricFamily, "kvmtimer_node_vms", "VMs on this node", totals.vms),
             (GaugeMetricFamily, "kvmtimer_node_vcpus", "vCPUs on this node", totals.vcpus),
@@ -58,6 +59,24 @@ class NodeMetrics(Collector):
                 "kvmtimer_node_telemetry_streams",
                 "Open WatchTelemetry streams",
                 self.telemetry.open_streams,
+            ),
+            (
+                GaugeMetricFamily,
+                "kvmtimer_node_realtime_skew_ns",
+                "Configured deliberate skew of this host's realtime (ns)",
+                realtime.skew_ns,
+            ),
+            (
+                GaugeMetricFamily,
+                "kvmtimer_node_realtime_drift_ppm",
+                "Configured deliberate drift rate of this host's realtime (ppm)",
+                realtime.drift_ppm,
+            ),
+            (
+                GaugeMetricFamily,
+                "kvmtimer_node_realtime_offset_ns",
+                "This host's realtime minus the machine's now: skew + drift so far + steps (ns)",
+                realtime.offset_ns,
             ),
         ]
         for kind, name, doc, value in families:

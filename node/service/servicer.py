@@ -11,7 +11,7 @@ from kvmtimer.v1 import node_pb2_grpc as pb_grpc
 from node.core.errors import BadRequest, EmulatorError
 from node.core.features import ClockMode
 from node.core.host import Host
-from node.service import convert
+from node.service import convert, convert_time
 from node.service.driver import WorkloadDriver
 from node.service.errors import Ctx, rpc, status_for, stream_rpc, trailing_metadata_for
 from node.service.telemetry import TelemetryStreams
@@ -99,7 +99,11 @@ class NodeServicer(pb_grpc.NodeServicer):
     async def GetRegs(self, request: pb.GetRegsRequest, context: Ctx) -> pb.GetRegsResponse:
         entries = [(r.vcpu_index, r.reg_id) for r in request.regs]
         values, h, realtime_ns = self.host.vm(request.vm_id).get_regs(entries)
-        response = pb.GetRegsResponse(host_counter=h, realtime_ns=realtime_ns)
+        response = pb.GetRegsResponse(
+            host_counter=h,
+            realtime_ns=realtime_ns,
+            realtime_offset_ns=self.host.counter.realtime_state().offset_ns,
+        )
         # RepeatedCompositeField.add() is ~1.5x faster than a list of RegValue(...) (bench).
         add = response.regs.add
         for (i, reg), v in zip(entries, values, strict=True):
@@ -168,7 +172,7 @@ class NodeServicer(pb_grpc.NodeServicer):
     @rpc
     async def StepClock(self, request: pb.StepClockRequest, context: Ctx) -> pb.StepClockResponse:
         h = self.host.step_clock(request.delta_ticks)
-        return pb.StepClockResponse(host_counter=h, realtime_ns=self.host.counter.clock.realtime_ns())
+        return pb.StepClockResponse(host_counter=h, realtime_ns=self.host.counter.realtime_ns())
 
     @rpc
     async def GetVcpuState(self, request: pb.GetVcpuStateRequest, context: Ctx) -> pb.VcpuStateInfo:
@@ -221,6 +225,20 @@ class NodeServicer(pb_grpc.NodeServicer):
             getattr(add_result(), kind).CopyFrom(response)
         return out
 
+    @rpc
+    async def ApplyCounterRecord(
+        self, request: pb.ApplyCounterRecordRequest, context: Ctx
+    ) -> pb.ApplyCounterRecordResponse:
+        record = convert_time.counter_record_from_pb(request)
+        credit = self.host.apply_counter_record(request.vm_id, record, int(request.method))
+        response = convert_time.credit_to_pb(credit)
+        response.realtime_offset_ns = self.host.counter.realtime_state().offset_ns
+        return response
+
+    @rpc
+    async def SetClockEffects(self, request: pb.SetClockEffectsRequest, context: Ctx) -> pb.ClockEffectsState:
+        return convert_time.set_clock_effects(self.host, request)
+
     @stream_rpc
     def WatchTelemetry(
         self, request: pb.WatchTelemetryRequest, context: Ctx
@@ -248,5 +266,6 @@ _BATCH_HANDLERS = {
     "destroy_vm": "DestroyVm",
     "start_workload": "StartWorkload",
     "get_guest_observations": "GetGuestObservations",
+    "apply_counter_record": "ApplyCounterRecord",
     "get_reg_list": "GetRegList",
 }

@@ -14,17 +14,26 @@ an in-process controller `Cluster`, exactly as `kvmtimer controller` would, and 
 2. Downtime per method and guest size: one guest of 1, 4 and 16 vCPUs per method,
    migrated back and forth N times between two nodes of that method's API profile (one
    ECV=2 VHE, one ECV=0 nVHE), one migration at a time, the rows interleaved. Downtime is
-   what the controller records (MigrationRecord.downtime_us): the source node's
-   CLOCK_REALTIME when it paused the VM to the destination node's CLOCK_REALTIME when it
-   resumed it (one machine, so one clock). setup_time is the controller's monotonic clock
-   from the request to "target ready"; total_time from the request to the end of cleanup
-   (it includes the post-migration reads). A "4 small" what-if row per method migrates a
-   4-vCPU guest with a 10 s timer, whose sample ring stays nearly empty.
+   what the controller records (MigrationRecord.downtime_us): the guest's own stop, from
+   its pause reading on the source to its resume reading on the destination (the machine's
+   CLOCK_REALTIME, one clock here), never negative and bounded by the source node's counter
+   from its pause to a read right after the resume. setup_time
+   is the controller's monotonic clock from the request to "target ready"; total_time
+   from the request to the end of cleanup (it includes the post-migration reads). A
+   "4 small" what-if row per method migrates a 4-vCPU guest with a 10 s timer, whose
+   sample ring stays nearly empty.
    2a: the guest counter error (the guest's own measurement of its counter jump over the
    stop minus the real time that passed) per method, and the goal: downtime p50 <= 2 RTT
    for 4-vCPU guests. 2b splits each downtime into its legs using controller-side
    timestamps (CLOCK_REALTIME, comparable with the nodes'); 2c is the node-side CPU cost of
    the two downtime batches, measured in-process with no gRPC transport.
+4. Skew sweep: a guest moved between two VM_COUNTER_OFFSET nodes (and two VCPU_OFFSETS
+   nodes) whose destination runs with a deliberate realtime skew (Node.SetClockEffects):
+   the error equals the skew in ticks (spec §4.4, case 39); a destination behind by more
+   than the stop is clamped (credited 0: the guest never goes backwards).
+5. Counter error over every realtime migration of the run with no skew injected (tables
+   2, 3 and the sweep's return legs): max |error| per method next to the goal (offset
+   methods <= 1 tick).
 3. Throughput: 100 one-vCPU guests (timer period 100 ms) spread over 8 node processes of
    mixed profiles, all migrated at once (asyncio.gather of Cluster.migrate(wait=True),
    Method.AUTO, each to another node in a ring) for a few rounds with limits high enough
@@ -235,7 +244,7 @@ class CallLog:
         setattr(client, "get_clock", timed_get_clock)  # noqa: B010
 
 
-LEGS = ("src tail+reply", "ctl", "dst GetClock", "ctl", "dst request+apply")
+LEGS = ("src tail+reply", "ctl", "dst request+apply")
 
 
 def downtime_legs(record: MigrationRecord, events: list[tuple[str, str, int, int]]) -> list[float] | None:
@@ -245,13 +254,7 @@ def downtime_legs(record: MigrationRecord, events: list[tuple[str, str, int, int
     dst = next((e for e in events if e[0] == record.destination and e[1].endswith("resume_vm")), None)
     if src is None or dst is None:
         return None
-    clock = next((e for e in events if e[0] == record.destination and e[1] == "get_clock"), None)
-    legs = [src[3] - record.paused_realtime_ns]
-    if clock is None:
-        legs += [dst[2] - src[3], 0, 0]
-    else:
-        legs += [clock[2] - src[3], clock[3] - clock[2], dst[2] - clock[3]]
-    legs.append(record.resumed_realtime_ns - dst[2])
+    legs = [src[3] - record.paused_realtime_ns, dst[2] - src[3], record.resumed_realtime_ns - dst[2]]
     return [v / 1000 for v in legs]
 
 
@@ -437,6 +440,115 @@ def node_cost(n: int, repeat: int) -> NodeCost:
     )
 
 
+# --- 4. skew sweep ------------------------------------------------------------
+
+SKEWS_NS = (-10_000_000, -1_000_000, -10_000, -40, 0, 40, 1_000, 10_000, 1_000_000, 10_000_000)
+SWEEP_METHODS = (Method.VM_COUNTER_OFFSET, Method.VCPU_OFFSETS)
+
+
+@dataclass(frozen=True, slots=True)
+class SweepPoint:
+    method: Method
+    skew_ns: int  # destination realtime minus source realtime, injected
+    error_ticks: int  # the guest's own measurement
+    elapsed_ticks: int  # what the destination credited
+
+
+async def set_skew(cluster: Cluster, node_id: str, skew_ns: int) -> None:
+    client = cluster.clients[cluster.node(node_id).node_id]
+    await client.stub.SetClockEffects(pb.SetClockEffectsRequest(skew_ns=skew_ns))
+
+
+async def run_skew_sweep(cluster: Cluster, repeats: int) -> tuple[list[SweepPoint], list[MigrationRecord]]:
+    """Each skew: move the guest to a destination skewed by it, then back with no skew."""
+    points: list[SweepPoint] = []
+    unskewed: list[MigrationRecord] = []
+    for method in SWEEP_METHODS:
+        a, b = method_nodes(method)
+        guest = await cluster.create_guest(f"sweep-{method.name.lower()}", 2, node_id=a.node_id)
+        await asyncio.sleep(0.05)
+        for skew in SKEWS_NS:
+            for _ in range(repeats):
+                await set_skew(cluster, b.node_id, skew)
+                there = await cluster.migrate(guest.guest_id, b.node_id, method, wait=True)
+                await set_skew(cluster, b.node_id, 0)
+                back = await cluster.migrate(guest.guest_id, a.node_id, method, wait=True)
+                for rec in (there, back):
+                    if rec.phase is not Phase.SUCCEEDED or rec.counter_error_ticks is None:
+                        raise RuntimeError(f"migration {rec.migration_id} failed: {rec.reason}")
+                assert there.counter_error_ticks is not None
+                points.append(SweepPoint(method, skew, there.counter_error_ticks, there.elapsed_ticks))
+                unskewed.append(back)
+        await cluster.destroy_guest(guest.guest_id)
+    return points, unskewed
+
+
+def report_skew_sweep(points: list[SweepPoint]) -> str:
+    rows = []
+    for method in SWEEP_METHODS:
+        for skew in SKEWS_NS:
+            mine = [p for p in points if p.method is method and p.skew_ns == skew]
+            if not mine:
+                continue
+            expected = skew * CNTFRQ_HZ // NS_PER_S
+            errors = [p.error_ticks for p in mine]
+            exact = all(abs(e - expected) <= 1 for e in errors)
+            # Behind by more than the stop: credited 0, the guest loses the stop but never goes back.
+            clamped = all(p.elapsed_ticks == 0 and expected <= p.error_ticks <= 0 for p in mine)
+            verdict = "MET (= skew)" if exact else "MET (clamped)" if clamped else "NOT MET"
+            rows.append(
+                [
+                    method.name,
+                    f"{skew:,}",
+                    f"{expected:,}",
+                    f"{min(errors):,}" if min(errors) == max(errors) else f"{min(errors):,}..{max(errors):,}",
+                    f"{int(pct([float(p.elapsed_ticks) for p in mine], 50)):,}",
+                    str(len(mine)),
+                    verdict,
+                ]
+            )
+    return table(
+        "4. Skew sweep: counter error vs the destination's injected realtime skew (offset methods)",
+        ["method", "skew ns", "skew ticks", "error ticks", "credited p50", "n", "goal: error = skew"],
+        rows,
+        [
+            "The destination node runs with SetClockEffects(skew_ns); the guest's own measurement (counter",
+            "jump over the stop minus the machine's real time) must equal skew*CNTFRQ/1e9 within 1 tick.",
+            "A destination behind by more than the stop credits 0 (clamped): error in [skew, 0], never back.",
+        ],
+    )
+
+
+def report_all_errors(groups: Sequence[Sequence[MigrationRecord]]) -> str:
+    rows = []
+    for method in METHODS:
+        errors = [
+            abs(r.counter_error_ticks)
+            for group in groups
+            for r in group
+            if r.method is method and r.counter_error_ticks is not None
+        ]
+        worst = max(errors, default=0)
+        offset = method is not Method.BY_VALUE
+        verdict = ("MET" if worst <= 1 else "NOT MET") if offset else "n/a (minus the stop by design)"
+        rows.append(
+            [
+                method.name,
+                str(len(errors)),
+                f"{worst:,}",
+                fmt(worst * NS_PER_S / CNTFRQ_HZ),
+                "<= 1 tick" if offset else "-",
+                verdict,
+            ]
+        )
+    return table(
+        "5. Max |counter error| over every realtime migration of this run with no skew injected",
+        ["method", "migrations", "max |err| ticks", "= ns", "goal", ""],
+        rows,
+        ["Tables 2 and 3 and the skew sweep's unskewed return legs; CNTFRQ 25 MHz."],
+    )
+
+
 # --- 3. throughput ------------------------------------------------------------
 
 
@@ -536,8 +648,9 @@ def report_downtime(series: list[Series], rtt_us: float, migrations: int) -> str
         f"'{GOAL_VCPUS} small' (what-if): a {GOAL_VCPUS}-vCPU guest whose timer period is "
         f"{SMALL_STATE_PERIOD_TICKS // CNTFRQ_HZ} s, so its sample",
         "ring holds only its pause/resume readings: the same path with little guest state to move.",
-        "downtime = source node CLOCK_REALTIME at pause -> destination node CLOCK_REALTIME at resume",
-        "(MigrationRecord.downtime_us; both nodes on this machine, so one clock). p99 is nearest-rank.",
+        "downtime = MigrationRecord.downtime_us: the guest's own pause -> resume readings (machine",
+        "CLOCK_REALTIME, one clock on this machine), bounded by the source node's counter from its",
+        "pause to a read right after the resume (one clock; never negative). p99 is nearest-rank.",
     ]
     return table(
         "2. Downtime per method and guest size (real node processes, realtime clocks)",
@@ -596,9 +709,8 @@ def report_goal_and_error(series: list[Series], rtt_us: float) -> str:
         rows,
         [
             "err = guest-observed counter jump over the stop - real time elapsed (all sizes). BY_VALUE",
-            "stalls guest time by the downtime; the offset methods credit it, leaving only the skew of",
-            "each node's (counter, realtime) pair, two separate clock reads (a node process preempted",
-            "between them gives the outliers; with simulated clocks the tests see exactly 0).",
+            "stalls guest time by the stop; the offset methods credit it: the destination applies the",
+            "record at its own instant, and each node's (counter, realtime) pair is one clock read.",
         ],
     )
 
@@ -618,8 +730,8 @@ def report_legs(series: list[Series], rtt_us: float) -> str:
         rows,
         [
             "src tail+reply: source pause -> its Batch reply at the controller (GetRegs, SaveWorkload,",
-            "  serialise, transfer); ctl: controller work between calls; dst GetClock: the offset methods'",
-            "  destination sample, a full round trip; dst request+apply: restore Batch sent -> resume.",
+            "  serialise, transfer); ctl: controller work between calls; dst request+apply: restore",
+            "  Batch (SetRegs, LoadWorkload, ApplyCounterRecord) sent -> resume.",
         ],
     )
 
@@ -655,7 +767,8 @@ def report_node_costs(costs: list[NodeCost]) -> str:
         rows,
         [
             f"Full sample rings ({MAX_SAMPLES} readings per vCPU); src batch = PauseVm+GetRegs+SaveWorkload,",
-            "dst batch = SetRegs+SetCounterOffset+LoadWorkload+ResumeVm.",
+            "dst batch = SetRegs+SetCounterOffset+LoadWorkload+ResumeVm (a controller migration now sends",
+            "ApplyCounterRecord instead of SetCounterOffset: the same ioctl after one clock read).",
         ],
     )
 
@@ -717,6 +830,7 @@ async def bench(addresses: dict[str, str], specs: list[NodeSpec], args: argparse
                 await cluster.register_node(spec.node_id, addresses[spec.node_id])
                 calls.instrument(cluster.clients[cluster.node(spec.node_id).node_id])
         series, rtts = await run_downtime(cluster, args.migrations, calls, args.fill_s)
+        sweep, unskewed = await run_skew_sweep(cluster, args.sweep_repeats)
     finally:
         await cluster.stop()
     rtt_us = rtts[0].p50
@@ -725,6 +839,7 @@ async def bench(addresses: dict[str, str], specs: list[NodeSpec], args: argparse
     print(report_goal_and_error(series, rtt_us))
     print(report_legs(series, rtt_us))
     print(report_node_costs(node_costs(args.node_cost_repeat)))
+    print(report_skew_sweep(sweep))
     sys.stdout.flush()
 
     cluster = Cluster(limits=UNTHROTTLED, health_interval_s=0, node_timeout_s=30.0)
@@ -735,6 +850,7 @@ async def bench(addresses: dict[str, str], specs: list[NodeSpec], args: argparse
     finally:
         await cluster.stop()
     print(report_throughput(rounds, rtt_us))
+    print(report_all_errors([*(s.records for s in series), *(r.ok for r in rounds), unskewed]))
     print(f"bench time {time.perf_counter() - t_start:.1f} s (after node start-up)")
 
 
@@ -756,6 +872,7 @@ def main(argv: list[str] | None = None) -> int:
     args.default_limits = True
     args.fill_s = 0.5 if args.quick else RING_FILL_S
     args.node_cost_repeat = 20 if args.quick else 100
+    args.sweep_repeats = 1 if args.quick else 3
     configure_logging("warning", json=False)  # the in-process controller's logs: stderr, problems only
 
     specs = all_node_specs()

@@ -4,6 +4,7 @@ Edge cases covered:
 - node: VMs / vCPUs gauges, timer traps counted exactly (nVHE traps every CNTP_* access) and
   kept after the VM is destroyed, delivered guest interrupts, open streams and samples sent
 - two nodes in one process each have their own registry (no clash, separate values)
+- node: the configured realtime skew and drift, and the current realtime offset, as gauges
 - controller: nodes up, migrations by method and outcome (succeeded, failed via a broken
   transfer, cancelled), downtime histogram (exactly the simulated 0.5 s stop), counter error
   histogram (0 ticks for an offset method, the stop in ticks for BY_VALUE), each migration
@@ -127,6 +128,25 @@ async def test_node_metrics_count_stream_samples() -> None:
             assert metrics[("kvmtimer_node_telemetry_samples_total", node)] == 4
             await batches.aclose()
             assert (await scrape(port))[("kvmtimer_node_telemetry_streams", node)] == 0
+
+
+@pytest.mark.asyncio
+async def test_node_metrics_show_the_configured_clock_effects() -> None:
+    async with in_process_node(node_id="n1") as n1:
+        server = await start_metrics(node_registry(n1.host, TelemetryStreams()), ("127.0.0.1", 0))
+        async with serving(server) as port:
+            node = (("node_id", "n1"),)
+            before = await scrape(port)
+            assert before[("kvmtimer_node_realtime_skew_ns", node)] == 0
+            assert before[("kvmtimer_node_realtime_drift_ppm", node)] == 0
+            await n1.stub.SetClockEffects(
+                pb.SetClockEffectsRequest(skew_ns=-3_000, drift_ppm=12.5, step_ns=500)
+            )
+            n1.host.step_clock(25_000_000)  # one second: 12.5 µs of drift
+            after = await scrape(port)
+            assert after[("kvmtimer_node_realtime_skew_ns", node)] == -3_000
+            assert after[("kvmtimer_node_realtime_drift_ppm", node)] == 12.5
+            assert after[("kvmtimer_node_realtime_offset_ns", node)] == -3_000 + 500 + 12_500
 
 
 @pytest.mark.asyncio

@@ -202,6 +202,17 @@ def test_up_node_argv() -> None:
     assert parsed.counter_base == plan.counter_base
 
 
+def test_up_skew_gives_the_nodes_alternating_realtime_skews() -> None:
+    plans = scenario.node_plans(5, 40_000)
+    assert [p.skew_ns for p in plans] == [0, 40_000, -40_000, 80_000, -80_000]
+    assert [p.skew_ns for p in scenario.node_plans(3)] == [0, 0, 0]
+    assert "--realtime-skew-ns" not in plans[0].argv()
+    parsed = build_parser().parse_args(plans[4].argv())
+    assert parsed.realtime_skew_ns == -80_000
+    args = build_parser().parse_args(["up", "--skew", "1000"])
+    assert args.skew == 1000
+
+
 def test_up_guests_use_ptimer_only_where_it_can_move() -> None:
     nodes = scenario.node_plans(4)
     guests = scenario.guest_plans(12, nodes, random.Random(7))

@@ -19,6 +19,7 @@ from controller.cli import COMMANDS, build_parser, client, telemetry
 from controller.cli.certs import CertsSettings
 from controller.cli.up.settings import UpSettings
 from node.process.settings import NodeSettings
+from node.runtime.secret_files import FILE_OPTIONS
 from node.runtime.settings import ENV_PREFIX, option_names, typed
 
 SETTINGS: dict[str, type] = {
@@ -35,7 +36,8 @@ SETTINGS: dict[str, type] = {
     "watch": telemetry.WatchSettings,
     "report": telemetry.ReportSettings,
 }
-NOT_SETTINGS = {"help", "func"}
+# --token-file/--mqtt-file are read into --token/--mqtt while settings resolve (secret_files).
+NOT_SETTINGS = {"help", "func", *FILE_OPTIONS.values()}
 
 
 def subparser(name: str) -> argparse.ArgumentParser:

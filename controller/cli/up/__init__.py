@@ -95,7 +95,7 @@ async def run_up(
         print(f"kvmtimer up: {err}", file=sys.stderr)
         return 2
     rng = random.Random(args.seed)
-    plans = node_plans(args.nodes)
+    plans = node_plans(args.nodes, args.skew)
     nodes: list[NodeProcess] = []
     cluster = Cluster(health_interval_s=1.0, store=store)
     cluster.load_state()
@@ -222,6 +222,13 @@ def add_up_arguments(parser: argparse.ArgumentParser) -> None:
         default=1.0,
         metavar="S",
         help="seconds between migrations (default 1.0)",
+    )
+    parser.add_argument(
+        "--skew",
+        type=int,
+        default=0,
+        metavar="NS",
+        help="give the nodes' realtimes deliberate skews: node-1 0, node-2 +NS, node-3 -NS, node-4 +2NS, ...",
     )
     parser.add_argument(
         "--record",

@@ -63,11 +63,14 @@ def wait_for_log_event(proc: subprocess.Popen[str], event: str, timeout_s: float
 
 @contextlib.contextmanager
 def kvmtimer_process(
-    command: str, args: Sequence[str], *, stop_timeout_s: float = 15.0
+    command: str, args: Sequence[str], *, stop_timeout_s: float = 15.0, prefix: Sequence[str] = ()
 ) -> Iterator[subprocess.Popen[str]]:
-    """Run `kvmtimer COMMAND ARGS` with its JSON logs on a pipe; SIGTERM (then SIGKILL) it at the end."""
+    """Run `kvmtimer COMMAND ARGS` with its JSON logs on a pipe; SIGTERM (then SIGKILL) it at the end.
+
+    `prefix`: a command that runs it, e.g. `ip netns exec NS` (which execs, so the PID stays).
+    """
     proc = subprocess.Popen(
-        [*kvmtimer_command(), command, *args],
+        [*prefix, *kvmtimer_command(), command, *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

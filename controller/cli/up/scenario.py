@@ -38,6 +38,7 @@ class NodePlan:
     vhe: bool  # --vhe
     api_profile: ApiProfile  # --api-profile
     counter_base: int  # --counter-base: host counter at boot
+    skew_ns: int = 0  # --realtime-skew-ns: deliberate skew of the node's realtime
 
     @property
     def supports_physical_offset(self) -> bool:
@@ -63,16 +64,23 @@ class NodePlan:
         ]
         if self.vhe:
             args.append("--vhe")
+        if self.skew_ns:
+            args += ["--realtime-skew-ns", str(self.skew_ns)]
         return args
 
 
-def node_plans(count: int) -> list[NodePlan]:
-    """node-1 ecv2/nVHE/VM_COUNTER_OFFSET, node-2 ecv2/VHE/VCPU_OFFSETS, node-3 ecv0/VHE/BY_VALUE, ..."""
+def node_plans(count: int, skew_ns: int = 0) -> list[NodePlan]:
+    """node-1 ecv2/nVHE/VM_COUNTER_OFFSET, node-2 ecv2/VHE/VCPU_OFFSETS, node-3 ecv0/VHE/BY_VALUE, ...
+
+    With `skew_ns`, the nodes' realtimes disagree on purpose: node-1 0, node-2 +skew,
+    node-3 -skew, node-4 +2 skew, node-5 -2 skew, ...
+    """
     plans = []
     for i in range(count):
         ecv, vhe = HARDWARE[i % len(HARDWARE)]
+        skew = (i + 1) // 2 * skew_ns * (1 if i % 2 else -1)
         plans.append(
-            NodePlan(f"node-{i + 1}", ecv, vhe, PROFILES[i % len(PROFILES)], (3 + 7 * i) * DAY_TICKS)
+            NodePlan(f"node-{i + 1}", ecv, vhe, PROFILES[i % len(PROFILES)], (3 + 7 * i) * DAY_TICKS, skew)
         )
     return plans
 

@@ -16,6 +16,7 @@ class UpSettings:
     nodes: int  # --nodes: node processes
     guests: int  # --guests
     interval: float  # --interval: seconds between migrations
+    skew: int  # --skew NS: deliberate realtime skews between the nodes
     record: Path | None  # --record FILE (JSONL telemetry)
     mqtt: MqttOptions  # --mqtt* (default: an embedded broker)
     no_mqtt: bool  # --no-mqtt

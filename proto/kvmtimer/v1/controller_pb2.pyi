@@ -222,7 +222,7 @@ class MigrateRequest(_message.Message):
     def __init__(self, guest_id: _Optional[str] = ..., destination: _Optional[str] = ..., method: _Optional[_Union[MigrationMethod, str]] = ..., migration_id: _Optional[str] = ..., wait: _Optional[bool] = ..., allow_state_loss: _Optional[bool] = ...) -> None: ...
 
 class Migration(_message.Message):
-    __slots__ = ("migration_id", "guest_id", "source", "destination", "requested_method", "method", "phase", "reason", "setup_time", "downtime", "total_time", "counter_error_ticks", "traps_before", "traps_after", "source_traps_cntpct", "destination_traps_cntpct", "destination_uses_cntpoff", "applied_as", "cancelled", "created_realtime_ns", "finished_realtime_ns", "source_voffset", "source_poffset", "destination_voffset", "destination_poffset", "elapsed_ticks", "not_carried", "guest_uses_ptimer", "allow_state_loss", "journal_step", "recovered")
+    __slots__ = ("migration_id", "guest_id", "source", "destination", "requested_method", "method", "phase", "reason", "setup_time", "downtime", "total_time", "counter_error_ticks", "traps_before", "traps_after", "source_traps_cntpct", "destination_traps_cntpct", "destination_uses_cntpoff", "applied_as", "cancelled", "created_realtime_ns", "finished_realtime_ns", "source_voffset", "source_poffset", "destination_voffset", "destination_poffset", "elapsed_ticks", "not_carried", "guest_uses_ptimer", "allow_state_loss", "realtime_skew_ns", "journal_step", "recovered")
     MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
     GUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
@@ -252,6 +252,7 @@ class Migration(_message.Message):
     NOT_CARRIED_FIELD_NUMBER: _ClassVar[int]
     GUEST_USES_PTIMER_FIELD_NUMBER: _ClassVar[int]
     ALLOW_STATE_LOSS_FIELD_NUMBER: _ClassVar[int]
+    REALTIME_SKEW_NS_FIELD_NUMBER: _ClassVar[int]
     JOURNAL_STEP_FIELD_NUMBER: _ClassVar[int]
     RECOVERED_FIELD_NUMBER: _ClassVar[int]
     migration_id: str
@@ -283,9 +284,10 @@ class Migration(_message.Message):
     not_carried: _containers.RepeatedScalarFieldContainer[str]
     guest_uses_ptimer: bool
     allow_state_loss: bool
+    realtime_skew_ns: int
     journal_step: str
     recovered: str
-    def __init__(self, migration_id: _Optional[str] = ..., guest_id: _Optional[str] = ..., source: _Optional[str] = ..., destination: _Optional[str] = ..., requested_method: _Optional[_Union[MigrationMethod, str]] = ..., method: _Optional[_Union[MigrationMethod, str]] = ..., phase: _Optional[_Union[MigrationPhase, str]] = ..., reason: _Optional[str] = ..., setup_time: _Optional[int] = ..., downtime: _Optional[int] = ..., total_time: _Optional[int] = ..., counter_error_ticks: _Optional[int] = ..., traps_before: _Optional[int] = ..., traps_after: _Optional[int] = ..., source_traps_cntpct: _Optional[bool] = ..., destination_traps_cntpct: _Optional[bool] = ..., destination_uses_cntpoff: _Optional[bool] = ..., applied_as: _Optional[str] = ..., cancelled: _Optional[bool] = ..., created_realtime_ns: _Optional[int] = ..., finished_realtime_ns: _Optional[int] = ..., source_voffset: _Optional[int] = ..., source_poffset: _Optional[int] = ..., destination_voffset: _Optional[int] = ..., destination_poffset: _Optional[int] = ..., elapsed_ticks: _Optional[int] = ..., not_carried: _Optional[_Iterable[str]] = ..., guest_uses_ptimer: _Optional[bool] = ..., allow_state_loss: _Optional[bool] = ..., journal_step: _Optional[str] = ..., recovered: _Optional[str] = ...) -> None: ...
+    def __init__(self, migration_id: _Optional[str] = ..., guest_id: _Optional[str] = ..., source: _Optional[str] = ..., destination: _Optional[str] = ..., requested_method: _Optional[_Union[MigrationMethod, str]] = ..., method: _Optional[_Union[MigrationMethod, str]] = ..., phase: _Optional[_Union[MigrationPhase, str]] = ..., reason: _Optional[str] = ..., setup_time: _Optional[int] = ..., downtime: _Optional[int] = ..., total_time: _Optional[int] = ..., counter_error_ticks: _Optional[int] = ..., traps_before: _Optional[int] = ..., traps_after: _Optional[int] = ..., source_traps_cntpct: _Optional[bool] = ..., destination_traps_cntpct: _Optional[bool] = ..., destination_uses_cntpoff: _Optional[bool] = ..., applied_as: _Optional[str] = ..., cancelled: _Optional[bool] = ..., created_realtime_ns: _Optional[int] = ..., finished_realtime_ns: _Optional[int] = ..., source_voffset: _Optional[int] = ..., source_poffset: _Optional[int] = ..., destination_voffset: _Optional[int] = ..., destination_poffset: _Optional[int] = ..., elapsed_ticks: _Optional[int] = ..., not_carried: _Optional[_Iterable[str]] = ..., guest_uses_ptimer: _Optional[bool] = ..., allow_state_loss: _Optional[bool] = ..., realtime_skew_ns: _Optional[int] = ..., journal_step: _Optional[str] = ..., recovered: _Optional[str] = ...) -> None: ...
 
 class CancelMigrationRequest(_message.Message):
     __slots__ = ("migration_id",)

@@ -42,6 +42,13 @@ class TimerId(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TIMER_ID_HVTIMER: _ClassVar[TimerId]
     TIMER_ID_HPTIMER: _ClassVar[TimerId]
 
+class CounterRestoreMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    COUNTER_RESTORE_METHOD_UNSPECIFIED: _ClassVar[CounterRestoreMethod]
+    COUNTER_RESTORE_METHOD_BY_VALUE: _ClassVar[CounterRestoreMethod]
+    COUNTER_RESTORE_METHOD_VCPU_OFFSETS: _ClassVar[CounterRestoreMethod]
+    COUNTER_RESTORE_METHOD_VM_COUNTER_OFFSET: _ClassVar[CounterRestoreMethod]
+
 class SampleCause(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     SAMPLE_CAUSE_UNSPECIFIED: _ClassVar[SampleCause]
@@ -73,12 +80,92 @@ TIMER_ID_VTIMER: TimerId
 TIMER_ID_PTIMER: TimerId
 TIMER_ID_HVTIMER: TimerId
 TIMER_ID_HPTIMER: TimerId
+COUNTER_RESTORE_METHOD_UNSPECIFIED: CounterRestoreMethod
+COUNTER_RESTORE_METHOD_BY_VALUE: CounterRestoreMethod
+COUNTER_RESTORE_METHOD_VCPU_OFFSETS: CounterRestoreMethod
+COUNTER_RESTORE_METHOD_VM_COUNTER_OFFSET: CounterRestoreMethod
 SAMPLE_CAUSE_UNSPECIFIED: SampleCause
 SAMPLE_CAUSE_START: SampleCause
 SAMPLE_CAUSE_VTIMER_IRQ: SampleCause
 SAMPLE_CAUSE_PTIMER_IRQ: SampleCause
 SAMPLE_CAUSE_PAUSE: SampleCause
 SAMPLE_CAUSE_RESUME: SampleCause
+
+class CounterRecord(_message.Message):
+    __slots__ = ("cntvct", "cntpct", "host_counter", "realtime_ns", "cntfrq_hz")
+    CNTVCT_FIELD_NUMBER: _ClassVar[int]
+    CNTPCT_FIELD_NUMBER: _ClassVar[int]
+    HOST_COUNTER_FIELD_NUMBER: _ClassVar[int]
+    REALTIME_NS_FIELD_NUMBER: _ClassVar[int]
+    CNTFRQ_HZ_FIELD_NUMBER: _ClassVar[int]
+    cntvct: int
+    cntpct: int
+    host_counter: int
+    realtime_ns: int
+    cntfrq_hz: int
+    def __init__(self, cntvct: _Optional[int] = ..., cntpct: _Optional[int] = ..., host_counter: _Optional[int] = ..., realtime_ns: _Optional[int] = ..., cntfrq_hz: _Optional[int] = ...) -> None: ...
+
+class ApplyCounterRecordRequest(_message.Message):
+    __slots__ = ("vm_id", "record", "method")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    record: CounterRecord
+    method: CounterRestoreMethod
+    def __init__(self, vm_id: _Optional[str] = ..., record: _Optional[_Union[CounterRecord, _Mapping]] = ..., method: _Optional[_Union[CounterRestoreMethod, str]] = ...) -> None: ...
+
+class ApplyCounterRecordResponse(_message.Message):
+    __slots__ = ("host_counter", "realtime_ns", "elapsed_ns", "elapsed_ticks", "cntvct", "cntpct", "voffset", "poffset", "applied_as", "realtime_offset_ns")
+    HOST_COUNTER_FIELD_NUMBER: _ClassVar[int]
+    REALTIME_NS_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_NS_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_TICKS_FIELD_NUMBER: _ClassVar[int]
+    CNTVCT_FIELD_NUMBER: _ClassVar[int]
+    CNTPCT_FIELD_NUMBER: _ClassVar[int]
+    VOFFSET_FIELD_NUMBER: _ClassVar[int]
+    POFFSET_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_AS_FIELD_NUMBER: _ClassVar[int]
+    REALTIME_OFFSET_NS_FIELD_NUMBER: _ClassVar[int]
+    host_counter: int
+    realtime_ns: int
+    elapsed_ns: int
+    elapsed_ticks: int
+    cntvct: int
+    cntpct: int
+    voffset: int
+    poffset: int
+    applied_as: str
+    realtime_offset_ns: int
+    def __init__(self, host_counter: _Optional[int] = ..., realtime_ns: _Optional[int] = ..., elapsed_ns: _Optional[int] = ..., elapsed_ticks: _Optional[int] = ..., cntvct: _Optional[int] = ..., cntpct: _Optional[int] = ..., voffset: _Optional[int] = ..., poffset: _Optional[int] = ..., applied_as: _Optional[str] = ..., realtime_offset_ns: _Optional[int] = ...) -> None: ...
+
+class SetClockEffectsRequest(_message.Message):
+    __slots__ = ("skew_ns", "drift_ppm", "step_ns")
+    SKEW_NS_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_PPM_FIELD_NUMBER: _ClassVar[int]
+    STEP_NS_FIELD_NUMBER: _ClassVar[int]
+    skew_ns: int
+    drift_ppm: float
+    step_ns: int
+    def __init__(self, skew_ns: _Optional[int] = ..., drift_ppm: _Optional[float] = ..., step_ns: _Optional[int] = ...) -> None: ...
+
+class ClockEffectsState(_message.Message):
+    __slots__ = ("skew_ns", "drift_ppm", "drift_ns", "stepped_ns", "offset_ns", "host_counter", "realtime_ns")
+    SKEW_NS_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_PPM_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_NS_FIELD_NUMBER: _ClassVar[int]
+    STEPPED_NS_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_NS_FIELD_NUMBER: _ClassVar[int]
+    HOST_COUNTER_FIELD_NUMBER: _ClassVar[int]
+    REALTIME_NS_FIELD_NUMBER: _ClassVar[int]
+    skew_ns: int
+    drift_ppm: float
+    drift_ns: int
+    stepped_ns: int
+    offset_ns: int
+    host_counter: int
+    realtime_ns: int
+    def __init__(self, skew_ns: _Optional[int] = ..., drift_ppm: _Optional[float] = ..., drift_ns: _Optional[int] = ..., stepped_ns: _Optional[int] = ..., offset_ns: _Optional[int] = ..., host_counter: _Optional[int] = ..., realtime_ns: _Optional[int] = ...) -> None: ...
 
 class WatchTelemetryRequest(_message.Message):
     __slots__ = ("rate_hz", "vm_ids", "max_batch")
@@ -147,7 +234,7 @@ class TelemetryBatch(_message.Message):
     def __init__(self, samples: _Optional[_Iterable[_Union[TelemetrySample, _Mapping]]] = ..., dropped: _Optional[int] = ..., sequence: _Optional[int] = ...) -> None: ...
 
 class BatchCall(_message.Message):
-    __slots__ = ("pause_vm", "resume_vm", "get_regs", "set_regs", "set_counter_offset", "set_device_attr", "get_device_attr", "enable_cap", "save_workload", "load_workload", "get_vcpu_state", "get_clock", "create_vm", "create_vcpu", "destroy_vm", "start_workload", "get_guest_observations", "get_reg_list")
+    __slots__ = ("pause_vm", "resume_vm", "get_regs", "set_regs", "set_counter_offset", "set_device_attr", "get_device_attr", "enable_cap", "save_workload", "load_workload", "get_vcpu_state", "get_clock", "create_vm", "create_vcpu", "destroy_vm", "start_workload", "get_guest_observations", "apply_counter_record", "get_reg_list")
     PAUSE_VM_FIELD_NUMBER: _ClassVar[int]
     RESUME_VM_FIELD_NUMBER: _ClassVar[int]
     GET_REGS_FIELD_NUMBER: _ClassVar[int]
@@ -165,6 +252,7 @@ class BatchCall(_message.Message):
     DESTROY_VM_FIELD_NUMBER: _ClassVar[int]
     START_WORKLOAD_FIELD_NUMBER: _ClassVar[int]
     GET_GUEST_OBSERVATIONS_FIELD_NUMBER: _ClassVar[int]
+    APPLY_COUNTER_RECORD_FIELD_NUMBER: _ClassVar[int]
     GET_REG_LIST_FIELD_NUMBER: _ClassVar[int]
     pause_vm: PauseVmRequest
     resume_vm: ResumeVmRequest
@@ -183,11 +271,12 @@ class BatchCall(_message.Message):
     destroy_vm: DestroyVmRequest
     start_workload: StartWorkloadRequest
     get_guest_observations: GetGuestObservationsRequest
+    apply_counter_record: ApplyCounterRecordRequest
     get_reg_list: GetRegListRequest
-    def __init__(self, pause_vm: _Optional[_Union[PauseVmRequest, _Mapping]] = ..., resume_vm: _Optional[_Union[ResumeVmRequest, _Mapping]] = ..., get_regs: _Optional[_Union[GetRegsRequest, _Mapping]] = ..., set_regs: _Optional[_Union[SetRegsRequest, _Mapping]] = ..., set_counter_offset: _Optional[_Union[SetCounterOffsetRequest, _Mapping]] = ..., set_device_attr: _Optional[_Union[SetDeviceAttrRequest, _Mapping]] = ..., get_device_attr: _Optional[_Union[DeviceAttrRequest, _Mapping]] = ..., enable_cap: _Optional[_Union[EnableCapRequest, _Mapping]] = ..., save_workload: _Optional[_Union[SaveWorkloadRequest, _Mapping]] = ..., load_workload: _Optional[_Union[LoadWorkloadRequest, _Mapping]] = ..., get_vcpu_state: _Optional[_Union[GetVcpuStateRequest, _Mapping]] = ..., get_clock: _Optional[_Union[GetClockRequest, _Mapping]] = ..., create_vm: _Optional[_Union[CreateVmRequest, _Mapping]] = ..., create_vcpu: _Optional[_Union[CreateVcpuRequest, _Mapping]] = ..., destroy_vm: _Optional[_Union[DestroyVmRequest, _Mapping]] = ..., start_workload: _Optional[_Union[StartWorkloadRequest, _Mapping]] = ..., get_guest_observations: _Optional[_Union[GetGuestObservationsRequest, _Mapping]] = ..., get_reg_list: _Optional[_Union[GetRegListRequest, _Mapping]] = ...) -> None: ...
+    def __init__(self, pause_vm: _Optional[_Union[PauseVmRequest, _Mapping]] = ..., resume_vm: _Optional[_Union[ResumeVmRequest, _Mapping]] = ..., get_regs: _Optional[_Union[GetRegsRequest, _Mapping]] = ..., set_regs: _Optional[_Union[SetRegsRequest, _Mapping]] = ..., set_counter_offset: _Optional[_Union[SetCounterOffsetRequest, _Mapping]] = ..., set_device_attr: _Optional[_Union[SetDeviceAttrRequest, _Mapping]] = ..., get_device_attr: _Optional[_Union[DeviceAttrRequest, _Mapping]] = ..., enable_cap: _Optional[_Union[EnableCapRequest, _Mapping]] = ..., save_workload: _Optional[_Union[SaveWorkloadRequest, _Mapping]] = ..., load_workload: _Optional[_Union[LoadWorkloadRequest, _Mapping]] = ..., get_vcpu_state: _Optional[_Union[GetVcpuStateRequest, _Mapping]] = ..., get_clock: _Optional[_Union[GetClockRequest, _Mapping]] = ..., create_vm: _Optional[_Union[CreateVmRequest, _Mapping]] = ..., create_vcpu: _Optional[_Union[CreateVcpuRequest, _Mapping]] = ..., destroy_vm: _Optional[_Union[DestroyVmRequest, _Mapping]] = ..., start_workload: _Optional[_Union[StartWorkloadRequest, _Mapping]] = ..., get_guest_observations: _Optional[_Union[GetGuestObservationsRequest, _Mapping]] = ..., apply_counter_record: _Optional[_Union[ApplyCounterRecordRequest, _Mapping]] = ..., get_reg_list: _Optional[_Union[GetRegListRequest, _Mapping]] = ...) -> None: ...
 
 class BatchResult(_message.Message):
-    __slots__ = ("pause_vm", "resume_vm", "get_regs", "set_regs", "set_counter_offset", "set_device_attr", "get_device_attr", "enable_cap", "save_workload", "load_workload", "get_vcpu_state", "get_clock", "create_vm", "create_vcpu", "destroy_vm", "start_workload", "get_guest_observations", "get_reg_list")
+    __slots__ = ("pause_vm", "resume_vm", "get_regs", "set_regs", "set_counter_offset", "set_device_attr", "get_device_attr", "enable_cap", "save_workload", "load_workload", "get_vcpu_state", "get_clock", "create_vm", "create_vcpu", "destroy_vm", "start_workload", "get_guest_observations", "apply_counter_record", "get_reg_list")
     PAUSE_VM_FIELD_NUMBER: _ClassVar[int]
     RESUME_VM_FIELD_NUMBER: _ClassVar[int]
     GET_REGS_FIELD_NUMBER: _ClassVar[int]
@@ -205,6 +294,7 @@ class BatchResult(_message.Message):
     DESTROY_VM_FIELD_NUMBER: _ClassVar[int]
     START_WORKLOAD_FIELD_NUMBER: _ClassVar[int]
     GET_GUEST_OBSERVATIONS_FIELD_NUMBER: _ClassVar[int]
+    APPLY_COUNTER_RECORD_FIELD_NUMBER: _ClassVar[int]
     GET_REG_LIST_FIELD_NUMBER: _ClassVar[int]
     pause_vm: PauseVmResponse
     resume_vm: ResumeVmResponse
@@ -223,8 +313,9 @@ class BatchResult(_message.Message):
     destroy_vm: DestroyVmResponse
     start_workload: StartWorkloadResponse
     get_guest_observations: GuestObservations
+    apply_counter_record: ApplyCounterRecordResponse
     get_reg_list: GetRegListResponse
-    def __init__(self, pause_vm: _Optional[_Union[PauseVmResponse, _Mapping]] = ..., resume_vm: _Optional[_Union[ResumeVmResponse, _Mapping]] = ..., get_regs: _Optional[_Union[GetRegsResponse, _Mapping]] = ..., set_regs: _Optional[_Union[SetRegsResponse, _Mapping]] = ..., set_counter_offset: _Optional[_Union[SetCounterOffsetResponse, _Mapping]] = ..., set_device_attr: _Optional[_Union[SetDeviceAttrResponse, _Mapping]] = ..., get_device_attr: _Optional[_Union[GetDeviceAttrResponse, _Mapping]] = ..., enable_cap: _Optional[_Union[EnableCapResponse, _Mapping]] = ..., save_workload: _Optional[_Union[WorkloadState, _Mapping]] = ..., load_workload: _Optional[_Union[LoadWorkloadResponse, _Mapping]] = ..., get_vcpu_state: _Optional[_Union[VcpuStateInfo, _Mapping]] = ..., get_clock: _Optional[_Union[GetClockResponse, _Mapping]] = ..., create_vm: _Optional[_Union[CreateVmResponse, _Mapping]] = ..., create_vcpu: _Optional[_Union[CreateVcpuResponse, _Mapping]] = ..., destroy_vm: _Optional[_Union[DestroyVmResponse, _Mapping]] = ..., start_workload: _Optional[_Union[StartWorkloadResponse, _Mapping]] = ..., get_guest_observations: _Optional[_Union[GuestObservations, _Mapping]] = ..., get_reg_list: _Optional[_Union[GetRegListResponse, _Mapping]] = ...) -> None: ...
+    def __init__(self, pause_vm: _Optional[_Union[PauseVmResponse, _Mapping]] = ..., resume_vm: _Optional[_Union[ResumeVmResponse, _Mapping]] = ..., get_regs: _Optional[_Union[GetRegsResponse, _Mapping]] = ..., set_regs: _Optional[_Union[SetRegsResponse, _Mapping]] = ..., set_counter_offset: _Optional[_Union[SetCounterOffsetResponse, _Mapping]] = ..., set_device_attr: _Optional[_Union[SetDeviceAttrResponse, _Mapping]] = ..., get_device_attr: _Optional[_Union[GetDeviceAttrResponse, _Mapping]] = ..., enable_cap: _Optional[_Union[EnableCapResponse, _Mapping]] = ..., save_workload: _Optional[_Union[WorkloadState, _Mapping]] = ..., load_workload: _Optional[_Union[LoadWorkloadResponse, _Mapping]] = ..., get_vcpu_state: _Optional[_Union[VcpuStateInfo, _Mapping]] = ..., get_clock: _Optional[_Union[GetClockResponse, _Mapping]] = ..., create_vm: _Optional[_Union[CreateVmResponse, _Mapping]] = ..., create_vcpu: _Optional[_Union[CreateVcpuResponse, _Mapping]] = ..., destroy_vm: _Optional[_Union[DestroyVmResponse, _Mapping]] = ..., start_workload: _Optional[_Union[StartWorkloadResponse, _Mapping]] = ..., get_guest_observations: _Optional[_Union[GuestObservations, _Mapping]] = ..., apply_counter_record: _Optional[_Union[ApplyCounterRecordResponse, _Mapping]] = ..., get_reg_list: _Optional[_Union[GetRegListResponse, _Mapping]] = ...) -> None: ...
 
 class BatchRequest(_message.Message):
     __slots__ = ("calls",)
@@ -414,7 +505,7 @@ class GetHostInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class HostInfo(_message.Message):
-    __slots__ = ("node_id", "cntfrq_hz", "ecv", "vhe", "api_profile", "clock_mode", "host_counter", "realtime_ns", "nv", "has_cntpoff", "vm_count", "vcpu_count")
+    __slots__ = ("node_id", "cntfrq_hz", "ecv", "vhe", "api_profile", "clock_mode", "host_counter", "realtime_ns", "nv", "has_cntpoff", "vm_count", "vcpu_count", "realtime_skew_ns", "realtime_drift_ppm", "realtime_offset_ns")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     CNTFRQ_HZ_FIELD_NUMBER: _ClassVar[int]
     ECV_FIELD_NUMBER: _ClassVar[int]
@@ -427,6 +518,9 @@ class HostInfo(_message.Message):
     HAS_CNTPOFF_FIELD_NUMBER: _ClassVar[int]
     VM_COUNT_FIELD_NUMBER: _ClassVar[int]
     VCPU_COUNT_FIELD_NUMBER: _ClassVar[int]
+    REALTIME_SKEW_NS_FIELD_NUMBER: _ClassVar[int]
+    REALTIME_DRIFT_PPM_FIELD_NUMBER: _ClassVar[int]
+    REALTIME_OFFSET_NS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     cntfrq_hz: int
     ecv: int
@@ -439,7 +533,10 @@ class HostInfo(_message.Message):
     has_cntpoff: bool
     vm_count: int
     vcpu_count: int
-    def __init__(self, node_id: _Optional[str] = ..., cntfrq_hz: _Optional[int] = ..., ecv: _Optional[int] = ..., vhe: _Optional[bool] = ..., api_profile: _Optional[_Union[ApiProfile, str]] = ..., clock_mode: _Optional[_Union[ClockMode, str]] = ..., host_counter: _Optional[int] = ..., realtime_ns: _Optional[int] = ..., nv: _Optional[bool] = ..., has_cntpoff: _Optional[bool] = ..., vm_count: _Optional[int] = ..., vcpu_count: _Optional[int] = ...) -> None: ...
+    realtime_skew_ns: int
+    realtime_drift_ppm: float
+    realtime_offset_ns: int
+    def __init__(self, node_id: _Optional[str] = ..., cntfrq_hz: _Optional[int] = ..., ecv: _Optional[int] = ..., vhe: _Optional[bool] = ..., api_profile: _Optional[_Union[ApiProfile, str]] = ..., clock_mode: _Optional[_Union[ClockMode, str]] = ..., host_counter: _Optional[int] = ..., realtime_ns: _Optional[int] = ..., nv: _Optional[bool] = ..., has_cntpoff: _Optional[bool] = ..., vm_count: _Optional[int] = ..., vcpu_count: _Optional[int] = ..., realtime_skew_ns: _Optional[int] = ..., realtime_drift_ppm: _Optional[float] = ..., realtime_offset_ns: _Optional[int] = ...) -> None: ...
 
 class CheckExtensionRequest(_message.Message):
     __slots__ = ("cap",)
@@ -618,14 +715,16 @@ class GetRegsRequest(_message.Message):
     def __init__(self, vm_id: _Optional[str] = ..., regs: _Optional[_Iterable[_Union[RegValue, _Mapping]]] = ...) -> None: ...
 
 class GetRegsResponse(_message.Message):
-    __slots__ = ("regs", "host_counter", "realtime_ns")
+    __slots__ = ("regs", "host_counter", "realtime_ns", "realtime_offset_ns")
     REGS_FIELD_NUMBER: _ClassVar[int]
     HOST_COUNTER_FIELD_NUMBER: _ClassVar[int]
     REALTIME_NS_FIELD_NUMBER: _ClassVar[int]
+    REALTIME_OFFSET_NS_FIELD_NUMBER: _ClassVar[int]
     regs: _containers.RepeatedCompositeFieldContainer[RegValue]
     host_counter: int
     realtime_ns: int
-    def __init__(self, regs: _Optional[_Iterable[_Union[RegValue, _Mapping]]] = ..., host_counter: _Optional[int] = ..., realtime_ns: _Optional[int] = ...) -> None: ...
+    realtime_offset_ns: int
+    def __init__(self, regs: _Optional[_Iterable[_Union[RegValue, _Mapping]]] = ..., host_counter: _Optional[int] = ..., realtime_ns: _Optional[int] = ..., realtime_offset_ns: _Optional[int] = ...) -> None: ...
 
 class SetRegsRequest(_message.Message):
     __slots__ = ("vm_id", "regs", "counter_reference")

@@ -179,6 +179,16 @@ class NodeStub:
                 request_serializer=kvmtimer_dot_v1_dot_node__pb2.WatchTelemetryRequest.SerializeToString,
                 response_deserializer=kvmtimer_dot_v1_dot_node__pb2.TelemetryBatch.FromString,
                 _registered_method=True)
+        self.ApplyCounterRecord = channel.unary_unary(
+                '/kvmtimer.v1.Node/ApplyCounterRecord',
+                request_serializer=kvmtimer_dot_v1_dot_node__pb2.ApplyCounterRecordRequest.SerializeToString,
+                response_deserializer=kvmtimer_dot_v1_dot_node__pb2.ApplyCounterRecordResponse.FromString,
+                _registered_method=True)
+        self.SetClockEffects = channel.unary_unary(
+                '/kvmtimer.v1.Node/SetClockEffects',
+                request_serializer=kvmtimer_dot_v1_dot_node__pb2.SetClockEffectsRequest.SerializeToString,
+                response_deserializer=kvmtimer_dot_v1_dot_node__pb2.ClockEffectsState.FromString,
+                _registered_method=True)
 
 
 class NodeServicer:
@@ -390,6 +400,27 @@ class NodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ApplyCounterRecord(self, request, context):
+        """Migration, destination side (spec §4.2): apply a paused source's counter record to
+        this paused VM at one instant of this host, crediting the realtime that passed
+        since the source's read as this host's own clock sees it at that instant (never
+        negative: a destination clock behind the source's credits 0). EINVAL for a method
+        this kernel lacks or another CNTFRQ, EBUSY while the VM runs; nothing changes on error.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetClockEffects(self, request, context):
+        """Deliberate errors of this host's realtime clock, from now on: skew, drift, a step.
+        The host counter keeps running at CNTFRQ; only the host's idea of realtime moves
+        (GetClock, PauseVm/ResumeVm, GetRegs and migration anchors). An empty request
+        changes nothing and returns the current state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -537,6 +568,16 @@ def add_NodeServicer_to_server(servicer, server):
                     servicer.WatchTelemetry,
                     request_deserializer=kvmtimer_dot_v1_dot_node__pb2.WatchTelemetryRequest.FromString,
                     response_serializer=kvmtimer_dot_v1_dot_node__pb2.TelemetryBatch.SerializeToString,
+            ),
+            'ApplyCounterRecord': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyCounterRecord,
+                    request_deserializer=kvmtimer_dot_v1_dot_node__pb2.ApplyCounterRecordRequest.FromString,
+                    response_serializer=kvmtimer_dot_v1_dot_node__pb2.ApplyCounterRecordResponse.SerializeToString,
+            ),
+            'SetClockEffects': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetClockEffects,
+                    request_deserializer=kvmtimer_dot_v1_dot_node__pb2.SetClockEffectsRequest.FromString,
+                    response_serializer=kvmtimer_dot_v1_dot_node__pb2.ClockEffectsState.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1322,6 +1363,60 @@ class Node:
             '/kvmtimer.v1.Node/WatchTelemetry',
             kvmtimer_dot_v1_dot_node__pb2.WatchTelemetryRequest.SerializeToString,
             kvmtimer_dot_v1_dot_node__pb2.TelemetryBatch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplyCounterRecord(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvmtimer.v1.Node/ApplyCounterRecord',
+            kvmtimer_dot_v1_dot_node__pb2.ApplyCounterRecordRequest.SerializeToString,
+            kvmtimer_dot_v1_dot_node__pb2.ApplyCounterRecordResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetClockEffects(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvmtimer.v1.Node/SetClockEffects',
+            kvmtimer_dot_v1_dot_node__pb2.SetClockEffectsRequest.SerializeToString,
+            kvmtimer_dot_v1_dot_node__pb2.ClockEffectsState.FromString,
             options,
             channel_credentials,
             insecure,
