@@ -40,9 +40,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 from kvmtimer.v1 import controller_pb2 as cpb
@@ -55,6 +56,7 @@ from controller.core.machine import PIPELINE
 from controller.core.migration import Step
 from node.core.uapi import OneReg
 
+T = TypeVar("T")
 VICTIMS = ("source", "destination", "controller")
 STEPS = tuple(s.value for s in PIPELINE)
 SETTLE_S = 30.0
@@ -264,6 +266,21 @@ class Campaign:
         self.stub.DestroyGuest(cpb.DestroyGuestRequest(guest_id=created.guest_id), timeout=RPC_S)
         return outcome, problems
 
+    def retry_down(self, call: Callable[[], T]) -> T:
+        """Make a request; a refusal because a node is marked down (a health check that failed
+        under load, or a node just restarted) changes nothing and is tried again."""
+        deadline = time.monotonic() + SETTLE_S
+        while True:
+            try:
+                return call()
+            except grpc.RpcError as err:
+                refused = err.code() == grpc.StatusCode.FAILED_PRECONDITION and "is down" in (
+                    err.details() or ""
+                )
+                if not refused or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
     def consistent(self, guest_id: str, migration_id: str) -> list[str]:
         """Invariant violations now ([] = consistent), from the nodes' own lists."""
         problems: list[str] = []
@@ -345,6 +362,7 @@ def _worker(
                                 print(f"VIOLATION {victim} at {step} (run {n + 1}): {problems}", flush=True)
                 if verbose:
                     print(f"  {step}: {runs * len(victims)} faults done", file=sys.stderr, flush=True)
+                    print(report(cells), file=sys.stderr, flush=True)
 
 
 def report(cells: dict[tuple[str, str], Cell]) -> str:
