@@ -85,7 +85,7 @@ def add_controller_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--state",
         metavar="FILE",
-        default=default_state_path(),
+        default=None,
         help="state file (SQLite): guests, migrations and the migration journal survive restarts "
         "(default $XDG_STATE_HOME/kvmtimer/controller.db, else ~/.local/state/kvmtimer/controller.db)",
     )
@@ -147,10 +147,11 @@ async def serve(args: ControllerSettings) -> int:
     except ValueError as err:  # --mqtt options
         log.error("controller_bad_config", error=str(err))
         return 2
+    state = args.state or default_state_path()
     try:
-        store = Store.open(args.state)
+        store = Store.open(state)
     except StateFileError as err:
-        log.error("controller_state_refused", state=args.state, error=err.message, exit_code=err.exit_code)
+        log.error("controller_state_refused", state=state, error=err.message, exit_code=err.exit_code)
         return err.exit_code
     cluster = Cluster(
         limits=Limits(parallel=args.max_parallel, outbound_per_node=args.max_outbound),
@@ -214,7 +215,7 @@ async def serve(args: ControllerSettings) -> int:
             security=security.server.summary,
             health_port=extras.health.port,
             discover_dns=args.discover_dns,
-            state=args.state,
+            state=state,
             guests=len(cluster.guests),
         )
     await stopping
