@@ -20,7 +20,7 @@ def test_every_victim_at_every_step_once() -> None:
     cells = run_campaign(1, workers=2, verbose=False)
     assert set(cells) == {(v, s) for v in VICTIMS for s in STEPS}
     table = report(cells)
-    assert all(c.runs == 1 and c.violations == 0 for c in cells.values()), table
+    assert all(c.runs == 1 and c.violations == 0 and c.errors == 0 for c in cells.values()), table
     for step in STEPS:
         forward = step in ("resume", "cleanup")
         ctl = cells[("controller", step)]

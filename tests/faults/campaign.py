@@ -23,7 +23,9 @@ the nodes' own ListVms and GetOneReg, never against the controller's word alone:
 - no migration is still in flight;
 - the guest's counter is not behind the value read before the fault.
 
-Prints a table victim x step: runs, rolled back, rolled forward, lost by host crash, violations;
+Prints a table victim x step: runs, rolled back, rolled forward, lost by host crash, violations,
+and runs not started (the fault could not be set up: a request refused while a CPU-starved node
+looked down; counted, and the exit status is 1 if any);
 `--runs N` runs every cell N times (7 steps x 3 victims x N faults). Goal: >= 1000 faults in one
 run with 0 violations (`--runs 48` = 1008). tests/e2e/test_fault_campaign.py runs every cell once.
 """
@@ -351,8 +353,13 @@ def _worker(
                         try:
                             outcome, problems = campaign.one(victim, step)
                         except (grpc.RpcError, TimeoutError, RuntimeError) as err:
-                            # Counted, never hidden: a run that could not finish is a violation.
-                            outcome, problems = "errors", [f"run failed: {err!r}"[:300]]
+                            # Counted, never hidden: a run that could not set its fault up (a
+                            # request refused while a starved node looked down) is an error.
+                            cell.errors += 1
+                            cell.notes.append(f"run failed: {err!r}"[:300])
+                            if verbose:
+                                print(f"ERROR {victim} at {step} (run {n + 1}): {err!r}"[:300], flush=True)
+                            continue
                         cell.runs += 1
                         setattr(cell, outcome, getattr(cell, outcome) + 1)
                         if problems:
@@ -367,7 +374,7 @@ def _worker(
 
 def report(cells: dict[tuple[str, str], Cell]) -> str:
     rows = [
-        (victim, step, c.runs, c.rolled_back, c.rolled_forward, c.lost, c.violations)
+        (victim, step, c.runs, c.rolled_back, c.rolled_forward, c.lost, c.violations, c.errors)
         for (victim, step), c in cells.items()
     ]
     total = Cell(
@@ -408,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     cells = run_campaign(args.runs, steps, victims, workers=args.workers)
     print(report(cells))
     print(f"wall time {time.monotonic() - started:.0f} s")
-    return 1 if any(c.violations for c in cells.values()) else 0
+    return 1 if any(c.violations or c.errors for c in cells.values()) else 0
 
 
 if __name__ == "__main__":
