@@ -383,13 +383,22 @@ def report(cells: dict[tuple[str, str], Cell]) -> str:
         rolled_forward=sum(c.rolled_forward for c in cells.values()),
         lost=sum(c.lost for c in cells.values()),
         violations=sum(c.violations for c in cells.values()),
+        errors=sum(c.errors for c in cells.values()),
     )
     rows.append(
-        ("all", "all", total.runs, total.rolled_back, total.rolled_forward, total.lost, total.violations)
+        (
+            "all",
+            "all",
+            total.runs,
+            total.rolled_back,
+            total.rolled_forward,
+            total.lost,
+            total.violations,
+            total.errors,
+        )
     )
-    text = table(
-        ("VICTIM", "STEP", "RUNS", "ROLLED BACK", "ROLLED FORWARD", "LOST (HOST CRASH)", "VIOLATIONS"), rows
-    )
+    headers = ("VICTIM", "STEP", "RUNS", "ROLLED BACK", "ROLLED FORWARD", "LOST (HOST CRASH)", "VIOLATIONS")
+    text = table((*headers, "NOT STARTED"), rows)
     goal = total.runs >= 1000 and total.violations == 0
     return (
         f"{text}\n\ngoal: >= 1000 faults, 0 violations: {'MET' if goal else 'NOT MET'} ({total.runs} faults)"
