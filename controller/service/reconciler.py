@@ -15,7 +15,7 @@ import structlog
 
 from controller.core.errors import NodeCallError
 from controller.core.machine import VmRef
-from controller.core.model import NodeId
+from controller.core.model import GuestId, NodeId
 from controller.core.recovery import DestroyVm, GuestPlacement, NodeVm, Orphan, Plan, ResumeVm, plan
 
 if TYPE_CHECKING:
@@ -42,13 +42,18 @@ async def list_nodes(cluster: Cluster) -> dict[NodeId, list[NodeVm] | None]:
 
 async def reconcile(cluster: Cluster) -> Plan:
     """One reconciliation round."""
+    seen = _state_of(cluster)
     listings = await list_nodes(cluster)
     async with cluster.reconcile_lock:
         guests = [
             GuestPlacement(g.guest_id, VmRef(g.node_id, g.vm_id), g.state, g.generation, g.reason)
             for g in cluster.guests.values()
         ]
-        decided = plan(guests, list(cluster.journals.values()), listings, busy=cluster.busy())
+        # Only what did not change while the nodes were listed is judged by those lists: a guest
+        # created (or moved) meanwhile has a VM the lists may predate.
+        now = _state_of(cluster)
+        changed = {gid for gid, state in now.items() if seen.get(gid) != state}
+        decided = plan(guests, list(cluster.journals.values()), listings, busy=cluster.busy() | changed)
         for res in decided.resolutions:
             if res.waiting or not (res.actions or res.guests or res.migrations):
                 continue
@@ -64,6 +69,20 @@ async def reconcile(cluster: Cluster) -> Plan:
                 log.warning("orphan_vm", node_id=o.vm.node_id, vm_id=o.vm.vm_id, owner_guest_id=o.guest_id)
         cluster.orphans = new
     return decided
+
+
+def _state_of(cluster: Cluster) -> dict[GuestId, tuple[object, ...]]:
+    """Each guest's placement, lifecycle and journal step, to see what changed meanwhile."""
+    return {
+        g.guest_id: (
+            g.node_id,
+            g.vm_id,
+            g.state,
+            g.migrating,
+            cluster.journals[g.migrating].step if g.migrating in cluster.journals else None,
+        )
+        for g in cluster.guests.values()
+    }
 
 
 async def _run_actions(cluster: Cluster, actions: tuple[ResumeVm | DestroyVm, ...], subject: str) -> bool:

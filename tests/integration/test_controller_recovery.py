@@ -28,7 +28,9 @@ from prometheus_client import generate_latest
 from controller.core.errors import InvalidArgument
 from controller.core.machine import PIPELINE
 from controller.core.migration import Method, MigrationRecord, Phase, Step
-from controller.core.model import GuestState
+from controller.core.model import GuestState, NodeId
+from controller.core.recovery import NodeVm
+from controller.service.cluster import Cluster
 from controller.service.executor import FaultHook
 from controller.telemetry.metrics import controller_registry
 from node.core.features import ApiProfile, EcvLevel, HostFeatures
@@ -177,3 +179,26 @@ async def test_orphan_vms_are_reported_never_destroyed(tmp_path: Path) -> None:
         nodes = {n.node_id: n for n in (await stub.ListNodes(cpb.ListNodesRequest())).nodes}
         assert [(o.vm_id, o.owner_guest_id) for o in nodes["b"].orphans] == [("by-hand", ""), ("z@3", "z")]
         assert set(sim.nodes["b"].host.vms) == {"by-hand", "z@3"}
+
+
+@pytest.mark.asyncio
+async def test_a_guest_created_while_the_nodes_are_listed_is_not_judged_by_those_lists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lists predate its VM: reconciliation must not call it lost (found by the fault campaign)."""
+    from controller.service import reconciler
+
+    async with sim_cluster(NODES, state_path=tmp_path / "s.db") as sim:
+        original = reconciler.list_nodes
+
+        async def list_then_create(cluster: Cluster) -> dict[NodeId, list[NodeVm] | None]:
+            listings = await original(cluster)
+            await cluster.create_guest("late", 1, WORKLOAD, "a")
+            return listings
+
+        monkeypatch.setattr(reconciler, "list_nodes", list_then_create)
+        await sim.cluster.reconcile()
+        assert sim.cluster.guest("late").state is GuestState.RUNNING
+        monkeypatch.setattr(reconciler, "list_nodes", original)
+        await sim.cluster.reconcile()
+        assert sim.cluster.guest("late").state is GuestState.RUNNING
