@@ -122,10 +122,11 @@ class Store:
             p = Path(where)
             if p.exists() and not p.is_file():
                 raise StateFileError(f"state file {where} is not a regular file", EXIT_STATE_CORRUPT)
-            p.parent.mkdir(parents=True, exist_ok=True)
         try:
+            if where != ":memory:":
+                Path(where).parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(where, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as err:
+        except (sqlite3.Error, OSError) as err:
             raise StateFileError(f"cannot open state file {where}: {err}", EXIT_STATE_CORRUPT) from None
         try:
             _check_and_upgrade(db, where)

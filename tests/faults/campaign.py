@@ -164,6 +164,7 @@ class Campaign:
         self.stub = cpb_grpc.ControllerStub(self._channel(self.controller_port))
         self.node_stubs = {n: pb_grpc.NodeStub(self._channel(p)) for n, p in self.ports.items()}
         self.counter = 0
+        self.injected = False  # the current run's fault was injected
 
     def _channel(self, port: int) -> grpc.Channel:
         channel = grpc.insecure_channel(
@@ -236,6 +237,7 @@ class Campaign:
             cpb.MigrateRequest(guest_id=created.guest_id, destination="b"), timeout=RPC_S
         )
         wait_until(self.controller.stopped, f"controller stopped at {step}", START_S)
+        self.injected = True
         if victim == "controller":
             self.controller.kill()
             self.start_controller(step)
@@ -267,6 +269,20 @@ class Campaign:
                 problems.append(f"{guest.guest_id} counter went back: {before} -> {after}")
         self.stub.DestroyGuest(cpb.DestroyGuestRequest(guest_id=created.guest_id), timeout=RPC_S)
         return outcome, problems
+
+    def one_with_retries(self, victim: str, step: str, attempts: int = 3) -> tuple[str, list[str]]:
+        """`one`, set up again when its fault could not be set up (nothing was injected then)."""
+        for attempt in range(attempts):
+            try:
+                return self.one(victim, step)
+            except grpc.RpcError as err:
+                # Only a refused set-up request (a node seen down) comes before the fault.
+                refused = err.code() == grpc.StatusCode.FAILED_PRECONDITION and "is down" in (
+                    err.details() or ""
+                )
+                if not refused or attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     def retry_down(self, call: Callable[[], T]) -> T:
         """Make a request; a refusal because a node is marked down (a health check that failed
@@ -351,7 +367,7 @@ def _worker(
                     for victim in victims:
                         cell = cells[(victim, step)]
                         try:
-                            outcome, problems = campaign.one(victim, step)
+                            outcome, problems = campaign.one_with_retries(victim, step)
                         except (grpc.RpcError, TimeoutError, RuntimeError) as err:
                             # Counted, never hidden: a run that could not set its fault up (a
                             # request refused while a starved node looked down) is an error.
