@@ -27,7 +27,7 @@ import structlog
 from kvmtimer.v1 import controller_pb2 as cpb
 
 from controller.core.errors import NodeCallError
-from controller.core.model import NodeId
+from controller.core.model import NodeId, migration_vm_id
 from controller.telemetry.view import ClusterView
 from node.runtime.backoff import Backoff
 
@@ -211,5 +211,5 @@ def guest_vms(cluster: ClusterView, node_id: NodeId) -> dict[str, str]:
     vms: dict[str, str] = {g.vm_id: g.guest_id for g in cluster.guests.values() if g.node_id == node_id}
     for m in cluster.migrations.values():
         if m.destination == node_id and not m.phase.terminal:
-            vms.setdefault(f"{m.guest_id}@{m.migration_id}", m.guest_id)
+            vms.setdefault(migration_vm_id(m.guest_id, m.migration_id), m.guest_id)
     return vms
