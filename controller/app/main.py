@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
+import signal
 import time
 
 import structlog
@@ -12,9 +14,11 @@ import structlog
 from controller.app import deploy
 from controller.app.settings import ControllerSettings
 from controller.core.errors import ControllerError, Unavailable
-from controller.core.migration import Limits
+from controller.core.migration import Limits, MigrationRecord, Step
 from controller.service.cluster import Cluster
+from controller.service.executor import FaultHook
 from controller.service.server import build_server, mark_serving
+from controller.service.store import StateFileError, Store
 from controller.service.telemetry import start_controller_telemetry
 from controller.telemetry.metrics import controller_registry
 from node.runtime.addr import advertise_address, host_port
@@ -80,11 +84,40 @@ def add_controller_arguments(parser: argparse.ArgumentParser) -> None:
         default=10.0,
         help="keep retrying unreachable --node entries this many seconds (default 10)",
     )
+    parser.add_argument(
+        "--state",
+        metavar="FILE",
+        default=None,
+        help="state file (SQLite): guests, migrations and the migration journal survive restarts "
+        "(default $XDG_STATE_HOME/kvmtimer/controller.db, else ~/.local/state/kvmtimer/controller.db)",
+    )
     add_log_level_argument(parser)
     add_metrics_argument(parser)
     add_mqtt_arguments(parser)
     deploy.add_deploy_arguments(parser)
     defer_defaults(parser, "controller")  # keep last: options added below would be flag-only
+
+
+def default_state_path() -> str:
+    """Where a local controller keeps its state unless told (XDG base directory spec)."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "kvmtimer", "controller.db")
+
+
+def test_fault_hook() -> FaultHook | None:
+    """Test mode only (KVMTIMER_TEST_MODE=1): KVMTIMER_TEST_STOP_AT=STEP stops this process
+    (SIGSTOP) right after each migration commits STEP to its journal, before the step's command
+    is sent, so a fault campaign can kill whichever process it wants at exactly that point."""
+    if os.environ.get("KVMTIMER_TEST_MODE") != "1" or not os.environ.get("KVMTIMER_TEST_STOP_AT"):
+        return None
+    step = Step(os.environ["KVMTIMER_TEST_STOP_AT"])
+
+    async def stop_here(record: MigrationRecord, at: Step) -> None:
+        if at is step:
+            log.warning("test_fault_stop", migration_id=record.migration_id, step=at.value)
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+    return stop_here
 
 
 async def register_with_retry(cluster: Cluster, node_id: str, address: str, timeout_s: float) -> bool:
@@ -116,12 +149,21 @@ async def serve(args: ControllerSettings) -> int:
     except ValueError as err:  # --mqtt options
         log.error("controller_bad_config", error=str(err))
         return 2
+    state = args.state or default_state_path()
+    try:
+        store = Store.open(state)
+    except StateFileError as err:
+        log.error("controller_state_refused", state=state, error=err.message, exit_code=err.exit_code)
+        return err.exit_code
     cluster = Cluster(
         limits=Limits(parallel=args.max_parallel, outbound_per_node=args.max_outbound),
         health_interval_s=args.health_interval,
         node_credentials=security.node_credentials,
         node_server_name=args.tls.tls_server_name,
+        store=store,
+        fault_hook=test_fault_hook(),
     )
+    cluster.load_state()
     rpc_metrics = GrpcServerMetrics()
     try:
         server, port, health_servicer = build_server(
@@ -161,6 +203,7 @@ async def serve(args: ControllerSettings) -> int:
     await asyncio.wait((registering, stopping), return_when=asyncio.FIRST_COMPLETED)
     if not stop.is_set():
         registered: list[bool] = registering.result()
+        await cluster.recover()  # the stored nodes, then what they run against the state file
         cluster.start()
         await mark_serving(health_servicer)
         log.info(
@@ -174,6 +217,8 @@ async def serve(args: ControllerSettings) -> int:
             security=security.server.summary,
             health_port=extras.health.port,
             discover_dns=args.discover_dns,
+            state=state,
+            guests=len(cluster.guests),
         )
     await stopping
     registering.cancel()

@@ -21,6 +21,7 @@ class ControllerSettings:
     max_outbound: int  # --max-outbound migrations per source node
     health_interval: float  # --health-interval seconds (0 = off)
     register_timeout: float  # --register-timeout seconds
+    state: str | None  # --state FILE (SQLite state file; None: the per-user default)
     log_level: str  # --log-level
     metrics_listen: tuple[str, int] | None  # --metrics-listen (host, port)
     mqtt: MqttOptions  # --mqtt*

@@ -120,6 +120,7 @@ def nodes_table(nodes: Iterable[cpb.NodeStatus]) -> str:
             "CLOCK",
             "GUESTS",
             "VCPUS",
+            "ORPHAN VMS",
             "LAST ERROR",
         ),
         (
@@ -133,6 +134,7 @@ def nodes_table(nodes: Iterable[cpb.NodeStatus]) -> str:
                 clock_name(n.clock_mode),
                 n.guest_count,
                 n.vcpu_count,
+                ", ".join(o.vm_id for o in n.orphans),
                 n.last_error,
             )
             for n in nodes
@@ -166,14 +168,22 @@ def interrupts(obs: pb.GuestObservations) -> tuple[int, int, int]:
     return received, expected, shortfall
 
 
+def guest_state_label(g: cpb.Guest) -> str:
+    """running, creating, or LOST (reason)."""
+    if g.state == cpb.GUEST_STATE_LOST:
+        return f"LOST ({g.state_reason})" if g.state_reason else "LOST"
+    return "creating" if g.state == cpb.GUEST_STATE_CREATING else "running"
+
+
 def guests_table(guests: Iterable[cpb.Guest], *, observations: bool = False) -> str:
-    headers = ["GUEST", "NODE", "VM", "VCPUS", "PERIOD", "PTIMER", "MIGRATING", "MIGRATIONS"]
+    headers = ["GUEST", "STATE", "NODE", "VM", "VCPUS", "PERIOD", "PTIMER", "MIGRATING", "MIGRATIONS"]
     if observations:
         headers += ["MIN STEP", "IRQS RECV/EXP", "LAST JUMP ERR"]
     rows: list[list[object]] = []
     for g in guests:
         row: list[object] = [
             g.guest_id,
+            guest_state_label(g),
             g.node_id,
             g.vm_id,
             g.vcpus,

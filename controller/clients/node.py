@@ -79,6 +79,10 @@ class NodeClient:
         resp = await self._call("CreateVm", pb.CreateVmRequest(vm_id=vm_id))
         return str(resp.vm_id)
 
+    async def list_vms(self) -> list[pb.VmSummary]:
+        resp = await self._call("ListVms", pb.ListVmsRequest())
+        return list(resp.vms)
+
     async def destroy_vm(self, vm_id: str) -> None:
         await self._call("DestroyVm", pb.DestroyVmRequest(vm_id=vm_id))
 

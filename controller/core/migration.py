@@ -309,6 +309,8 @@ class MigrationRecord:
     allow_state_loss: bool = False  # the request allowed losing state
     not_carried: list[str] = field(default_factory=list)  # state the kernels could not carry
     steps: list[str] = field(default_factory=list)
+    journal_step: str = ""  # the last step committed to the journal
+    recovered: str = ""  # how a restart finished it: rolled_back, rolled_forward, lost
 
     def advance(self, to: Phase) -> None:
         """Move to the next phase (or FAILED from any live phase); anything else is a bug."""

@@ -1,20 +1,22 @@
-"""The controller's live state and the adapters that drive nodes.
+"""The controller's facade over its parts: what the Controller service and the process call.
 
-Inventory, guests and migration records live here; decisions come from the
-pure controller.core modules, and every node is driven only through its public
-gRPC API (controller.clients.node), the way a VMM drives KVM ioctls.
+The parts: the node pool (controller/service/nodes.py), placement (controller.core.placement),
+admission/limits (admission.py), the migration executor (executor.py), reconciliation
+(reconciler.py), event publishing (events.py) and the state file (store.py). Decisions
+come from the pure controller.core modules; every node is driven only through its
+public gRPC API (controller.clients.node), the way a VMM drives KVM ioctls.
+
+Durability: guests, migrations and the migration journal are written to the state file
+before the node calls they lead to, so a restarted controller finds every guest again
+(reconciler.py) and finishes every migration from its journal step.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import itertools
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import cast
 
 import grpc
 import structlog
@@ -30,16 +32,14 @@ from controller.core.errors import (
     InvalidArgument,
     NodeCallError,
     NotFound,
-    Unavailable,
 )
+from controller.core.machine import Journal, Outcome, VmRef
 from controller.core.migration import (
     METHOD_PREFERENCE,
     Limits,
     Method,
     MigrationRecord,
     Phase,
-    RegWrite,
-    SourceSnapshot,
     Step,
     check_state_loss,
     choose_method,
@@ -47,32 +47,45 @@ from controller.core.migration import (
     register_set,
     supports,
 )
-from controller.core.model import GuestId, GuestRecord, MigrationId, NodeId, NodeRecord, node_load
+from controller.core.model import (
+    GuestId,
+    GuestRecord,
+    GuestState,
+    MigrationId,
+    NodeId,
+    NodeRecord,
+    check_guest_id,
+    check_migration_id,
+    creation_vm_id,
+    migration_vm_id,
+    node_load,
+)
 from controller.core.placement import place
+from controller.core.recovery import GuestPlacement, Orphan, Resolution
 from controller.service import convert
+from controller.service.admission import Admission
+from controller.service.events import EventPublisher, MigrationEventRecord
+from controller.service.executor import (
+    Cancelled,
+    FaultHook,
+    MigrationExecutor,
+    TransferHook,
+    node_failure,
+)
+from controller.service.nodes import NodePool
+from controller.service.reconciler import reconcile
+from controller.service.store import Store, StoredGuest
 from controller.telemetry.collector import TelemetryCollector
 from controller.telemetry.hub import Hub
-from node.core.clock import NS_PER_S, U64_MASK
-from node.core.features import ApiProfile, ClockMode
-from node.core.timer import CTL_ENABLE, DEFAULT_PPI, TimerId
-from node.core.uapi import KVM_ARM_VCPU_TIMER_PHYS_OFFSET, OneReg, TimerAttr
+from node.core.features import ApiProfile
+from node.core.timer import CTL_ENABLE
+from node.core.uapi import OneReg
 from node.core.workload import WorkloadSpec
-from node.runtime.addr import is_loopback
-from node.wire import features_from_info, workload_spec_to_pb
+from node.wire import workload_spec_to_pb
 
 log = structlog.get_logger("kvmtimer.controller")
 
 MAX_GUEST_VCPUS = 512
-TransferHook = Callable[[MigrationRecord], Awaitable[None]]
-
-
-@dataclass(frozen=True, slots=True)
-class MigrationEventRecord:
-    """A phase transition or step, as published to watchers."""
-
-    migration: MigrationRecord  # a copy of the record at that moment
-    step: str  # step name, or "" for a phase change
-    realtime_ns: int  # when it happened
 
 
 class Cluster:
@@ -87,31 +100,76 @@ class Cluster:
         transfer_hook: TransferHook | None = None,
         node_credentials: grpc.ChannelCredentials | None = None,
         node_server_name: str | None = None,
+        store: Store | None = None,
+        fault_hook: FaultHook | None = None,
     ) -> None:
-        """`node_credentials`: mutual TLS towards the nodes (None = plaintext)."""
-        self.node_credentials = node_credentials
-        self.node_server_name = node_server_name
-        # Without node_credentials: may nodes off loopback be dialled in plaintext? A deployed
-        # controller allows it only with --insecure (controller/deploy.py).
-        self.plaintext_off_loopback = True
-        self.limits = limits or Limits()
-        self.node_timeout_s = node_timeout_s
+        """`node_credentials`: mutual TLS towards the nodes (None = plaintext).
+        `store`: the state file (None: in memory, nothing survives a restart).
+        `fault_hook`: test-mode fault injection at each committed migration step."""
+        self.pool = NodePool(
+            node_timeout_s=node_timeout_s,
+            node_credentials=node_credentials,
+            node_server_name=node_server_name,
+        )
+        self.admission = Admission(limits)
+        self.publisher = EventPublisher()
+        self.store = store or Store.open(":memory:")
         self.health_interval_s = health_interval_s
         self.transfer_hook = transfer_hook
-        self.nodes: dict[NodeId, NodeRecord] = {}
-        self.clients: dict[NodeId, NodeClient] = {}
+        self.fault_hook = fault_hook
         self.guests: dict[GuestId, GuestRecord] = {}
         self.migrations: dict[MigrationId, MigrationRecord] = {}
-        self.events: Hub[MigrationEventRecord] = Hub()
-        # Everything observers stream (gRPC WatchTelemetry, MQTT): vCPU sample batches,
-        # migration events and node health, as protobuf items.
-        self.telemetry: Hub[cpb.ClusterTelemetry] = Hub()
+        self.journals: dict[MigrationId, Journal] = {}
+        self.orphans: dict[NodeId, tuple[Orphan, ...]] = {}  # from the last reconciliation
+        self.pending_nodes: dict[NodeId, str] = {}  # stored nodes not reached yet: id -> address
+        # Guests being created by this process (reconciliation leaves them alone).
+        self.creating: set[GuestId] = set()
         # Telemetry: node sample streams into `telemetry` while it is watched (controller/telemetry/).
         self.collector = TelemetryCollector(self)
+        self.pool.on_registered.append(self._node_registered)
+        self.pool.on_health_changed.append(self._node_health_changed)
         self._tasks: dict[MigrationId, asyncio.Task[None]] = {}
-        self._slots = asyncio.Condition()
         self._health_task: asyncio.Task[None] | None = None
-        self._ids = itertools.count(1)
+        # Held while reconciliation acts on nodes; taken to mark a guest busy.
+        self.reconcile_lock = asyncio.Lock()
+
+    # --- parts, under their historical names -----------------------------------
+
+    @property
+    def nodes(self) -> dict[NodeId, NodeRecord]:
+        return self.pool.nodes
+
+    @property
+    def clients(self) -> dict[NodeId, NodeClient]:
+        return self.pool.clients
+
+    @property
+    def limits(self) -> Limits:
+        return self.admission.limits
+
+    @limits.setter
+    def limits(self, value: Limits) -> None:
+        self.admission.limits = value
+
+    @property
+    def events(self) -> Hub[MigrationEventRecord]:
+        return self.publisher.events
+
+    @property
+    def telemetry(self) -> Hub[cpb.ClusterTelemetry]:
+        return self.publisher.telemetry
+
+    @telemetry.setter
+    def telemetry(self, hub: Hub[cpb.ClusterTelemetry]) -> None:
+        self.publisher.telemetry = hub
+
+    @property
+    def plaintext_off_loopback(self) -> bool:
+        return self.pool.plaintext_off_loopback
+
+    @plaintext_off_loopback.setter
+    def plaintext_off_loopback(self, value: bool) -> None:
+        self.pool.plaintext_off_loopback = value
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -133,115 +191,123 @@ class Cluster:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         await self.collector.stop()  # telemetry
-        self.events.close()
-        self.telemetry.close()
-        for client in self.clients.values():
-            await client.close()
+        self.publisher.close()
+        await self.pool.close()
+
+    def load_state(self) -> None:
+        """Read guests, migrations and the journal back from the state file (at start)."""
+        for stored in self.store.guests():
+            p = stored.placement
+            if not p.state.alive and p.state is not GuestState.LOST:
+                continue
+            self.guests[p.guest_id] = GuestRecord(
+                p.guest_id,
+                p.vm.node_id,
+                p.vm.vm_id,
+                stored.vcpus,
+                stored.workload,
+                migrations=stored.migrations,
+                history=[NodeId(n) for n in stored.history],
+                state=p.state,
+                reason=p.reason,
+                generation=p.generation,
+            )
+        for record in self.store.migrations():
+            self.migrations[record.migration_id] = record
+        for j in self.store.journals():
+            self.journals[j.migration_id] = j
+            if j.outcome is Outcome.IN_FLIGHT and j.guest_id in self.guests:
+                self.guests[j.guest_id].migrating = j.migration_id
+        for node_id, address in self.store.nodes():
+            if node_id not in self.pool.nodes:
+                self.pending_nodes[node_id] = address
+        log.info(
+            "state_loaded",
+            path=self.store.path,
+            guests=len(self.guests),
+            migrations=len(self.migrations),
+            in_flight=sum(1 for j in self.journals.values() if j.outcome is Outcome.IN_FLIGHT),
+            nodes=len(self.pending_nodes),
+        )
+
+    async def recover(self) -> None:
+        """At start: reach the stored nodes, then reconcile with what they run."""
+        await self.retry_pending_nodes()
+        await reconcile(self)
+
+    async def reconcile(self) -> None:
+        """One reconciliation round (controller/service/reconciler.py)."""
+        await reconcile(self)
+
+    async def retry_pending_nodes(self) -> None:
+        for node_id, address in list(self.pending_nodes.items()):
+            try:
+                await self.register_node(node_id, address)
+            except Exception as err:
+                log.info("stored_node_unreachable", node_id=node_id, address=address, error=str(err))
 
     # --- nodes ---------------------------------------------------------------
 
     def connect(self, node_id: str, address: str) -> NodeClient:
-        """A client for the node at `address`, with the cluster's transport security.
-
-        Raises FailedPrecondition for plaintext to a non-loopback node when that is not allowed.
-        """
-        if self.node_credentials is None and not self.plaintext_off_loopback and not is_loopback(address):
-            raise FailedPrecondition(
-                f"refusing plaintext gRPC to node {node_id or address} at {address}: give the controller "
-                "--tls-cert/--tls-key/--tls-ca, or --insecure"
-            )
-        return NodeClient(
-            node_id,
-            address,
-            timeout_s=self.node_timeout_s,
-            credentials=self.node_credentials,
-            server_name=self.node_server_name,
-        )
+        return self.pool.connect(node_id, address)
 
     async def register_node(self, node_id: str, address: str) -> NodeRecord:
-        """Add (or re-address) a node; its features come from the node itself.
-
-        Registering a known node again at the same address (self-registration repeats, DNS
-        discovery) keeps its connection, which in-flight migrations may be using.
-        """
-        if not node_id or not address:
-            raise InvalidArgument("node_id and address are required")
-        existing = self.clients.get(NodeId(node_id))
-        reuse = existing is not None and existing.address == address
-        client = existing if existing is not None and reuse else self.connect(node_id, address)
-        try:
-            info = await client.host_info()
-        except NodeCallError as err:
-            if not reuse:
-                await client.close()
-            raise Unavailable(f"cannot reach node {node_id} at {address}: {err.detail or err.code}") from None
-        if info.node_id != node_id:
-            if not reuse:
-                await client.close()
-            raise InvalidArgument(f"the node at {address} calls itself {info.node_id!r}, not {node_id!r}")
-        known = self.nodes.get(NodeId(node_id))
-        if reuse and known is not None:
-            known.features = features_from_info(info)
-            self._set_health(known.node_id, True, "")
-            return known
-        old = self.clients.pop(NodeId(node_id), None)
-        if old is not None:
-            await old.close()
-        record = NodeRecord(
-            NodeId(node_id), address, features_from_info(info), ClockMode(info.clock_mode), healthy=True
-        )
-        self.nodes[record.node_id] = record
-        self.clients[record.node_id] = client
-        log.info(
-            "node_registered", node_id=node_id, address=address, api_profile=record.features.api_profile.name
-        )
-        self.collector.kick()  # telemetry: stream from the new node if watched
+        """Add (or re-address) a node; its features come from the node itself."""
+        record = await self.pool.register(node_id, address)
+        self.pending_nodes.pop(record.node_id, None)
+        self.store.put_node(record.node_id, record.address)
         return record
 
-    def node(self, node_id: str) -> NodeRecord:
-        try:
-            return self.nodes[NodeId(node_id)]
-        except KeyError:
-            raise NotFound(f"no node {node_id!r}") from None
+    def _node_registered(self, node: NodeRecord) -> None:
+        self.collector.kick()  # telemetry: stream from the new node if watched
 
-    def load(self, node_id: NodeId) -> tuple[int, int]:
-        """(guests, vCPUs) placed on a node."""
-        guests = [g for g in self.guests.values() if g.node_id == node_id]
-        return len(guests), sum(g.vcpus for g in guests)
-
-    async def check_health(self) -> None:
-        """One round of health checks on every node."""
-        results = await asyncio.gather(*(c.check_health(timeout_s=1.0) for c in self.clients.values()))
-        for (node_id, _), ok in zip(list(self.clients.items()), results, strict=True):
-            self._set_health(node_id, ok, "" if ok else "health check failed")
-
-    def _set_health(self, node_id: NodeId, ok: bool, reason: str) -> None:
-        node = self.nodes.get(node_id)
-        if node is None or node.healthy == ok:
-            return
-        node.healthy, node.last_error = ok, reason
-        log.info("node_health_changed", node_id=node_id, healthy=ok, reason=reason)
+    def _node_health_changed(self, node: NodeRecord) -> None:
         self.publish_node(node)
         self.collector.kick()  # telemetry: follow the node's health
 
+    def node(self, node_id: str) -> NodeRecord:
+        return self.pool.node(node_id)
+
+    def load(self, node_id: NodeId) -> tuple[int, int]:
+        """(guests, vCPUs) placed on a node (lost guests do not count)."""
+        guests = [g for g in self.guests.values() if g.node_id == node_id and g.state.alive]
+        return len(guests), sum(g.vcpus for g in guests)
+
+    def node_status(self, node: NodeRecord) -> cpb.NodeStatus:
+        status = convert.node_status(node, *self.load(node.node_id))
+        status.orphans.extend(
+            cpb.OrphanVm(vm_id=o.vm.vm_id, owner_guest_id=o.guest_id, owner_migration_id=o.migration_id)
+            for o in self.orphans.get(node.node_id, ())
+        )
+        status.lost_guests.extend(
+            sorted(
+                g.guest_id
+                for g in self.guests.values()
+                if g.node_id == node.node_id and g.state is GuestState.LOST
+            )
+        )
+        return status
+
+    async def check_health(self) -> None:
+        """One round of health checks on every node."""
+        await self.pool.check_health()
+
+    def _set_health(self, node_id: NodeId, ok: bool, reason: str) -> None:
+        self.pool.set_health(node_id, ok, reason)
+
     def publish_node(self, node: NodeRecord) -> None:
         """Tell telemetry observers about a node's (new) status."""
-        if self.telemetry.subscribers:
-            status = convert.node_status(node, *self.load(node.node_id))
-            self.telemetry.publish(
-                cpb.ClusterTelemetry(node=cpb.NodeHealthEvent(node=status, realtime_ns=time.time_ns()))
-            )
+        self.publisher.node(self.node_status(node))
 
     async def _health_loop(self) -> None:
         while True:
             try:
                 await self.check_health()
+                await self.retry_pending_nodes()
+                await reconcile(self)
             except Exception:
                 log.exception("health_loop_error")
             await asyncio.sleep(self.health_interval_s)
-
-    def _client(self, node_id: NodeId) -> NodeClient:
-        return self.clients[node_id]
 
     # --- guests --------------------------------------------------------------
 
@@ -251,53 +317,84 @@ class Cluster:
         except KeyError:
             raise NotFound(f"no guest {guest_id!r}") from None
 
+    def _stored(self, g: GuestRecord) -> StoredGuest:
+        return StoredGuest(
+            GuestPlacement(g.guest_id, VmRef(g.node_id, g.vm_id), g.state, g.generation, g.reason),
+            g.vcpus,
+            g.workload,
+            g.migrations,
+            tuple(g.history),
+        )
+
+    def persist_guest(self, g: GuestRecord) -> None:
+        self.store.put_guest(self._stored(g))
+
     async def create_guest(
         self, guest_id: str, vcpus: int, workload: WorkloadSpec | None = None, node_id: str = ""
     ) -> GuestRecord:
         """Create the VM, its vCPUs and the guest program on a node, and run it.
 
-        `workload=None`: a 100 Hz virtual timer at the chosen node's frequency.
+        `workload=None`: a 100 Hz virtual timer at the chosen node's frequency. The guest is
+        journaled (CREATING) before its VM is created; a failure destroys only that VM.
         """
         if not 1 <= vcpus <= MAX_GUEST_VCPUS:
             raise InvalidArgument(f"vcpus must be 1..{MAX_GUEST_VCPUS}, got {vcpus}")
-        if not guest_id:
-            while GuestId(guest_id := f"guest-{next(self._ids)}") in self.guests:
-                pass
-        if GuestId(guest_id) in self.guests:
-            raise AlreadyExists(f"guest {guest_id!r} already exists")
+        if guest_id:
+            check_guest_id(guest_id)
+            if GuestId(guest_id) in self.guests or self.store.guest_id_taken(guest_id):
+                raise AlreadyExists(f"guest {guest_id!r} already exists")
         if node_id:
             node = self.node(node_id)
             if not node.healthy:
                 raise FailedPrecondition(f"node {node_id} is down: {node.last_error}")
         else:
-            node = place(self.nodes.values(), list(self.guests.values()))
+            node = place(self.pool.nodes.values(), list(self.guests.values()))
         if workload is None:
             workload = WorkloadSpec(period_ticks=max(node.features.cntfrq_hz // 100, 100))
         if workload.use_ptimer and not node.features.has_ptimer_regs:
             # Its physical timer cannot be saved on this kernel (spec §2.1): moving it loses it.
             log.info("guest_ptimer_unmovable", guest_id=guest_id, node_id=node.node_id)
-        # Reserve the id before the first await so a concurrent create cannot take it.
-        record = GuestRecord(GuestId(guest_id), node.node_id, guest_id, vcpus, workload)
-        record.history.append(node.node_id)
-        self.guests[record.guest_id] = record
+        async with self.reconcile_lock:
+            if not guest_id:
+                # Never reused: the counter lives in the state file; names taken by hand are skipped.
+                while self.store.guest_id_taken(guest_id := f"guest-{self.store.next_number('guest')}"):
+                    pass
+            elif GuestId(guest_id) in self.guests:
+                raise AlreadyExists(f"guest {guest_id!r} already exists")
+            gid = GuestId(guest_id)
+            vm_id = creation_vm_id(gid, self.store.next_number("vm"))
+            record = GuestRecord(gid, node.node_id, vm_id, vcpus, workload, state=GuestState.CREATING)
+            record.history.append(node.node_id)
+            # Reserve the id before the first await so a concurrent create cannot take it.
+            self.guests[gid] = record
+            self.creating.add(gid)
+            self.persist_guest(record)
         try:
             await self._start_vm(node, record)
         except BaseException:
-            del self.guests[record.guest_id]
+            del self.guests[gid]
+            self.store.delete_guest(gid)
             raise
-        log.info("guest_created", guest_id=guest_id, node_id=node.node_id, vcpus=vcpus)
+        finally:
+            self.creating.discard(gid)
+        record.state = GuestState.RUNNING
+        self.persist_guest(record)
+        log.info("guest_created", guest_id=guest_id, node_id=node.node_id, vcpus=vcpus, vm_id=vm_id)
         return record
 
     async def _start_vm(self, node: NodeRecord, guest: GuestRecord) -> None:
-        client = self._client(node.node_id)
-        calls = [pb.BatchCall(create_vm=pb.CreateVmRequest(vm_id=guest.vm_id))]
+        client = self.pool.client(node.node_id)
+        owner = pb.VmOwner(guest_id=guest.guest_id, generation=guest.generation)
+        calls = [pb.BatchCall(create_vm=pb.CreateVmRequest(vm_id=guest.vm_id, owner=owner))]
         calls += [
             pb.BatchCall(create_vcpu=pb.CreateVcpuRequest(vm_id=guest.vm_id, vcpu_index=i))
             for i in range(guest.vcpus)
         ]
         calls.append(pb.BatchCall(get_clock=pb.GetClockRequest()))
+        created = False
         try:
             results = await client.batch(calls)
+            created = True
             if node.features.api_profile is ApiProfile.VM_COUNTER_OFFSET:
                 # kvmtool-style: both guest counters start from 0 with one VM-wide offset.
                 await client.set_counter_offset(guest.vm_id, results[-1].get_clock.host_counter)
@@ -312,29 +409,37 @@ class Cluster:
                 ]
             )
         except NodeCallError as err:
-            with contextlib.suppress(NodeCallError):
-                await client.destroy_vm(guest.vm_id)
-            raise _node_failure(err) from None
+            # Clean up only what this request created: its own VM id, never reused.
+            if created or err.unreachable or err.code != "ALREADY_EXISTS":
+                with contextlib.suppress(NodeCallError):
+                    await client.destroy_vm(guest.vm_id)
+            raise node_failure(err) from None
 
     async def destroy_guest(self, guest_id: str) -> None:
         guest = self.guest(guest_id)
         if guest.migrating:
             raise Aborted(f"guest {guest_id} is migrating ({guest.migrating}); cancel or wait first")
-        try:
-            await self._client(guest.node_id).destroy_vm(guest.vm_id)
-        except NodeCallError as err:
-            if err.errno_name is None and err.code == "NOT_FOUND":
-                pass  # already gone on the node
-            else:
-                raise _node_failure(err) from None
+        if guest.state is GuestState.CREATING:
+            raise Aborted(f"guest {guest_id} is being created; wait first")
+        if guest.state is not GuestState.LOST:
+            try:
+                await self.pool.client(guest.node_id).destroy_vm(guest.vm_id)
+            except NodeCallError as err:
+                if err.errno_name is None and err.code == "NOT_FOUND":
+                    pass  # already gone on the node
+                else:
+                    raise node_failure(err) from None
         del self.guests[guest.guest_id]
+        self.store.delete_guest(guest.guest_id)
         log.info("guest_destroyed", guest_id=guest_id, node_id=guest.node_id)
 
     async def observations(self, guest: GuestRecord, include_samples: bool = False) -> pb.GuestObservations:
+        if guest.state is GuestState.LOST:
+            raise FailedPrecondition(f"guest {guest.guest_id} is lost: {guest.reason}")
         try:
-            return await self._client(guest.node_id).observations(guest.vm_id, include_samples)
+            return await self.pool.client(guest.node_id).observations(guest.vm_id, include_samples)
         except NodeCallError as err:
-            raise _node_failure(err) from None
+            raise node_failure(err) from None
 
     # --- migrations ----------------------------------------------------------
 
@@ -372,7 +477,7 @@ class Cluster:
 
         candidates = [
             n
-            for n in self.nodes.values()
+            for n in self.pool.nodes.values()
             if (method is Method.AUTO or supports(n.features, method))
             and (allow_state_loss or not facts.uses_ptimer or keeps_ptimer(n))
         ]
@@ -391,7 +496,7 @@ class Cluster:
         ENABLE set. Before 6.4 a VMM cannot read PTIMER_CTL at all; the workload is what
         the controller knows then.
         """
-        client = self._client(guest.node_id)
+        client = self.pool.client(guest.node_id)
         try:
             listed = await client.batch(
                 [pb.BatchCall(get_reg_list=pb.GetRegListRequest(vm_id=guest.vm_id, vcpu_index=0))]
@@ -404,7 +509,7 @@ class Cluster:
                 )
                 uses_ptimer = any(ctl & CTL_ENABLE for ctl in ctls)
         except NodeCallError as err:
-            raise _node_failure(err) from None
+            raise node_failure(err) from None
         return _SourceFacts(reg_ids, uses_ptimer)
 
     async def migrate(
@@ -430,13 +535,15 @@ class Cluster:
             if wait:
                 await self.wait(existing)
             return existing
+        if migration_id:
+            check_migration_id(migration_id)
         guest = self.guest(guest_id)
-        if guest.migrating:
-            raise Aborted(f"guest {guest_id} is already migrating ({guest.migrating})")
+        self._check_movable(guest)
         source = self.node(guest.node_id)
+        if destination:
+            self.node(destination)  # NOT_FOUND before any node call
         facts = await self._source_facts(guest)
-        if guest.migrating:
-            raise Aborted(f"guest {guest_id} is already migrating ({guest.migrating})")
+        self._check_movable(guest)
         dst = self._destination_for(guest, destination, method, facts, allow_state_loss)
         chosen = choose_method(source.features, dst.features, method, destination_id=dst.node_id)
         # The destination has no VM yet: its kernel's list is predicted from its profile here;
@@ -452,28 +559,53 @@ class Cluster:
             destination=(dst.node_id, dst.features),
             method=chosen,
         )
-        mid = MigrationId(migration_id or f"mig-{next(self._ids)}")
-        while not migration_id and mid in self.migrations:
-            mid = MigrationId(f"mig-{next(self._ids)}")
-        record = MigrationRecord(
-            migration_id=mid,
-            guest_id=guest.guest_id,
-            source=source.node_id,
-            destination=dst.node_id,
-            requested_method=method,
-            method=chosen,
-            started_ns=time.monotonic_ns(),
-            created_realtime_ns=time.time_ns(),
-            guest_uses_ptimer=facts.uses_ptimer,
-            allow_state_loss=allow_state_loss,
-        )
-        self.migrations[mid] = record
-        guest.migrating = mid
-        self._publish(record)
-        self._tasks[mid] = asyncio.create_task(self._run(record, guest), name=f"migration-{mid}")
+        async with self.reconcile_lock:
+            self._check_movable(guest)
+            if migration_id and self.store.migration_id_taken(migration_id):
+                raise AlreadyExists(f"migration id {migration_id} is already used for another request")
+            if migration_id:
+                mid = MigrationId(migration_id)
+            else:
+                while self.store.migration_id_taken(
+                    mid := MigrationId(f"mig-{self.store.next_number('migration')}")
+                ):
+                    pass
+            record = MigrationRecord(
+                migration_id=mid,
+                guest_id=guest.guest_id,
+                source=source.node_id,
+                destination=dst.node_id,
+                requested_method=method,
+                method=chosen,
+                started_ns=time.monotonic_ns(),
+                created_realtime_ns=time.time_ns(),
+                guest_uses_ptimer=facts.uses_ptimer,
+                allow_state_loss=allow_state_loss,
+            )
+            journal = Journal(
+                mid,
+                guest.guest_id,
+                VmRef(guest.node_id, guest.vm_id),
+                VmRef(dst.node_id, migration_vm_id(guest.guest_id, mid)),
+                guest.generation + 1,
+            )
+            self.migrations[mid] = record
+            self.journals[mid] = journal
+            guest.migrating = mid
+            self.persist_migration(record, journal)
+            self.publish_migration(record)
+            self._tasks[mid] = asyncio.create_task(self._run(record, guest, journal), name=f"migration-{mid}")
         if wait:
             await self.wait(record)
         return record
+
+    def _check_movable(self, guest: GuestRecord) -> None:
+        if guest.migrating:
+            raise Aborted(f"guest {guest.guest_id} is already migrating ({guest.migrating})")
+        if guest.state is GuestState.LOST:
+            raise FailedPrecondition(f"guest {guest.guest_id} is lost: {guest.reason}")
+        if guest.state is GuestState.CREATING:
+            raise Aborted(f"guest {guest.guest_id} is being created")
 
     async def wait(self, record: MigrationRecord) -> None:
         task = self._tasks.get(record.migration_id)
@@ -488,80 +620,143 @@ class Cluster:
                 f"{', destination resuming' if Step.RESUME in record.steps else ''})"
             )
         record.cancel_requested = True
-        async with self._slots:
-            self._slots.notify_all()
+        await self.admission.wake()
         return record
 
-    def _publish(self, record: MigrationRecord, step: str = "") -> None:
-        # Watchers get the record as it is now, not the live object.
-        frozen = dataclasses.replace(record, steps=list(record.steps))
-        now = time.time_ns()
-        self.events.publish(MigrationEventRecord(frozen, step, now))
-        if self.telemetry.subscribers:
-            event = cpb.MigrationEvent(migration=convert.migration_to_pb(frozen), step=step, realtime_ns=now)
-            self.telemetry.publish(cpb.ClusterTelemetry(migration=event))
+    # --- what the executor and the reconciler call ------------------------------
 
-    def _advance(self, record: MigrationRecord, phase: Phase) -> None:
+    def persist_migration(
+        self, record: MigrationRecord, journal: Journal, guest: GuestRecord | None = None
+    ) -> None:
+        """Commit a record, its journal step and (when it moved) its guest, in one transaction."""
+        self.journals[journal.migration_id] = journal
+        with self.store.transaction():
+            self.store.put_migration(record)
+            self.store.put_journal(journal)
+            if guest is not None:
+                self.persist_guest(guest)
+
+    def publish_migration(self, record: MigrationRecord, step: str = "") -> None:
+        self.publisher.migration(record, step)
+
+    def publish_step(self, record: MigrationRecord, step: str) -> None:
+        self.publisher.migration(record, step)
+
+    def advance_phase(self, record: MigrationRecord, phase: Phase, *, publish: bool = True) -> None:
         record.advance(phase)
-        self._publish(record)
+        if publish:
+            self.publisher.migration(record)
 
-    def _step(self, record: MigrationRecord, step: Step) -> None:
-        record.steps.append(step.value)
-        self._publish(record, step.value)
+    def busy(self) -> set[GuestId]:
+        """Guests this process is creating or migrating right now."""
+        running = {self.migrations[m].guest_id for m, t in self._tasks.items() if not t.done()}
+        return running | self.creating
 
-    async def _acquire_slot(self, record: MigrationRecord) -> None:
-        async with self._slots:
-            await self._slots.wait_for(
-                lambda: (
-                    record.cancel_requested
-                    or self.limits.can_start(
-                        record.source, [m for m in self.migrations.values() if m is not record]
-                    )
-                )
-            )
+    def apply_resolution(self, res: Resolution) -> None:
+        """Commit what reconciliation decided (its node actions have all succeeded)."""
+        with self.store.transaction():
+            for placement in res.guests:
+                self._apply_guest(placement)
+            for j in res.migrations:
+                self._apply_journal(j)
 
-    async def _release_slot(self) -> None:
-        async with self._slots:
-            self._slots.notify_all()
+    def _apply_guest(self, p: GuestPlacement) -> None:
+        g = self.guests.get(p.guest_id)
+        if g is None:
+            return
+        if p.state in (GuestState.FAILED, GuestState.DESTROYED):
+            del self.guests[p.guest_id]
+            self.store.delete_guest(p.guest_id)
+            log.info("guest_creation_rolled_back", guest_id=p.guest_id, reason=p.reason)
+            return
+        was = g.state
+        g.node_id, g.vm_id, g.state, g.generation, g.reason = (
+            p.vm.node_id,
+            p.vm.vm_id,
+            p.state,
+            p.generation,
+            p.reason,
+        )
+        self.persist_guest(g)
+        if p.state is GuestState.LOST and was is not GuestState.LOST:
+            log.warning("guest_lost", guest_id=g.guest_id, node_id=g.node_id, reason=p.reason)
+            node = self.pool.nodes.get(g.node_id)
+            if node is not None:
+                self.publish_node(node)
 
-    async def _run(self, record: MigrationRecord, guest: GuestRecord) -> None:
+    def _apply_journal(self, j: Journal) -> None:
+        self.journals[j.migration_id] = j
+        record = self.migrations.get(j.migration_id)
+        guest = self.guests.get(j.guest_id)
+        if guest is not None and guest.migrating == j.migration_id:
+            guest.migrating = None
+        if record is None:
+            self.store.put_journal(j)
+            return
+        record.recovered = {
+            Outcome.SUCCEEDED: "rolled_forward",
+            Outcome.ROLLED_BACK: "rolled_back",
+            Outcome.LOST: "lost",
+        }.get(j.outcome, "")
+        record.reason = j.reason if j.outcome is not Outcome.SUCCEEDED else ""
+        record.ended_ns = time.monotonic_ns()
+        record.finished_realtime_ns = time.time_ns()
+        if guest is not None and j.outcome is Outcome.SUCCEEDED and Step.CLEANUP.value not in record.steps:
+            guest.migrations += 1
+            guest.history.append(guest.node_id)
+            self.persist_guest(guest)
+        if not record.phase.terminal:
+            record.phase = Phase.SUCCEEDED if j.outcome is Outcome.SUCCEEDED else Phase.FAILED
+        self.persist_migration(record, j)
+        log.info("migration_recovered", migration_id=j.migration_id, outcome=j.outcome.value, reason=j.reason)
+        self.publish_migration(record)
+
+    async def _run(self, record: MigrationRecord, guest: GuestRecord, journal: Journal) -> None:
         log_ = log.bind(migration_id=record.migration_id, guest_id=guest.guest_id)
+        outcome = Outcome.IN_FLIGHT
         try:
-            await self._acquire_slot(record)
-            await _Migrator(self, record, guest).run()
-            log_.info(
-                "migration_succeeded",
-                source=record.source,
-                destination=record.destination,
-                method=record.method.name if record.method else None,
-                downtime_us=record.downtime_us(),
-                counter_error_ticks=record.counter_error_ticks,
-            )
-        except _Cancelled:
+            await self.admission.acquire(record, self.migrations.values)
+            outcome = await MigrationExecutor(self, record, guest, journal).run()
+            if outcome is Outcome.SUCCEEDED:
+                log_.info(
+                    "migration_succeeded",
+                    source=record.source,
+                    destination=record.destination,
+                    method=record.method.name if record.method else None,
+                    downtime_us=record.downtime_us(),
+                    counter_error_ticks=record.counter_error_ticks,
+                )
+            elif outcome is Outcome.ROLLED_BACK:
+                if record.cancel_requested:
+                    record.cancelled = True
+                    self.persist_migration(record, self.journals[record.migration_id])
+                    log_.info("migration_cancelled")
+                else:
+                    log_.warning("migration_failed", reason=record.reason)
+        except Cancelled:
             record.cancelled = True
             self._fail(record, "cancelled by request; the guest stays on the source")
             log_.info("migration_cancelled")
         except ControllerError as err:
             self._fail(record, err.message)
             log_.warning("migration_failed", reason=err.message)
-        except Exception as err:
-            self._fail(record, f"internal error: {err!r}")
-            log_.exception("migration_internal_error")
         finally:
-            guest.migrating = None
+            if (
+                outcome is not Outcome.IN_FLIGHT
+                or self.journals[record.migration_id].outcome is not Outcome.IN_FLIGHT
+            ):
+                guest.migrating = None
             self._tasks.pop(record.migration_id, None)
-            await self._release_slot()
+            await self.admission.wake()
 
     def _fail(self, record: MigrationRecord, reason: str) -> None:
+        """A migration refused before anything was sent to a node."""
         record.reason = reason
         record.ended_ns = time.monotonic_ns()
         record.finished_realtime_ns = time.time_ns()
         if not record.phase.terminal:
-            self._advance(record, Phase.FAILED)
-
-
-class _Cancelled(Exception):
-    """Raised inside a migration when a cancel was requested at a step boundary."""
+            self.advance_phase(record, Phase.FAILED)
+        self.persist_migration(record, self.journals[record.migration_id])
 
 
 @dataclass(frozen=True, slots=True)
@@ -570,290 +765,6 @@ class _SourceFacts:
 
     reg_ids: tuple[int, ...]  # the source kernel's KVM_GET_REG_LIST (vCPU 0)
     uses_ptimer: bool  # the guest uses its physical timer
-
-
-def _node_failure(err: NodeCallError) -> ControllerError:
-    if err.unreachable:
-        return Unavailable(err.message)
-    return FailedPrecondition(err.message)
-
-
-class _Migrator:
-    """Executes one migration's steps. The guest is never lost and never runs twice:
-    until the destination is told to resume, any failure resumes the source unchanged."""
-
-    def __init__(self, cluster: Cluster, record: MigrationRecord, guest: GuestRecord) -> None:
-        self.c = cluster
-        self.r = record
-        self.guest = guest
-        self.src_paused = False
-        self.dst_vm: str | None = None
-
-    def _check_cancel(self) -> None:
-        if self.r.cancel_requested:
-            raise _Cancelled()
-
-    async def run(self) -> None:
-        r, c = self.r, self.c
-        assert r.destination is not None and r.method is not None
-        self._check_cancel()
-        c._advance(r, Phase.SCHEDULING)
-        source, dst = c.node(r.source), c.node(r.destination)
-        if not dst.healthy:
-            raise FailedPrecondition(f"destination {dst.node_id} is down: {dst.last_error}")
-        if not source.healthy:
-            raise FailedPrecondition(f"source {source.node_id} is down: {source.last_error}")
-        choose_method(source.features, dst.features, r.method, destination_id=dst.node_id)
-        c._advance(r, Phase.SCHEDULED)
-        src_client, dst_client = c._client(source.node_id), c._client(dst.node_id)
-        try:
-            await self._migrate(src_client, dst_client, dst)
-        except BaseException as err:
-            await self._rollback(src_client, dst_client, err)
-            if isinstance(err, NodeCallError):
-                if err.unreachable:
-                    c._set_health(NodeId(err.node_id), False, err.message)
-                raise _node_failure(err) from None
-            raise
-
-    async def _migrate(self, src: NodeClient, dst: NodeClient, dst_node: NodeRecord) -> None:
-        r, c, guest = self.r, self.c, self.guest
-        assert r.method is not None
-        vm = guest.vm_id
-        n = guest.vcpus
-
-        # PREPARE: everything that does not need the guest stopped.
-        c._advance(r, Phase.PREPARING_TARGET)
-        c._step(r, Step.PREPARE)
-        before = await src.batch(
-            [
-                pb.BatchCall(get_reg_list=pb.GetRegListRequest(vm_id=vm, vcpu_index=0)),
-                pb.BatchCall(
-                    get_device_attr=pb.DeviceAttrRequest(vm_id=vm, group=1, attr=TimerAttr.IRQ_VTIMER)
-                ),
-                pb.BatchCall(
-                    get_device_attr=pb.DeviceAttrRequest(vm_id=vm, group=1, attr=TimerAttr.IRQ_PTIMER)
-                ),
-                *(
-                    pb.BatchCall(get_vcpu_state=pb.GetVcpuStateRequest(vm_id=vm, vcpu_index=i))
-                    for i in range(n)
-                ),
-                # Pre-copy of the guest memory while the guest still runs (QEMU's RAM pre-copy):
-                # only what changes after this goes through the downtime window.
-                pb.BatchCall(save_workload=pb.SaveWorkloadRequest(vm_id=vm, live=True)),
-            ]
-        )
-        src_ids = tuple(before.pop(0).get_reg_list.reg_ids)
-        ppis = {
-            TimerId.VTIMER: before[0].get_device_attr.value,
-            TimerId.PTIMER: before[1].get_device_attr.value,
-        }
-        precopy = before.pop().save_workload
-        has_workload = precopy.HasField("spec")
-        r.traps_before = sum(res.get_vcpu_state.trap_count for res in before[2:])
-        r.source_traps_cntpct = before[2].get_vcpu_state.traps_cntpct
-        dst_vm = f"{guest.guest_id}@{r.migration_id}"
-        prepare = [pb.BatchCall(create_vm=pb.CreateVmRequest(vm_id=dst_vm))]
-        prepare += [
-            pb.BatchCall(create_vcpu=pb.CreateVcpuRequest(vm_id=dst_vm, vcpu_index=i)) for i in range(n)
-        ]
-        prepare += [
-            pb.BatchCall(set_device_attr=pb.SetDeviceAttrRequest(vm_id=dst_vm, group=1, attr=int(t), value=v))
-            for t, v in ppis.items()
-            if v != DEFAULT_PPI[t]
-        ]
-        if has_workload:
-            prepare.append(pb.BatchCall(load_workload=pb.LoadWorkloadRequest(vm_id=dst_vm, state=precopy)))
-        # The destination kernel's register list: with the source's, it decides what is carried.
-        prepare.append(pb.BatchCall(get_reg_list=pb.GetRegListRequest(vm_id=dst_vm, vcpu_index=0)))
-        self.dst_vm = dst_vm
-        prepared = await dst.batch(prepare)
-        dst_ids = tuple(prepared[-1].get_reg_list.reg_ids)
-        regs = register_set(src_ids, dst_ids, r.method, uses_ptimer=r.guest_uses_ptimer)
-        src_node = c.node(r.source)
-        check_state_loss(
-            regs,
-            uses_ptimer=r.guest_uses_ptimer,
-            allow_state_loss=r.allow_state_loss,
-            source=(src_node.node_id, src_node.features),
-            destination=(dst_node.node_id, dst_node.features),
-            method=r.method,
-        )
-        r.not_carried = list(regs.not_carried)
-        r.target_ready_ns = time.monotonic_ns()
-        c._advance(r, Phase.TARGET_READY)
-        self._check_cancel()
-
-        # RUNNING: stop the source, read the guest state in one round trip.
-        c._advance(r, Phase.RUNNING)
-        c._step(r, Step.PAUSE)
-        # Save every register the source lists, on every vCPU (what QEMU does).
-        entries = [(i, reg) for i in range(n) for reg in regs.saved]
-        # Before 6.4 there is no PTIMER_CNT: the guest physical counter is H minus the
-        # series' physical offset (its vCPU attribute), or H itself on 5.15.
-        read_phys_attr = OneReg.PTIMER_CNT not in regs.saved and src_node.features.has_vcpu_offsets
-        extra = (
-            [
-                pb.BatchCall(
-                    get_device_attr=pb.DeviceAttrRequest(
-                        vm_id=vm, group=1, attr=KVM_ARM_VCPU_TIMER_PHYS_OFFSET
-                    )
-                )
-            ]
-            if read_phys_attr
-            else []
-        )
-        self.src_paused = True
-        r.stop_sent_ns = time.monotonic_ns()
-        snap = await src.batch(
-            [
-                pb.BatchCall(pause_vm=pb.PauseVmRequest(vm_id=vm)),
-                *extra,
-                pb.BatchCall(
-                    get_regs=pb.GetRegsRequest(
-                        vm_id=vm, regs=[pb.RegValue(vcpu_index=i, reg_id=reg) for i, reg in entries]
-                    )
-                ),
-                pb.BatchCall(
-                    save_workload=pb.SaveWorkloadRequest(
-                        vm_id=vm,
-                        delta=has_workload,
-                        since_reads={v.vcpu_index: v.reads for v in precopy.vcpus},
-                    )
-                ),
-            ]
-        )
-        paused = snap.pop(0).pause_vm
-        r.paused_realtime_ns, r.paused_host_counter = paused.realtime_ns, paused.host_counter
-        phys_offset = snap.pop(0).get_device_attr.value if read_phys_attr else 0
-        c._step(r, Step.SNAPSHOT)
-        got = snap[0].get_regs
-        saved = {entry: v.value for entry, v in zip(entries, got.regs, strict=True)}
-        snapshot = SourceSnapshot(
-            cntvct=saved[(0, OneReg.TIMER_CNT)],
-            cntpct=saved.get((0, OneReg.PTIMER_CNT), (got.host_counter - phys_offset) & U64_MASK),
-            host_counter=got.host_counter,
-            realtime_ns=got.realtime_ns,
-            cntfrq_hz=src_node.features.cntfrq_hz,
-        )
-        r.source_voffset, r.source_poffset = snapshot.voffset, snapshot.poffset
-        timer_regs = tuple(RegWrite(i, reg, saved[(i, reg)]) for i in range(n) for reg in regs.restored)
-        workload_state = snap[1].save_workload
-        self._check_cancel()
-
-        c._step(r, Step.TRANSFER)
-        if c.transfer_hook is not None:
-            await c.transfer_hook(r)
-        self._check_cancel()
-
-        c._step(r, Step.RESTORE)
-        restore = [pb.BatchCall(set_regs=_set_regs(dst_vm, timer_regs))]
-        if has_workload:
-            restore.append(
-                pb.BatchCall(
-                    load_workload=pb.LoadWorkloadRequest(vm_id=dst_vm, state=workload_state, merge=True)
-                )
-            )
-        # The destination applies the record at its own instant: it credits the realtime that
-        # passed as its clock sees it then (never negative), with its kernel's interface.
-        restore.append(pb.BatchCall(apply_counter_record=_apply_request(dst_vm, snapshot, r.method)))
-        self._check_cancel()
-        # From here on the guest belongs to the destination: no more cancelling.
-        c._step(r, Step.RESUME)
-        restore.append(pb.BatchCall(resume_vm=pb.ResumeVmRequest(vm_id=dst_vm)))
-        restored = await dst.batch(restore)
-        r.resume_acked_ns = time.monotonic_ns()
-        r.resumed_realtime_ns = restored[-1].resume_vm.realtime_ns
-        credit = restored[-2].apply_counter_record
-        r.applied_as, r.elapsed_ticks = credit.applied_as, credit.elapsed_ticks
-        r.destination_voffset, r.destination_poffset = credit.voffset, credit.poffset
-        r.realtime_skew_ns = credit.realtime_offset_ns - got.realtime_offset_ns
-
-        # CLEANUP: the guest runs on the destination; drop the stopped source VM.
-        guest.node_id, guest.vm_id = NodeId(dst_node.node_id), dst_vm
-        guest.migrations += 1
-        guest.history.append(guest.node_id)
-        self.src_paused = False
-        self.dst_vm = None
-        c._step(r, Step.CLEANUP)
-        try:
-            # The source's counter now ends the downtime on the clock that started it.
-            cleaned = await src.batch(
-                [
-                    pb.BatchCall(get_clock=pb.GetClockRequest()),
-                    pb.BatchCall(destroy_vm=pb.DestroyVmRequest(vm_id=vm)),
-                ]
-            )
-            ticks = (cleaned[0].get_clock.host_counter - paused.host_counter) & U64_MASK
-            r.stop_bound_ns = ticks * NS_PER_S // src_node.features.cntfrq_hz
-        except NodeCallError as err:
-            log.warning("source_cleanup_failed", migration_id=r.migration_id, error=err.message)
-        try:
-            after = await dst.batch(
-                [
-                    *(
-                        pb.BatchCall(get_vcpu_state=pb.GetVcpuStateRequest(vm_id=dst_vm, vcpu_index=i))
-                        for i in range(n)
-                    ),
-                    pb.BatchCall(get_guest_observations=pb.GetGuestObservationsRequest(vm_id=dst_vm)),
-                ]
-            )
-            self._record_outcome(after)
-        except NodeCallError as err:
-            log.warning("post_migration_read_failed", migration_id=r.migration_id, error=err.message)
-        r.ended_ns = time.monotonic_ns()
-        r.finished_realtime_ns = time.time_ns()
-        c._advance(r, Phase.SUCCEEDED)
-
-    def _record_outcome(self, after: list[pb.BatchResult]) -> None:
-        """Trap counts and the guest's own measurement of the jump, after the move."""
-        r = self.r
-        states = [res.get_vcpu_state for res in after if res.HasField("get_vcpu_state")]
-        r.traps_after = sum(s.trap_count for s in states)
-        r.destination_traps_cntpct = states[0].traps_cntpct
-        r.destination_uses_cntpoff = states[0].uses_cntpoff
-        obs = after[-1].get_guest_observations
-        errors = [o.last_jump_error_ticks for o in obs.vcpus if o.HasField("last_jump_error_ticks")]
-        r.counter_error_ticks = max(errors, key=abs) if errors else None
-        stops = [o.last_stop_ns for o in obs.vcpus if o.HasField("last_stop_ns")]
-        r.guest_stop_ns = max(stops) if stops else None
-
-    async def _rollback(self, src: NodeClient, dst: NodeClient, cause: BaseException) -> None:
-        """Put everything back: drop the destination VM, resume the source guest unchanged."""
-        if self.dst_vm is None and not self.src_paused:
-            return
-        self.c._step(self.r, Step.ROLLBACK)
-        if self.dst_vm is not None:
-            try:
-                await dst.destroy_vm(self.dst_vm)
-            except Exception as err:
-                log.warning("rollback_destroy_failed", migration_id=self.r.migration_id, error=repr(err))
-        if self.src_paused:
-            try:
-                await src.resume(self.guest.vm_id)
-            except Exception as err:
-                log.error("rollback_resume_failed", migration_id=self.r.migration_id, error=repr(err))
-        log.info("migration_rolled_back", migration_id=self.r.migration_id, cause=repr(cause))
-
-
-def _apply_request(vm_id: str, snapshot: SourceSnapshot, method: Method) -> pb.ApplyCounterRecordRequest:
-    record = pb.CounterRecord(
-        cntvct=snapshot.cntvct,
-        cntpct=snapshot.cntpct,
-        host_counter=snapshot.host_counter,
-        realtime_ns=snapshot.realtime_ns,
-        cntfrq_hz=snapshot.cntfrq_hz,
-    )
-    return pb.ApplyCounterRecordRequest(
-        vm_id=vm_id, record=record, method=cast(pb.CounterRestoreMethod, int(method))
-    )
-
-
-def _set_regs(vm_id: str, writes: tuple[RegWrite, ...]) -> pb.SetRegsRequest:
-    return pb.SetRegsRequest(
-        vm_id=vm_id,
-        regs=[pb.RegValue(vcpu_index=w.vcpu_index, reg_id=w.reg_id, value=w.value) for w in writes],
-    )
 
 
 __all__ = ["Cluster", "MigrationEventRecord", "TransferHook", "node_load"]

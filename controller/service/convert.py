@@ -9,7 +9,7 @@ from kvmtimer.v1 import node_pb2 as pb
 
 from controller.core.errors import InvalidArgument
 from controller.core.migration import Method, MigrationRecord
-from controller.core.model import GuestRecord, NodeRecord
+from controller.core.model import GuestRecord, GuestState, NodeRecord
 from node.core.errors import EmulatorError
 from node.core.workload import WorkloadSpec
 from node.wire import workload_spec_from_pb, workload_spec_to_pb
@@ -42,10 +42,20 @@ def guest_to_pb(guest: GuestRecord, observations: pb.GuestObservations | None = 
         workload=workload_spec_to_pb(guest.workload),
         migrating=guest.migrating or "",
         migrations=guest.migrations,
+        state=_GUEST_STATES.get(guest.state, cpb.GUEST_STATE_UNSPECIFIED),
+        state_reason=guest.reason,
+        generation=guest.generation,
     )
     if observations is not None:
         msg.observations.CopyFrom(observations)
     return msg
+
+
+_GUEST_STATES = {
+    GuestState.RUNNING: cpb.GUEST_STATE_RUNNING,
+    GuestState.LOST: cpb.GUEST_STATE_LOST,
+    GuestState.CREATING: cpb.GUEST_STATE_CREATING,
+}
 
 
 def workload_from_request(spec: pb.WorkloadSpec) -> WorkloadSpec | None:
@@ -96,6 +106,8 @@ def migration_to_pb(r: MigrationRecord) -> cpb.Migration:
         not_carried=r.not_carried,
         guest_uses_ptimer=r.guest_uses_ptimer,
         allow_state_loss=r.allow_state_loss,
+        journal_step=r.journal_step,
+        recovered=r.recovered,
     )
     if r.counter_error_ticks is not None:
         msg.counter_error_ticks = r.counter_error_ticks

@@ -22,16 +22,13 @@ class ControllerServicer(cpb_grpc.ControllerServicer):
     @rpc
     async def RegisterNode(self, request: cpb.RegisterNodeRequest, context: Ctx) -> cpb.NodeStatus:
         node = await self.cluster.register_node(request.node_id, request.address)
-        return convert.node_status(node, *self.cluster.load(node.node_id))
+        return self.cluster.node_status(node)
 
     @rpc
     async def ListNodes(self, request: cpb.ListNodesRequest, context: Ctx) -> cpb.ListNodesResponse:
         c = self.cluster
         return cpb.ListNodesResponse(
-            nodes=[
-                convert.node_status(n, *c.load(n.node_id))
-                for n in sorted(c.nodes.values(), key=lambda n: n.node_id)
-            ]
+            nodes=[c.node_status(n) for n in sorted(c.nodes.values(), key=lambda n: n.node_id)]
         )
 
     @rpc
@@ -90,6 +87,8 @@ class ControllerServicer(cpb_grpc.ControllerServicer):
             for m in self.cluster.migrations.values()
             if not request.guest_id or m.guest_id == request.guest_id
         ]
+        if request.guest_id and not records:
+            self.cluster.guest(request.guest_id)  # NOT_FOUND for a guest never seen
         return cpb.ListMigrationsResponse(migrations=[convert.migration_to_pb(m) for m in records])
 
     @rpc.stream
@@ -131,7 +130,7 @@ class ControllerServicer(cpb_grpc.ControllerServicer):
         try:
             now = time.time_ns()
             for node in sorted(c.nodes.values(), key=lambda n: n.node_id):
-                status = convert.node_status(node, *c.load(node.node_id))
+                status = c.node_status(node)
                 item = flt.apply(cpb.ClusterTelemetry(node=cpb.NodeHealthEvent(node=status, realtime_ns=now)))
                 if item is not None:
                     yield with_dropped(item, sub.dropped, shared=False)

@@ -205,21 +205,18 @@ class TelemetryCollector:
 def guest_of_vm(cluster: ClusterView, node_id: NodeId, vm_id: str) -> str:
     """The guest whose VM `vm_id` on `node_id` is, or "", in constant time.
 
-    The controller names a guest's VM after the guest: `<guest_id>` at creation and
-    `<guest_id>@<migration_id>` for the destination VM of a migration (controller/service/
-    cluster.py), which is the guest's while that migration is in flight to the node and after
-    the guest moved onto it.
+    The controller names a guest's VMs after the guest (controller.core.model): `<guest_id>@<n>`
+    at creation and `<guest_id>@<migration_id>` for the destination VM of a migration, which is
+    the guest's while that migration is in flight to the node and after the guest moved onto it.
+    Guest ids hold no '@'.
     """
-    guest = cluster.guests.get(GuestId(vm_id))
-    if guest is not None and guest.node_id == node_id and guest.vm_id == vm_id:
-        return guest.guest_id
-    guest_id, sep, migration_id = vm_id.rpartition("@")
+    guest_id, sep, suffix = vm_id.partition("@")
     guest = cluster.guests.get(GuestId(guest_id)) if sep else None
     if guest is None:
         return ""
     if guest.node_id == node_id and guest.vm_id == vm_id:
         return guest.guest_id
-    m = cluster.migrations.get(MigrationId(migration_id))
+    m = cluster.migrations.get(MigrationId(suffix))
     if m is not None and m.guest_id == guest_id and m.destination == node_id and not m.phase.terminal:
         return guest.guest_id
     return ""

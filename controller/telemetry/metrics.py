@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from controller.core.migration import MigrationRecord, Phase
-from controller.core.model import MigrationId
+from controller.core.model import GuestState, MigrationId
 from controller.telemetry.collector import TelemetryCollector
 from controller.telemetry.view import ClusterView
 
@@ -28,9 +28,11 @@ COUNTER_ERROR_BUCKETS_TICKS = (0.0, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7, 1
 
 
 def outcome(record: MigrationRecord) -> str:
-    """succeeded, cancelled or failed (an ended record only)."""
+    """succeeded, cancelled, lost (its host crashed) or failed (an ended record only)."""
     if record.phase is Phase.SUCCEEDED:
         return "succeeded"
+    if record.recovered == "lost":
+        return "lost"
     return "cancelled" if record.cancelled else "failed"
 
 
@@ -105,6 +107,17 @@ class ControllerMetrics(Collector):
         guests = GaugeMetricFamily("kvmtimer_controller_guests", "Guests")
         guests.add_metric([], len(c.guests))
         yield guests
+        lost = GaugeMetricFamily(
+            "kvmtimer_controller_guests_lost", "Guests lost with a crashed host (listed until destroyed)"
+        )
+        lost.add_metric([], sum(1 for g in c.guests.values() if g.state is GuestState.LOST))
+        yield lost
+        orphans = GaugeMetricFamily(
+            "kvmtimer_controller_orphan_vms",
+            "VMs on the nodes that belong to no known guest (never destroyed)",
+        )
+        orphans.add_metric([], sum(len(v) for v in c.orphans.values()))
+        yield orphans
         dropped = CounterMetricFamily(
             "kvmtimer_controller_telemetry_dropped",
             "Telemetry dropped: hub items a slow subscriber missed (stage=subscriber), "

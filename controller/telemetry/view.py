@@ -15,6 +15,7 @@ from kvmtimer.v1 import controller_pb2 as cpb
 from controller.clients.node import NodeClient
 from controller.core.migration import MigrationRecord
 from controller.core.model import GuestId, GuestRecord, MigrationId, NodeId, NodeRecord
+from controller.core.recovery import Orphan
 from controller.telemetry.hub import Hub
 
 
@@ -35,3 +36,6 @@ class ClusterView(Protocol):
 
     @property
     def migrations(self) -> Mapping[MigrationId, MigrationRecord]: ...  # every migration so far
+
+    @property
+    def orphans(self) -> Mapping[NodeId, tuple[Orphan, ...]]: ...  # VMs no known guest owns, by node

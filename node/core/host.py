@@ -22,6 +22,23 @@ MAX_VM_ID_LEN = 128
 
 
 @dataclass(frozen=True, slots=True)
+class VmOwner:
+    """Who created a VM: an opaque label the node keeps and lists, never interprets."""
+
+    guest_id: str = ""  # the guest this VM runs
+    migration_id: str = ""  # the migration that created it ("" = created for a new guest)
+    generation: int = 0  # the guest's placement generation (+1 per migration)
+
+
+def check_owner(owner: VmOwner) -> None:
+    """BadRequest for labels a VM id could not hold either (same length and charset rule)."""
+    for name, value in (("guest_id", owner.guest_id), ("migration_id", owner.migration_id)):
+        if len(value) > MAX_VM_ID_LEN or not value.isprintable():
+            raise BadRequest(f"owner.{name} must be at most {MAX_VM_ID_LEN} printable characters")
+    check_u64(owner.generation, "owner.generation")
+
+
+@dataclass(frozen=True, slots=True)
 class RunResult:
     """Outcome of one client-driven KVM_RUN."""
 
@@ -51,6 +68,7 @@ class Host:
         self.clock_mode = clock_mode
         self.counter = HostCounter(clock, features.cntfrq_hz, counter_base, clock_effects)
         self.vms: dict[VmId, Vm] = {}
+        self.owners: dict[VmId, VmOwner] = {}  # CreateVm's labels, listed by ListVms
         self._ids = itertools.count(1)
         self.retired_trap_count = 0  # traps taken by VMs since destroyed (host totals stay monotonic)
         self.guest_interrupts = 0  # guest timer interrupts delivered on this host so far
@@ -82,16 +100,27 @@ class Host:
             raise AlreadyExists(f"vm {vm_id!r} already exists on node {self.node_id!r}")
         return VmId(vm_id)
 
-    def create_vm(self, vm_id: str = "", *, userspace_irqchip: bool = False) -> Vm:
+    def create_vm(
+        self, vm_id: str = "", *, userspace_irqchip: bool = False, owner: VmOwner | None = None
+    ) -> Vm:
+        """KVM_CREATE_VM; `owner` is kept with the VM and listed (EINVAL-free: a label only)."""
+        owner = owner or VmOwner()
+        check_owner(owner)
         new_id = self._new_vm_id(vm_id)
         vm = Vm(new_id, self.features, self.counter, userspace_irqchip=userspace_irqchip)
         self.vms[new_id] = vm
+        self.owners[new_id] = owner
         return vm
+
+    def owner(self, vm_id: str) -> VmOwner:
+        """The label CreateVm was given (empty for VMs created without one)."""
+        return self.owners.get(VmId(vm_id), VmOwner())
 
     def destroy_vm(self, vm_id: str) -> None:
         vm = self.vm(vm_id)
         self.retired_trap_count += sum(vcpu.trap_count for vcpu in vm.vcpus.values())
         del self.vms[VmId(vm_id)]
+        self.owners.pop(VmId(vm_id), None)
 
     def restore_vm(self, state: VmState, vm_id: str = "") -> Vm:
         """Recreate a snapshotted VM on this host, offsets unchanged."""

@@ -10,7 +10,7 @@ from kvmtimer.v1 import node_pb2 as pb
 
 from node.core.errors import BadRequest
 from node.core.features import ClockMode
-from node.core.host import Host, RunResult
+from node.core.host import Host, RunResult, VmOwner
 from node.core.timer import TimerId
 from node.core.vcpu import AccessKind, GuestOp, SysReg
 from node.core.vm import IrqLevel, Vm
@@ -101,14 +101,23 @@ def run_result_to_pb(result: RunResult) -> pb.RunVcpuResponse:
     )
 
 
-def vm_summary(vm: Vm) -> pb.VmSummary:
+def vm_summary(vm: Vm, owner: VmOwner) -> pb.VmSummary:
     return pb.VmSummary(
         vm_id=vm.vm_id,
         vcpu_count=len(vm.vcpus),
         running=vm.running,
         voffset=vm.voffset,
         poffset=vm.poffset,
+        owner=owner_to_pb(owner),
     )
+
+
+def owner_to_pb(owner: VmOwner) -> pb.VmOwner:
+    return pb.VmOwner(guest_id=owner.guest_id, migration_id=owner.migration_id, generation=owner.generation)
+
+
+def owner_from_pb(msg: pb.VmOwner) -> VmOwner:
+    return VmOwner(guest_id=msg.guest_id, migration_id=msg.migration_id, generation=msg.generation)
 
 
 def vcpu_state(vm: Vm, index: int) -> pb.VcpuStateInfo:

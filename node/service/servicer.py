@@ -57,7 +57,11 @@ class NodeServicer(pb_grpc.NodeServicer):
 
     @rpc
     async def CreateVm(self, request: pb.CreateVmRequest, context: Ctx) -> pb.CreateVmResponse:
-        vm = self.host.create_vm(request.vm_id, userspace_irqchip=request.userspace_irqchip)
+        vm = self.host.create_vm(
+            request.vm_id,
+            userspace_irqchip=request.userspace_irqchip,
+            owner=convert.owner_from_pb(request.owner),
+        )
         return pb.CreateVmResponse(vm_id=vm.vm_id)
 
     @rpc
@@ -67,7 +71,9 @@ class NodeServicer(pb_grpc.NodeServicer):
 
     @rpc
     async def ListVms(self, request: pb.ListVmsRequest, context: Ctx) -> pb.ListVmsResponse:
-        return pb.ListVmsResponse(vms=[convert.vm_summary(vm) for vm in self.host.vms.values()])
+        return pb.ListVmsResponse(
+            vms=[convert.vm_summary(vm, self.host.owner(vm.vm_id)) for vm in self.host.vms.values()]
+        )
 
     @rpc
     async def CreateVcpu(self, request: pb.CreateVcpuRequest, context: Ctx) -> pb.CreateVcpuResponse:

@@ -150,6 +150,8 @@ def cluster(pm: Podman, tmp_path: Path) -> Iterator[tuple[str, list[str]]]:
             "run", "-d", f"--name={controller}", f"--network={network}", *HARDENED,
             f"--volume={ctl_tls}:/etc/kvmtimer/tls:ro", f"--volume={token}:/etc/kvmtimer/token:ro",
             "-e=KVMTIMER_LISTEN=0.0.0.0:7070", "-e=KVMTIMER_HEALTH_LISTEN=0.0.0.0:7071",
+            # The state file on a writable volume (the Deployment's PersistentVolumeClaim).
+            "--tmpfs=/var/lib/kvmtimer:mode=1777", "-e=KVMTIMER_STATE=/var/lib/kvmtimer/state.db",
             "-e=KVMTIMER_DISCOVER_DNS=kvmtimer-node:7000", "-e=KVMTIMER_DISCOVER_INTERVAL=1",
             # Nodes are dialled by address (aardvark-dns has no PTR records): check the shared name.
             "-e=KVMTIMER_TLS_SERVER_NAME=kvmtimer-node",

@@ -40,7 +40,11 @@ from tests.support.nodes import kvmtimer_command
 
 pytestmark = pytest.mark.e2e
 
-PLAYED = {("Deployment", "kvmtimer-controller"), ("ConfigMap", "kvmtimer-config")}
+PLAYED = {
+    ("Deployment", "kvmtimer-controller"),
+    ("ConfigMap", "kvmtimer-config"),
+    ("PersistentVolumeClaim", "kvmtimer-controller-state"),
+}
 UNSUPPORTED_KINDS = {"StatefulSet", "Service", "NetworkPolicy", "Namespace"}
 HEALTH_CHECK = """
 import grpc, sys

@@ -80,7 +80,7 @@ async def start(sim: SimCluster, use_ptimer: bool) -> tuple[Vm, int]:
     """The guest on "src" after 1 s; returns its source VM and the physical interrupts taken so far."""
     await sim.cluster.create_guest("g", 2, WorkloadSpec(PERIOD, use_ptimer=use_ptimer), "src")
     sim.advance_s(1.0)
-    src_vm = sim.nodes["src"].host.vm("g")
+    src_vm = sim.nodes["src"].host.vm(sim.cluster.guest("g").vm_id)
     assert src_vm.workload is not None
     ptimer = src_vm.workload.vcpus[0].ptimer
     return src_vm, 0 if ptimer is None else ptimer.received

@@ -52,7 +52,7 @@ async def ptimer_guest(sim: SimCluster, stub: object) -> None:
 async def test_migrate_rpc_refuses_then_moves_with_allow_state_loss() -> None:
     async with sim_cluster(NODES) as sim, controller_stub(sim.cluster) as stub:
         await ptimer_guest(sim, stub)
-        src_vm = sim.nodes["src"].host.vm("g")
+        src_vm = sim.nodes["src"].host.vm(sim.cluster.guest("g").vm_id)
         before = src_vm.snapshot()
         with pytest.raises(grpc.aio.AioRpcError) as exc_info:
             await stub.Migrate(cpb.MigrateRequest(guest_id="g", destination="old", wait=True))
@@ -105,12 +105,12 @@ async def test_kvmtimer_migrate_allow_state_loss_flag(capsys: pytest.CaptureFixt
 async def test_a_ptimer_enabled_by_the_guest_counts_as_used_where_the_source_can_read_it() -> None:
     """Criterion, second half: on a 6.4+ source, a vCPU whose PTIMER_CTL has ENABLE set."""
     async with sim_cluster(NODES) as sim:
-        await sim.cluster.create_guest("g", 2, None, "src")  # workload: virtual timer only
+        guest = await sim.cluster.create_guest("g", 2, None, "src")  # workload: virtual timer only
         node = sim.nodes["src"].stub
-        await node.PauseVm(pb.PauseVmRequest(vm_id="g"))
+        await node.PauseVm(pb.PauseVmRequest(vm_id=guest.vm_id))
         op = pb.GuestOp(write=pb.SysRegWrite(reg=pb.SYS_REG_CNTP_CTL_EL0, value=1))
-        await node.RunVcpu(pb.RunVcpuRequest(vm_id="g", vcpu_index=1, ops=[op]))
-        await node.ResumeVm(pb.ResumeVmRequest(vm_id="g"))
+        await node.RunVcpu(pb.RunVcpuRequest(vm_id=guest.vm_id, vcpu_index=1, ops=[op]))
+        await node.ResumeVm(pb.ResumeVmRequest(vm_id=guest.vm_id))
         with pytest.raises(FailedPrecondition):
             await sim.cluster.migrate("g", "old", Method.AUTO, wait=True)
         assert sim.nodes["old"].host.vms == {}

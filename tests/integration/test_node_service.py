@@ -148,6 +148,7 @@ async def test_vm_lifecycle(node: InProcessNode) -> None:
     assert sorted(vm.vm_id for vm in listed.vms) == ["named", "vm-1", "vm-2"]
     summary = await vm_summary(node.stub, "named")
     assert (summary.vcpu_count, summary.running, summary.voffset, summary.poffset) == (1, False, 0, 0)
+    assert summary.owner == pb.VmOwner()
 
     await node.stub.ResumeVm(pb.ResumeVmRequest(vm_id="named"))
     assert (await vm_summary(node.stub, "named")).running is True
@@ -753,3 +754,25 @@ async def test_host_info_counts_vms_and_vcpus(vm2: InProcessNode) -> None:
     info: pb.HostInfo = await vm2.stub.GetHostInfo(pb.GetHostInfoRequest())
     assert (info.vm_count, info.vcpu_count, info.host_counter) == (2, 2, 5000)
     assert await host_counter(vm2.stub) == 5000
+
+
+@pytest.mark.asyncio
+async def test_owner_label_round_trips_through_create_and_list(node: InProcessNode) -> None:
+    owner = pb.VmOwner(guest_id="guest-4", migration_id="mig-9", generation=3)
+    await node.stub.CreateVm(pb.CreateVmRequest(vm_id="guest-4.g3", owner=owner))
+    await node.stub.Batch(
+        pb.BatchRequest(
+            calls=[
+                pb.BatchCall(create_vm=pb.CreateVmRequest(vm_id="b", owner=pb.VmOwner(guest_id="guest-5")))
+            ]
+        )
+    )
+    assert (await vm_summary(node.stub, "guest-4.g3")).owner == owner
+    assert (await vm_summary(node.stub, "b")).owner == pb.VmOwner(guest_id="guest-5")
+    await expect_error(
+        node.stub.CreateVm(pb.CreateVmRequest(vm_id="c", owner=pb.VmOwner(guest_id="\x00"))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        None,
+    )
+    listed: pb.ListVmsResponse = await node.stub.ListVms(pb.ListVmsRequest())
+    assert sorted(vm.vm_id for vm in listed.vms) == ["b", "guest-4.g3"]

@@ -118,11 +118,12 @@ async def test_stream_carries_samples_migration_events_and_node_health() -> None
             batch = item.samples
             node = batch.samples[0].node_id
             host = sim.nodes[node].host
-            vm = host.vm(f"g{node}")
+            vm_id = sim.cluster.guest(f"g{node}").vm_id
+            vm = host.vm(vm_id)
             h = host.counter.read()  # the simulated clock has not moved
             assert [(s.guest_id, s.vm_id, s.vcpu_index) for s in batch.samples] == [
-                (f"g{node}", f"g{node}", 0),
-                (f"g{node}", f"g{node}", 1),
+                (f"g{node}", vm_id, 0),
+                (f"g{node}", vm_id, 1),
             ]
             for s in batch.samples:
                 assert (s.host_counter, s.cntvct, s.voffset, s.running) == (
@@ -200,7 +201,7 @@ async def test_destination_vm_is_attributed_during_migration() -> None:
         items = await read_until(call, lambda items: sum(len(i.samples.samples) for i in items) > 20)
         call.cancel()
         seen = [(s.node_id, s.vm_id, s.guest_id) for i in items for s in i.samples.samples]
-        assert set(seen) <= {("b", "ga@m1", "ga"), ("a", "ga", "ga")}
+        assert set(seen) <= {("b", "ga@m1", "ga"), ("a", "ga@1", "ga")}
 
 
 @pytest.mark.asyncio

@@ -10,6 +10,7 @@ Edge cases covered:
 - run_vcpu on a resumed VM is EBUSY; enter_run twice on one vCPU is EBUSY
 - a realtime node refuses WAIT ops in run_vcpu (the adapter must drive them)
 - every refused call leaves the host unchanged
+- the owner label: kept, listed, dropped with the VM; unprintable/too long/negative refused
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from node.core.errors import (
     WrongClockMode,
 )
 from node.core.features import ClockMode, HostFeatures
-from node.core.host import MAX_VM_ID_LEN, Host, validate_ops
+from node.core.host import MAX_VM_ID_LEN, Host, VmOwner, validate_ops
 from node.core.timer import TimerId
 from node.core.uapi import KVM_MAX_VCPUS, OneReg
 from node.core.vcpu import AccessKind, AccessResult, GuestOp, SysReg
@@ -290,3 +291,32 @@ def test_vm_ids_are_per_host() -> None:
     a.vm("vm0").set_one_reg(0, OneReg.TIMER_CVAL, 9)
     with pytest.raises(VcpuNotFound):
         b.vm("vm0").get_one_reg(0, OneReg.TIMER_CVAL)
+
+
+def test_owner_label_is_kept_listed_and_dropped_with_the_vm() -> None:
+    host = make_host()
+    owner = VmOwner(guest_id="g-7", migration_id="m-3", generation=2)
+    host.create_vm("a", owner=owner)
+    host.create_vm("b")
+    assert host.owner("a") == owner
+    assert host.owner("b") == VmOwner()
+    host.destroy_vm("a")
+    assert host.owner("a") == VmOwner()
+    host.create_vm("a")  # a new VM under the same id does not inherit the label
+    assert host.owner("a") == VmOwner()
+
+
+@pytest.mark.parametrize(
+    "owner",
+    [
+        VmOwner(guest_id="x" * (MAX_VM_ID_LEN + 1)),
+        VmOwner(migration_id="bad\n"),
+        VmOwner(generation=-1),
+        VmOwner(generation=U64),
+    ],
+)
+def test_bad_owner_label_is_refused_and_creates_nothing(owner: VmOwner) -> None:
+    host = make_host()
+    with pytest.raises(BadRequest):
+        host.create_vm("a", owner=owner)
+    assert host.vms == {} and host.owners == {}

@@ -28,6 +28,7 @@ import json
 import random
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import TextIO
@@ -55,6 +56,7 @@ from controller.cli.up.summary import build_summary, summary_text
 from controller.cli.up.telemetry import add_local_telemetry_arguments, local_telemetry
 from controller.service.cluster import Cluster
 from controller.service.server import build_server, mark_serving
+from controller.service.store import StateFileError, Store
 from node.core.features import DEFAULT_CNTFRQ_HZ
 from node.core.workload import MIN_PERIOD_TICKS
 from node.runtime.addr import host_port, local_address
@@ -160,7 +162,9 @@ async def wait_for_stop(stop: asyncio.Event, duration: float | None) -> None:
     stop.set()
 
 
-async def run_up(args: UpSettings, tty: bool, log_file: TextIO | None, record_file: TextIO | None) -> int:
+async def run_up(
+    args: UpSettings, tty: bool, log_file: TextIO | None, record_file: TextIO | None, store: Store
+) -> int:
     stop = asyncio.Event()
     cleaning = False
     loop = asyncio.get_running_loop()
@@ -189,7 +193,8 @@ async def run_up(args: UpSettings, tty: bool, log_file: TextIO | None, record_fi
     rng = random.Random(args.seed)
     plans = node_plans(args.nodes, args.skew)
     nodes: list[NodeProcess] = []
-    cluster = Cluster(health_interval_s=health_interval_s(args.nodes))
+    cluster = Cluster(health_interval_s=health_interval_s(args.nodes), store=store)
+    cluster.load_state()
     server, port, health_servicer = build_server(cluster, args.listen)
     address = local_address(args.listen, port)
     channel = grpc.aio.insecure_channel(address)
@@ -392,6 +397,13 @@ def add_up_arguments(parser: argparse.ArgumentParser) -> None:
         help="write controller and node logs (JSON) here",
     )
     add_log_level_argument(parser, metavar="LEVEL", help="level for --log-file (default info)")
+    parser.add_argument(
+        "--state",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the controller's state file (default: a fresh one per run, removed at the end)",
+    )
 
 
 def run(args: UpSettings) -> int:
@@ -408,8 +420,17 @@ def run(args: UpSettings) -> int:
             print(f"kvmtimer up: {err}", file=sys.stderr)
             return 2
         configure_up_logging(args.log_level, log_file)
+        # A fresh state file per run: this run's node processes are new, so an old file's
+        # guests would only show up as lost.
+        state = args.state or Path(files.enter_context(tempfile.TemporaryDirectory())) / "controller.db"
         try:
-            return asyncio.run(run_up(args, tty, log_file, record_file))
+            store = Store.open(state)
+        except StateFileError as err:
+            print(f"kvmtimer up: {err.message}", file=sys.stderr)
+            return err.exit_code
+        files.callback(store.close)
+        try:
+            return asyncio.run(run_up(args, tty, log_file, record_file, store))
         except (RuntimeError, OSError, grpc.aio.AioRpcError) as err:
             message = (
                 f"{err.code().name}: {err.details()}" if isinstance(err, grpc.aio.AioRpcError) else str(err)

@@ -26,3 +26,4 @@ class UpSettings:
     seed: int | None  # --seed
     log_file: Path | None  # --log-file
     log_level: str  # --log-level (for --log-file)
+    state: Path | None  # --state FILE (None: a fresh temporary file per run)

@@ -26,6 +26,13 @@ class MigrationPhase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MIGRATION_PHASE_RUNNING: _ClassVar[MigrationPhase]
     MIGRATION_PHASE_SUCCEEDED: _ClassVar[MigrationPhase]
     MIGRATION_PHASE_FAILED: _ClassVar[MigrationPhase]
+
+class GuestState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    GUEST_STATE_UNSPECIFIED: _ClassVar[GuestState]
+    GUEST_STATE_RUNNING: _ClassVar[GuestState]
+    GUEST_STATE_LOST: _ClassVar[GuestState]
+    GUEST_STATE_CREATING: _ClassVar[GuestState]
 MIGRATION_METHOD_AUTO: MigrationMethod
 MIGRATION_METHOD_BY_VALUE: MigrationMethod
 MIGRATION_METHOD_VCPU_OFFSETS: MigrationMethod
@@ -39,6 +46,10 @@ MIGRATION_PHASE_TARGET_READY: MigrationPhase
 MIGRATION_PHASE_RUNNING: MigrationPhase
 MIGRATION_PHASE_SUCCEEDED: MigrationPhase
 MIGRATION_PHASE_FAILED: MigrationPhase
+GUEST_STATE_UNSPECIFIED: GuestState
+GUEST_STATE_RUNNING: GuestState
+GUEST_STATE_LOST: GuestState
+GUEST_STATE_CREATING: GuestState
 
 class WatchClusterTelemetryRequest(_message.Message):
     __slots__ = ("node_ids", "guest_ids", "events_only")
@@ -79,7 +90,7 @@ class RegisterNodeRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("node_id", "address", "healthy", "cntfrq_hz", "ecv", "vhe", "api_profile", "clock_mode", "has_cntpoff", "guest_count", "vcpu_count", "last_error")
+    __slots__ = ("node_id", "address", "healthy", "cntfrq_hz", "ecv", "vhe", "api_profile", "clock_mode", "has_cntpoff", "guest_count", "vcpu_count", "last_error", "orphans", "lost_guests")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     HEALTHY_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +103,8 @@ class NodeStatus(_message.Message):
     GUEST_COUNT_FIELD_NUMBER: _ClassVar[int]
     VCPU_COUNT_FIELD_NUMBER: _ClassVar[int]
     LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    ORPHANS_FIELD_NUMBER: _ClassVar[int]
+    LOST_GUESTS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     address: str
     healthy: bool
@@ -104,7 +117,19 @@ class NodeStatus(_message.Message):
     guest_count: int
     vcpu_count: int
     last_error: str
-    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., healthy: _Optional[bool] = ..., cntfrq_hz: _Optional[int] = ..., ecv: _Optional[int] = ..., vhe: _Optional[bool] = ..., api_profile: _Optional[_Union[_node_pb2.ApiProfile, str]] = ..., clock_mode: _Optional[_Union[_node_pb2.ClockMode, str]] = ..., has_cntpoff: _Optional[bool] = ..., guest_count: _Optional[int] = ..., vcpu_count: _Optional[int] = ..., last_error: _Optional[str] = ...) -> None: ...
+    orphans: _containers.RepeatedCompositeFieldContainer[OrphanVm]
+    lost_guests: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., healthy: _Optional[bool] = ..., cntfrq_hz: _Optional[int] = ..., ecv: _Optional[int] = ..., vhe: _Optional[bool] = ..., api_profile: _Optional[_Union[_node_pb2.ApiProfile, str]] = ..., clock_mode: _Optional[_Union[_node_pb2.ClockMode, str]] = ..., has_cntpoff: _Optional[bool] = ..., guest_count: _Optional[int] = ..., vcpu_count: _Optional[int] = ..., last_error: _Optional[str] = ..., orphans: _Optional[_Iterable[_Union[OrphanVm, _Mapping]]] = ..., lost_guests: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class OrphanVm(_message.Message):
+    __slots__ = ("vm_id", "owner_guest_id", "owner_migration_id")
+    VM_ID_FIELD_NUMBER: _ClassVar[int]
+    OWNER_GUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    OWNER_MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    vm_id: str
+    owner_guest_id: str
+    owner_migration_id: str
+    def __init__(self, vm_id: _Optional[str] = ..., owner_guest_id: _Optional[str] = ..., owner_migration_id: _Optional[str] = ...) -> None: ...
 
 class ListNodesRequest(_message.Message):
     __slots__ = ()
@@ -129,7 +154,7 @@ class CreateGuestRequest(_message.Message):
     def __init__(self, guest_id: _Optional[str] = ..., vcpus: _Optional[int] = ..., workload: _Optional[_Union[_node_pb2.WorkloadSpec, _Mapping]] = ..., node_id: _Optional[str] = ...) -> None: ...
 
 class Guest(_message.Message):
-    __slots__ = ("guest_id", "node_id", "vm_id", "vcpus", "workload", "migrating", "migrations", "observations")
+    __slots__ = ("guest_id", "node_id", "vm_id", "vcpus", "workload", "migrating", "migrations", "observations", "state", "state_reason", "generation")
     GUEST_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     VM_ID_FIELD_NUMBER: _ClassVar[int]
@@ -138,6 +163,9 @@ class Guest(_message.Message):
     MIGRATING_FIELD_NUMBER: _ClassVar[int]
     MIGRATIONS_FIELD_NUMBER: _ClassVar[int]
     OBSERVATIONS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STATE_REASON_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     guest_id: str
     node_id: str
     vm_id: str
@@ -146,7 +174,10 @@ class Guest(_message.Message):
     migrating: str
     migrations: int
     observations: _node_pb2.GuestObservations
-    def __init__(self, guest_id: _Optional[str] = ..., node_id: _Optional[str] = ..., vm_id: _Optional[str] = ..., vcpus: _Optional[int] = ..., workload: _Optional[_Union[_node_pb2.WorkloadSpec, _Mapping]] = ..., migrating: _Optional[str] = ..., migrations: _Optional[int] = ..., observations: _Optional[_Union[_node_pb2.GuestObservations, _Mapping]] = ...) -> None: ...
+    state: GuestState
+    state_reason: str
+    generation: int
+    def __init__(self, guest_id: _Optional[str] = ..., node_id: _Optional[str] = ..., vm_id: _Optional[str] = ..., vcpus: _Optional[int] = ..., workload: _Optional[_Union[_node_pb2.WorkloadSpec, _Mapping]] = ..., migrating: _Optional[str] = ..., migrations: _Optional[int] = ..., observations: _Optional[_Union[_node_pb2.GuestObservations, _Mapping]] = ..., state: _Optional[_Union[GuestState, str]] = ..., state_reason: _Optional[str] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class ListGuestsRequest(_message.Message):
     __slots__ = ()
@@ -191,7 +222,7 @@ class MigrateRequest(_message.Message):
     def __init__(self, guest_id: _Optional[str] = ..., destination: _Optional[str] = ..., method: _Optional[_Union[MigrationMethod, str]] = ..., migration_id: _Optional[str] = ..., wait: _Optional[bool] = ..., allow_state_loss: _Optional[bool] = ...) -> None: ...
 
 class Migration(_message.Message):
-    __slots__ = ("migration_id", "guest_id", "source", "destination", "requested_method", "method", "phase", "reason", "setup_time", "downtime", "total_time", "counter_error_ticks", "traps_before", "traps_after", "source_traps_cntpct", "destination_traps_cntpct", "destination_uses_cntpoff", "applied_as", "cancelled", "created_realtime_ns", "finished_realtime_ns", "source_voffset", "source_poffset", "destination_voffset", "destination_poffset", "elapsed_ticks", "not_carried", "guest_uses_ptimer", "allow_state_loss", "realtime_skew_ns")
+    __slots__ = ("migration_id", "guest_id", "source", "destination", "requested_method", "method", "phase", "reason", "setup_time", "downtime", "total_time", "counter_error_ticks", "traps_before", "traps_after", "source_traps_cntpct", "destination_traps_cntpct", "destination_uses_cntpoff", "applied_as", "cancelled", "created_realtime_ns", "finished_realtime_ns", "source_voffset", "source_poffset", "destination_voffset", "destination_poffset", "elapsed_ticks", "not_carried", "guest_uses_ptimer", "allow_state_loss", "realtime_skew_ns", "journal_step", "recovered")
     MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
     GUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
@@ -222,6 +253,8 @@ class Migration(_message.Message):
     GUEST_USES_PTIMER_FIELD_NUMBER: _ClassVar[int]
     ALLOW_STATE_LOSS_FIELD_NUMBER: _ClassVar[int]
     REALTIME_SKEW_NS_FIELD_NUMBER: _ClassVar[int]
+    JOURNAL_STEP_FIELD_NUMBER: _ClassVar[int]
+    RECOVERED_FIELD_NUMBER: _ClassVar[int]
     migration_id: str
     guest_id: str
     source: str
@@ -252,7 +285,9 @@ class Migration(_message.Message):
     guest_uses_ptimer: bool
     allow_state_loss: bool
     realtime_skew_ns: int
-    def __init__(self, migration_id: _Optional[str] = ..., guest_id: _Optional[str] = ..., source: _Optional[str] = ..., destination: _Optional[str] = ..., requested_method: _Optional[_Union[MigrationMethod, str]] = ..., method: _Optional[_Union[MigrationMethod, str]] = ..., phase: _Optional[_Union[MigrationPhase, str]] = ..., reason: _Optional[str] = ..., setup_time: _Optional[int] = ..., downtime: _Optional[int] = ..., total_time: _Optional[int] = ..., counter_error_ticks: _Optional[int] = ..., traps_before: _Optional[int] = ..., traps_after: _Optional[int] = ..., source_traps_cntpct: _Optional[bool] = ..., destination_traps_cntpct: _Optional[bool] = ..., destination_uses_cntpoff: _Optional[bool] = ..., applied_as: _Optional[str] = ..., cancelled: _Optional[bool] = ..., created_realtime_ns: _Optional[int] = ..., finished_realtime_ns: _Optional[int] = ..., source_voffset: _Optional[int] = ..., source_poffset: _Optional[int] = ..., destination_voffset: _Optional[int] = ..., destination_poffset: _Optional[int] = ..., elapsed_ticks: _Optional[int] = ..., not_carried: _Optional[_Iterable[str]] = ..., guest_uses_ptimer: _Optional[bool] = ..., allow_state_loss: _Optional[bool] = ..., realtime_skew_ns: _Optional[int] = ...) -> None: ...
+    journal_step: str
+    recovered: str
+    def __init__(self, migration_id: _Optional[str] = ..., guest_id: _Optional[str] = ..., source: _Optional[str] = ..., destination: _Optional[str] = ..., requested_method: _Optional[_Union[MigrationMethod, str]] = ..., method: _Optional[_Union[MigrationMethod, str]] = ..., phase: _Optional[_Union[MigrationPhase, str]] = ..., reason: _Optional[str] = ..., setup_time: _Optional[int] = ..., downtime: _Optional[int] = ..., total_time: _Optional[int] = ..., counter_error_ticks: _Optional[int] = ..., traps_before: _Optional[int] = ..., traps_after: _Optional[int] = ..., source_traps_cntpct: _Optional[bool] = ..., destination_traps_cntpct: _Optional[bool] = ..., destination_uses_cntpoff: _Optional[bool] = ..., applied_as: _Optional[str] = ..., cancelled: _Optional[bool] = ..., created_realtime_ns: _Optional[int] = ..., finished_realtime_ns: _Optional[int] = ..., source_voffset: _Optional[int] = ..., source_poffset: _Optional[int] = ..., destination_voffset: _Optional[int] = ..., destination_poffset: _Optional[int] = ..., elapsed_ticks: _Optional[int] = ..., not_carried: _Optional[_Iterable[str]] = ..., guest_uses_ptimer: _Optional[bool] = ..., allow_state_loss: _Optional[bool] = ..., realtime_skew_ns: _Optional[int] = ..., journal_step: _Optional[str] = ..., recovered: _Optional[str] = ...) -> None: ...
 
 class CancelMigrationRequest(_message.Message):
     __slots__ = ("migration_id",)

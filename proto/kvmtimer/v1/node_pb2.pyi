@@ -565,12 +565,24 @@ class EnableCapResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class CreateVmRequest(_message.Message):
-    __slots__ = ("vm_id", "userspace_irqchip")
+    __slots__ = ("vm_id", "userspace_irqchip", "owner")
     VM_ID_FIELD_NUMBER: _ClassVar[int]
     USERSPACE_IRQCHIP_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     vm_id: str
     userspace_irqchip: bool
-    def __init__(self, vm_id: _Optional[str] = ..., userspace_irqchip: _Optional[bool] = ...) -> None: ...
+    owner: VmOwner
+    def __init__(self, vm_id: _Optional[str] = ..., userspace_irqchip: _Optional[bool] = ..., owner: _Optional[_Union[VmOwner, _Mapping]] = ...) -> None: ...
+
+class VmOwner(_message.Message):
+    __slots__ = ("guest_id", "migration_id", "generation")
+    GUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    guest_id: str
+    migration_id: str
+    generation: int
+    def __init__(self, guest_id: _Optional[str] = ..., migration_id: _Optional[str] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class CreateVmResponse(_message.Message):
     __slots__ = ("vm_id",)
@@ -593,18 +605,20 @@ class ListVmsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class VmSummary(_message.Message):
-    __slots__ = ("vm_id", "vcpu_count", "running", "voffset", "poffset")
+    __slots__ = ("vm_id", "vcpu_count", "running", "voffset", "poffset", "owner")
     VM_ID_FIELD_NUMBER: _ClassVar[int]
     VCPU_COUNT_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     VOFFSET_FIELD_NUMBER: _ClassVar[int]
     POFFSET_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     vm_id: str
     vcpu_count: int
     running: bool
     voffset: int
     poffset: int
-    def __init__(self, vm_id: _Optional[str] = ..., vcpu_count: _Optional[int] = ..., running: _Optional[bool] = ..., voffset: _Optional[int] = ..., poffset: _Optional[int] = ...) -> None: ...
+    owner: VmOwner
+    def __init__(self, vm_id: _Optional[str] = ..., vcpu_count: _Optional[int] = ..., running: _Optional[bool] = ..., voffset: _Optional[int] = ..., poffset: _Optional[int] = ..., owner: _Optional[_Union[VmOwner, _Mapping]] = ...) -> None: ...
 
 class ListVmsResponse(_message.Message):
     __slots__ = ("vms",)

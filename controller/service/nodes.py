@@ -1,0 +1,132 @@
+"""The node pool: registered nodes, their clients and their health."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import grpc
+import structlog
+
+from controller.clients.node import NodeClient
+from controller.core.errors import FailedPrecondition, InvalidArgument, NodeCallError, NotFound, Unavailable
+from controller.core.model import NodeId, NodeRecord
+from node.core.features import ClockMode
+from node.runtime.addr import is_loopback
+from node.wire import features_from_info
+
+log = structlog.get_logger("kvmtimer.controller")
+
+HealthListener = Callable[[NodeRecord], None]
+
+
+class NodePool:
+    """Nodes by id, one client each, health as last checked."""
+
+    def __init__(
+        self,
+        *,
+        node_timeout_s: float = 5.0,
+        node_credentials: grpc.ChannelCredentials | None = None,
+        node_server_name: str | None = None,
+    ) -> None:
+        """`node_credentials`: mutual TLS towards the nodes (None = plaintext)."""
+        self.node_timeout_s = node_timeout_s
+        self.node_credentials = node_credentials
+        self.node_server_name = node_server_name
+        # Without node_credentials: may nodes off loopback be dialled in plaintext? A deployed
+        # controller allows it only with --insecure (controller/deploy.py).
+        self.plaintext_off_loopback = True
+        self.nodes: dict[NodeId, NodeRecord] = {}
+        self.clients: dict[NodeId, NodeClient] = {}
+        self.on_registered: list[HealthListener] = []  # called after a (re-)registration
+        self.on_health_changed: list[HealthListener] = []  # called when a node goes up or down
+
+    def connect(self, node_id: str, address: str) -> NodeClient:
+        """A client for the node at `address`, with the pool's transport security.
+
+        Raises FailedPrecondition for plaintext to a non-loopback node when that is not allowed.
+        """
+        if self.node_credentials is None and not self.plaintext_off_loopback and not is_loopback(address):
+            raise FailedPrecondition(
+                f"refusing plaintext gRPC to node {node_id or address} at {address}: give the controller "
+                "--tls-cert/--tls-key/--tls-ca, or --insecure"
+            )
+        return NodeClient(
+            node_id,
+            address,
+            timeout_s=self.node_timeout_s,
+            credentials=self.node_credentials,
+            server_name=self.node_server_name,
+        )
+
+    async def register(self, node_id: str, address: str) -> NodeRecord:
+        """Add (or re-address) a node; its features come from the node itself.
+
+        Registering a known node again at the same address (self-registration repeats, DNS
+        discovery) keeps its connection, which in-flight migrations may be using.
+        """
+        if not node_id or not address:
+            raise InvalidArgument("node_id and address are required")
+        existing = self.clients.get(NodeId(node_id))
+        reuse = existing is not None and existing.address == address
+        client = existing if existing is not None and reuse else self.connect(node_id, address)
+        try:
+            info = await client.host_info()
+        except NodeCallError as err:
+            if not reuse:
+                await client.close()
+            raise Unavailable(f"cannot reach node {node_id} at {address}: {err.detail or err.code}") from None
+        if info.node_id != node_id:
+            if not reuse:
+                await client.close()
+            raise InvalidArgument(f"the node at {address} calls itself {info.node_id!r}, not {node_id!r}")
+        known = self.nodes.get(NodeId(node_id))
+        if reuse and known is not None:
+            known.features = features_from_info(info)
+            self.set_health(known.node_id, True, "")
+            for listener in self.on_registered:
+                listener(known)
+            return known
+        old = self.clients.pop(NodeId(node_id), None)
+        if old is not None:
+            await old.close()
+        record = NodeRecord(
+            NodeId(node_id), address, features_from_info(info), ClockMode(info.clock_mode), healthy=True
+        )
+        self.nodes[record.node_id] = record
+        self.clients[record.node_id] = client
+        log.info(
+            "node_registered", node_id=node_id, address=address, api_profile=record.features.api_profile.name
+        )
+        for listener in self.on_registered:
+            listener(record)
+        return record
+
+    def node(self, node_id: str) -> NodeRecord:
+        try:
+            return self.nodes[NodeId(node_id)]
+        except KeyError:
+            raise NotFound(f"no node {node_id!r}") from None
+
+    def client(self, node_id: NodeId) -> NodeClient:
+        return self.clients[node_id]
+
+    async def check_health(self) -> None:
+        """One round of health checks on every node."""
+        results = await asyncio.gather(*(c.check_health(timeout_s=1.0) for c in self.clients.values()))
+        for (node_id, _), ok in zip(list(self.clients.items()), results, strict=True):
+            self.set_health(node_id, ok, "" if ok else "health check failed")
+
+    def set_health(self, node_id: NodeId, ok: bool, reason: str) -> None:
+        node = self.nodes.get(node_id)
+        if node is None or node.healthy == ok:
+            return
+        node.healthy, node.last_error = ok, reason
+        log.info("node_health_changed", node_id=node_id, healthy=ok, reason=reason)
+        for listener in self.on_health_changed:
+            listener(node)
+
+    async def close(self) -> None:
+        for client in self.clients.values():
+            await client.close()

@@ -1,0 +1,19 @@
+"""Shared by every test directory."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _own_controller_state(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """Every controller process a test starts gets a fresh state file of its own (KVMTIMER_STATE),
+    never the user's default one."""
+    path: Path = tmp_path_factory.mktemp("state") / "controller.db"
+    monkeypatch.setenv("KVMTIMER_STATE", str(path))
+    yield
