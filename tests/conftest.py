@@ -13,7 +13,10 @@ def _own_controller_state(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[None]:
     """Every controller process a test starts gets a fresh state file of its own (KVMTIMER_STATE),
-    never the user's default one."""
-    path: Path = tmp_path_factory.mktemp("state") / "controller.db"
+    never the user's default one, also when a test hands a process an environment without the
+    KVMTIMER_* variables (the default then lies under this test's XDG_STATE_HOME)."""
+    directory = tmp_path_factory.mktemp("state")
+    path: Path = directory / "controller.db"
     monkeypatch.setenv("KVMTIMER_STATE", str(path))
+    monkeypatch.setenv("XDG_STATE_HOME", str(directory / "xdg"))
     yield

@@ -62,6 +62,11 @@ def deployment_name() -> str:
     return f"kvmtimer-controller-{os.getpid()}"
 
 
+def state_volume_name() -> str:
+    """The controller state's claim: podman makes it a named volume that `kube down` keeps."""
+    return f"kvmtimer-controller-state-{os.getpid()}"
+
+
 def playable(tmp_path: Path) -> list[dict[str, Any]]:
     """The controller's objects as podman 4.3 can play them (see the module docstring)."""
     objs = render(ROOT / "deploy" / "kubernetes" / "overlays" / "default")
@@ -79,12 +84,16 @@ def playable(tmp_path: Path) -> list[dict[str, Any]]:
         "kvmtimer-mqtt": {"url": ""},  # empty: no MQTT
     }
     for obj in played:
+        if obj["kind"] == "PersistentVolumeClaim":
+            obj["metadata"]["name"] = state_volume_name()  # unique per run, removed at the end
         if obj["kind"] != "Deployment":
             continue
         obj["metadata"]["name"] = deployment_name()  # its pod's name; unique for parallel runs
         spec = obj["spec"]["template"]["spec"]
         spec["containers"][0]["image"] = IMAGE
         for volume in spec["volumes"]:
+            if "persistentVolumeClaim" in volume:
+                volume["persistentVolumeClaim"]["claimName"] = state_volume_name()
             if "secret" in volume:
                 secret = volume.pop("secret")["secretName"]
                 directory = secret_dir(tmp_path, secret, files.pop(secret))
@@ -133,3 +142,4 @@ def test_kube_play_runs_the_controller_deployment(podman: Podman, tmp_path: Path
         assert health(7070) == "UNAVAILABLE"  # mutual TLS: no certificate, no handshake
     finally:
         podman.run("kube", "down", str(manifest), check=False, timeout=120)
+        podman.run("volume", "rm", "--force", state_volume_name(), check=False, timeout=60)

@@ -2,8 +2,9 @@
 script imports only the command it runs.
 
 Edge cases: the node serves (first SERVING reached) and stops on SIGTERM before its modules are
-listed, so lazily imported modules count too; `kvmtimer node` may load only the console script's
-dispatcher (`controller.cli`, stdlib only), `python -m node` not even that; neither loads the MQTT
+listed, so lazily imported modules count too; the console script's entry (node.process.console)
+runs `kvmtimer node` and `kvmtimer fleet` without any controller module, `python -m node` too;
+`python -m controller.cli node` loads only that dispatcher of the controller; none loads the MQTT
 client, DNS, X.509 or plotting libraries without the options that need them; `kvmtimer --help`
 imports no gRPC; each client command leaves the node, controller and `up` modules unloaded.
 """
@@ -35,6 +36,7 @@ except SystemExit as stop:
 sys.exit(code)
 """
 
+CONSOLE_SCRIPT = "node.process.console:main"  # [project.scripts] kvmtimer
 HEAVY_UNUSED = ("aiomqtt", "paho", "dns", "cryptography", "amqtt", "matplotlib", "yaml")
 
 
@@ -43,7 +45,7 @@ def modules_of_serving_node(tmp_path: Path, entry: str, command: str = "node") -
     argv = ["--listen", "127.0.0.1:0", "--clock", "simulated"]
     if command == "fleet":
         argv = ["--hosts", "3", "--clock", "simulated"]
-    if entry == "controller.cli:main":
+    if entry in ("controller.cli:main", CONSOLE_SCRIPT):
         argv = [command, *argv]
     proc = subprocess.Popen(
         [sys.executable, "-c", DUMP, str(out), entry, *argv],
@@ -67,7 +69,7 @@ def modules_of_serving_node(tmp_path: Path, entry: str, command: str = "node") -
 def modules_after(tmp_path: Path, argv: list[str]) -> set[str]:
     out = tmp_path / "modules.json"
     subprocess.run(
-        [sys.executable, "-c", DUMP, str(out), "controller.cli:main", *argv],
+        [sys.executable, "-c", DUMP, str(out), CONSOLE_SCRIPT, *argv],
         stdout=subprocess.DEVNULL,
         check=False,
         timeout=60,
@@ -79,7 +81,21 @@ def roots(modules: set[str]) -> set[str]:
     return {m.partition(".")[0] for m in modules}
 
 
-def test_kvmtimer_node_loads_only_the_dispatcher_of_controller(tmp_path: Path) -> None:
+def test_console_script_is_the_entry_these_tests_run() -> None:
+    text = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
+    assert f'kvmtimer = "{CONSOLE_SCRIPT}"' in text
+
+
+@pytest.mark.parametrize("command", ["node", "fleet"])
+def test_kvmtimer_node_and_fleet_load_no_controller_module(tmp_path: Path, command: str) -> None:
+    modules = modules_of_serving_node(tmp_path, CONSOLE_SCRIPT, command)
+    assert "controller" not in roots(modules)
+    assert f"node.process.{'main' if command == 'node' else 'fleet'}" in modules
+    assert "node.service.servicer" in modules
+    assert roots(modules).isdisjoint(HEAVY_UNUSED)
+
+
+def test_controller_cli_node_loads_only_its_dispatcher(tmp_path: Path) -> None:
     modules = modules_of_serving_node(tmp_path, "controller.cli:main")
     assert {m for m in modules if m.split(".")[0] == "controller"} == {"controller", "controller.cli"}
     assert "node.process.main" in modules and "node.service.servicer" in modules
@@ -102,7 +118,8 @@ def test_python_m_node_loads_no_controller_module(tmp_path: Path) -> None:
 def test_top_level_help_imports_no_command(tmp_path: Path) -> None:
     modules = modules_after(tmp_path, ["--help"])
     assert "grpc" not in roots(modules)
-    assert {m for m in modules if m.startswith(("controller", "node"))} == {"controller", "controller.cli"}
+    ours = {m for m in modules if m.startswith(("controller", "node"))}
+    assert ours == {"controller", "controller.cli", "node", "node.process", "node.process.console"}
 
 
 @pytest.mark.parametrize(
@@ -111,22 +128,22 @@ def test_top_level_help_imports_no_command(tmp_path: Path) -> None:
         (
             ["nodes", "--help"],
             "controller.cli.client",
-            ("node.process", "controller.app", "controller.cli.up"),
+            ("node.process.main", "controller.app", "controller.cli.up"),
         ),
         (
             ["watch", "--help"],
             "controller.cli.telemetry",
-            ("node.process", "controller.app", "controller.cli.up"),
+            ("node.process.main", "controller.app", "controller.cli.up"),
         ),
         (
             ["certs", "--help"],
             "controller.cli.certs",
-            ("node.process", "controller.app", "controller.cli.client"),
+            ("node.process.main", "controller.app", "controller.cli.client"),
         ),
         (
             ["controller", "--help"],
             "controller.app.main",
-            ("node.process", "controller.cli.up", "controller.cli.client"),
+            ("node.process.main", "controller.cli.up", "controller.cli.client"),
         ),
     ],
 )

@@ -25,4 +25,4 @@ def test_every_package_is_listed_in_pyproject() -> None:
 
 def test_console_script_points_at_the_cli() -> None:
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert config["project"]["scripts"]["kvmtimer"] == "controller.cli:main"
+    assert config["project"]["scripts"]["kvmtimer"] == "node.process.console:main"
