@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -18,6 +19,16 @@ from node.runtime.protowire import field_1_prefix
 from node.runtime.tls import aio_channel
 
 DEFAULT_TIMEOUT_S = 5.0
+
+
+class Health(enum.Enum):
+    """One health check's answer."""
+
+    SERVING = "serving"  # the node answered SERVING
+    DOWN = "down"  # refused, unreachable or NOT_SERVING: the host is gone or stopping
+    SLOW = "slow"  # no answer within the deadline: busy or gone, not yet known
+
+
 WATCH_TELEMETRY = "/kvmtimer.v1.Node/WatchTelemetry"
 
 
@@ -60,12 +71,12 @@ class NodeClient:
             errno_name = errno_from(err)
             raise NodeCallError(self.node_id, rpc, err.code().name, errno_name, err.details() or "") from None
 
-    async def check_health(self, timeout_s: float = 1.0) -> bool:
+    async def check_health(self, timeout_s: float = 1.0) -> Health:
         try:
             resp = await self.health.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
-        except grpc.aio.AioRpcError:
-            return False
-        return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
+        except grpc.aio.AioRpcError as err:
+            return Health.SLOW if err.code() is grpc.StatusCode.DEADLINE_EXCEEDED else Health.DOWN
+        return Health.SERVING if resp.status == health_pb2.HealthCheckResponse.SERVING else Health.DOWN
 
     async def host_info(self) -> pb.HostInfo:
         result: pb.HostInfo = await self._call("GetHostInfo", pb.GetHostInfoRequest())

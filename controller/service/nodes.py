@@ -8,7 +8,7 @@ from collections.abc import Callable
 import grpc
 import structlog
 
-from controller.clients.node import NodeClient
+from controller.clients.node import Health, NodeClient
 from controller.core.errors import FailedPrecondition, InvalidArgument, NodeCallError, NotFound, Unavailable
 from controller.core.model import NodeId, NodeRecord
 from node.core.features import ClockMode
@@ -18,6 +18,11 @@ from node.wire import features_from_info
 log = structlog.get_logger("kvmtimer.controller")
 
 HealthListener = Callable[[NodeRecord], None]
+# A node that does not answer its health check in time is marked down only after this many
+# such rounds in a row (Kubernetes' probe failureThreshold default): a host busy for a moment is
+# not a dead host, and marking it down refuses migrations to it. A refused or NOT_SERVING
+# answer marks it down at once.
+SLOW_CHECKS_TO_DOWN = 3
 
 
 class NodePool:
@@ -41,6 +46,7 @@ class NodePool:
         self.clients: dict[NodeId, NodeClient] = {}
         self.on_registered: list[HealthListener] = []  # called after a (re-)registration
         self.on_health_changed: list[HealthListener] = []  # called when a node goes up or down
+        self.slow_checks: dict[NodeId, int] = {}  # health rounds in a row without an answer in time
 
     def connect(self, node_id: str, address: str) -> NodeClient:
         """A client for the node at `address`, with the pool's transport security.
@@ -115,7 +121,14 @@ class NodePool:
     async def check_health(self) -> None:
         """One round of health checks on every node."""
         results = await asyncio.gather(*(c.check_health(timeout_s=1.0) for c in self.clients.values()))
-        for (node_id, _), ok in zip(list(self.clients.items()), results, strict=True):
+        for (node_id, _), health in zip(list(self.clients.items()), results, strict=True):
+            if health is Health.SLOW:
+                slow = self.slow_checks[node_id] = self.slow_checks.get(node_id, 0) + 1
+                if slow >= SLOW_CHECKS_TO_DOWN:
+                    self.set_health(node_id, False, f"health check timed out {slow} times in a row")
+                continue
+            self.slow_checks.pop(node_id, None)
+            ok = health is Health.SERVING
             self.set_health(node_id, ok, "" if ok else "health check failed")
 
     def set_health(self, node_id: NodeId, ok: bool, reason: str) -> None:
