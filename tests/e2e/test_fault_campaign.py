@@ -18,6 +18,12 @@ from tests.faults.campaign import STEPS, VICTIMS, report, run_campaign
 @pytest.mark.e2e
 def test_every_victim_at_every_step_once() -> None:
     cells = run_campaign(1, workers=2, verbose=False)
+    # A run that could not set its fault up (its request refused while a starved node looked
+    # down) injected nothing and checked nothing: that cell gets one more run, alone. A run that
+    # injected its fault is never repeated, whatever it found.
+    for (victim, step), cell in list(cells.items()):
+        if cell.errors and not cell.runs and not cell.violations:
+            cells[(victim, step)] = run_campaign(1, (step,), (victim,), verbose=False)[(victim, step)]
     assert set(cells) == {(v, s) for v in VICTIMS for s in STEPS}
     table = report(cells)
     assert all(c.runs == 1 and c.violations == 0 and c.errors == 0 for c in cells.values()), table
