@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 
+from controller.core.admission import Limits as Limits  # re-exported: KubeVirt's limits
 from controller.core.errors import FailedPrecondition, InvalidArgument
 from controller.core.model import GuestId, MigrationId, NodeId
 from node.core.clock import U64_MASK
@@ -357,16 +358,3 @@ class MigrationRecord:
 
 def _us(start: int | None, end: int | None) -> int:
     return 0 if start is None or end is None else (end - start) // 1000
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """KubeVirt's defaults: 5 migrations in the cluster, 2 outbound per node."""
-
-    parallel: int = 5
-    outbound_per_node: int = 2
-
-    def can_start(self, source: NodeId, running: list[MigrationRecord]) -> bool:
-        live = [m for m in running if not m.phase.terminal and m.phase is not Phase.PENDING]
-        outbound = sum(1 for m in live if m.source == source)
-        return len(live) < self.parallel and outbound < self.outbound_per_node

@@ -214,6 +214,8 @@ class Cluster:
             )
         for record in self.store.migrations():
             self.migrations[record.migration_id] = record
+            if not record.phase.terminal and record.phase is not Phase.PENDING:
+                self.admission.hold(record)  # still running: it counts against the limits
         for j in self.store.journals():
             self.journals[j.migration_id] = j
             if j.outcome is Outcome.IN_FLIGHT and j.guest_id in self.guests:
@@ -620,7 +622,7 @@ class Cluster:
                 f"{', destination resuming' if Step.RESUME in record.steps else ''})"
             )
         record.cancel_requested = True
-        await self.admission.wake()
+        self.admission.cancel(record)
         return record
 
     # --- what the executor and the reconciler call ------------------------------
@@ -707,6 +709,7 @@ class Cluster:
             self.persist_guest(guest)
         if not record.phase.terminal:
             record.phase = Phase.SUCCEEDED if j.outcome is Outcome.SUCCEEDED else Phase.FAILED
+        self.admission.release(record)
         self.persist_migration(record, j)
         log.info("migration_recovered", migration_id=j.migration_id, outcome=j.outcome.value, reason=j.reason)
         self.publish_migration(record)
@@ -715,7 +718,7 @@ class Cluster:
         log_ = log.bind(migration_id=record.migration_id, guest_id=guest.guest_id)
         outcome = Outcome.IN_FLIGHT
         try:
-            await self.admission.acquire(record, self.migrations.values)
+            await self.admission.acquire(record)
             outcome = await MigrationExecutor(self, record, guest, journal).run()
             if outcome is Outcome.SUCCEEDED:
                 log_.info(
@@ -747,7 +750,9 @@ class Cluster:
             ):
                 guest.migrating = None
             self._tasks.pop(record.migration_id, None)
-            await self.admission.wake()
+            if record.phase.terminal or record.phase is Phase.PENDING:
+                # Held in doubt, it keeps its slot until reconciliation finishes it.
+                self.admission.release(record)
 
     def _fail(self, record: MigrationRecord, reason: str) -> None:
         """A migration refused before anything was sent to a node."""
