@@ -60,7 +60,7 @@ from controller.core.model import (
     migration_vm_id,
     node_load,
 )
-from controller.core.placement import place
+from controller.core.placement import NodeLoads, place
 from controller.core.recovery import GuestPlacement, Orphan, Resolution
 from controller.service import convert
 from controller.service.admission import Admission
@@ -118,6 +118,8 @@ class Cluster:
         self.transfer_hook = transfer_hook
         self.fault_hook = fault_hook
         self.guests: dict[GuestId, GuestRecord] = {}
+        # Guests and vCPUs per node, updated wherever a guest is committed (persist_guest).
+        self.loads = NodeLoads()
         self.migrations: dict[MigrationId, MigrationRecord] = {}
         self.journals: dict[MigrationId, Journal] = {}
         self.orphans: dict[NodeId, tuple[Orphan, ...]] = {}  # from the last reconciliation
@@ -212,6 +214,7 @@ class Cluster:
                 reason=p.reason,
                 generation=p.generation,
             )
+            self.loads.update(self.guests[p.guest_id])
         for record in self.store.migrations():
             self.migrations[record.migration_id] = record
             if not record.phase.terminal and record.phase is not Phase.PENDING:
@@ -272,8 +275,7 @@ class Cluster:
 
     def load(self, node_id: NodeId) -> tuple[int, int]:
         """(guests, vCPUs) placed on a node (lost guests do not count)."""
-        guests = [g for g in self.guests.values() if g.node_id == node_id and g.state.alive]
-        return len(guests), sum(g.vcpus for g in guests)
+        return self.loads.guests(node_id), self.loads.vcpus(node_id)
 
     def node_status(self, node: NodeRecord) -> cpb.NodeStatus:
         status = convert.node_status(node, *self.load(node.node_id))
@@ -281,13 +283,7 @@ class Cluster:
             cpb.OrphanVm(vm_id=o.vm.vm_id, owner_guest_id=o.guest_id, owner_migration_id=o.migration_id)
             for o in self.orphans.get(node.node_id, ())
         )
-        status.lost_guests.extend(
-            sorted(
-                g.guest_id
-                for g in self.guests.values()
-                if g.node_id == node.node_id and g.state is GuestState.LOST
-            )
-        )
+        status.lost_guests.extend(self.loads.lost(node.node_id))
         return status
 
     async def check_health(self) -> None:
@@ -299,7 +295,8 @@ class Cluster:
 
     def publish_node(self, node: NodeRecord) -> None:
         """Tell telemetry observers about a node's (new) status."""
-        self.publisher.node(self.node_status(node))
+        if self.publisher.telemetry.subscribers:
+            self.publisher.node(self.node_status(node))
 
     async def _health_loop(self) -> None:
         while True:
@@ -329,7 +326,15 @@ class Cluster:
         )
 
     def persist_guest(self, g: GuestRecord) -> None:
+        """Commit a guest (every change of its placement or state comes through here)."""
+        self.loads.update(g)
         self.store.put_guest(self._stored(g))
+
+    def forget_guest(self, guest_id: GuestId) -> None:
+        """Remove a guest from the inventory and the state file."""
+        del self.guests[guest_id]
+        self.loads.remove(guest_id)
+        self.store.delete_guest(guest_id)
 
     async def create_guest(
         self, guest_id: str, vcpus: int, workload: WorkloadSpec | None = None, node_id: str = ""
@@ -350,7 +355,7 @@ class Cluster:
             if not node.healthy:
                 raise FailedPrecondition(f"node {node_id} is down: {node.last_error}")
         else:
-            node = place(self.pool.nodes.values(), list(self.guests.values()))
+            node = place(self.pool.nodes.values(), self.loads.vcpus)
         if workload is None:
             workload = WorkloadSpec(period_ticks=max(node.features.cntfrq_hz // 100, 100))
         if workload.use_ptimer and not node.features.has_ptimer_regs:
@@ -374,8 +379,7 @@ class Cluster:
         try:
             await self._start_vm(node, record)
         except BaseException:
-            del self.guests[gid]
-            self.store.delete_guest(gid)
+            self.forget_guest(gid)
             raise
         finally:
             self.creating.discard(gid)
@@ -431,8 +435,7 @@ class Cluster:
                     pass  # already gone on the node
                 else:
                     raise node_failure(err) from None
-        del self.guests[guest.guest_id]
-        self.store.delete_guest(guest.guest_id)
+        self.forget_guest(guest.guest_id)
         log.info("guest_destroyed", guest_id=guest_id, node_id=guest.node_id)
 
     async def observations(self, guest: GuestRecord, include_samples: bool = False) -> pb.GuestObservations:
@@ -485,7 +488,7 @@ class Cluster:
         ]
         return place(
             candidates,
-            list(self.guests.values()),
+            self.loads.vcpus,
             exclude=frozenset({source.node_id}),
             cntfrq_hz=source.features.cntfrq_hz,
         )
@@ -667,8 +670,7 @@ class Cluster:
         if g is None:
             return
         if p.state in (GuestState.FAILED, GuestState.DESTROYED):
-            del self.guests[p.guest_id]
-            self.store.delete_guest(p.guest_id)
+            self.forget_guest(p.guest_id)
             log.info("guest_creation_rolled_back", guest_id=p.guest_id, reason=p.reason)
             return
         was = g.state
