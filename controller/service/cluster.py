@@ -176,6 +176,7 @@ class Cluster:
     # --- lifecycle -----------------------------------------------------------
 
     def start(self) -> None:
+        self.pool.start()  # event-loop lag, for the health checks
         if self._health_task is None and self.health_interval_s > 0:
             self._health_task = asyncio.create_task(self._health_loop(), name="node-health")
         self.collector.start()  # telemetry

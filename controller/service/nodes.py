@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 
 import grpc
@@ -23,6 +24,49 @@ HealthListener = Callable[[NodeRecord], None]
 # not a dead host, and marking it down refuses migrations to it. A refused or NOT_SERVING
 # answer marks it down at once.
 SLOW_CHECKS_TO_DOWN = 3
+# How long a node has to answer one health check.
+CHECK_TIMEOUT_S = 1.0
+# A round during which this controller's own event loop ran this late (a fraction of the check
+# timeout) judges no node by its timeouts: the answers may have come in time and waited on us.
+LATE_LOOP_FRACTION = 0.5
+
+
+class LoopLag:
+    """How late this process's event loop runs: a task wakes every `interval_s` and records by
+    how much it overslept (the time other callbacks held the loop)."""
+
+    def __init__(self, interval_s: float = 0.05) -> None:
+        self.interval_s = interval_s
+        self.max_s = 0.0  # the worst lag since the last take_max()
+        self.worst_s = 0.0  # the worst lag since the start
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="loop-lag")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def take_max(self) -> float:
+        """The worst lag seen since the previous call (and reset it)."""
+        worst, self.max_s = self.max_s, 0.0
+        return worst
+
+    def note(self, lag_s: float) -> None:
+        self.max_s = max(self.max_s, lag_s)
+        self.worst_s = max(self.worst_s, lag_s)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            t0 = loop.time()
+            await asyncio.sleep(self.interval_s)
+            self.note(max(0.0, loop.time() - t0 - self.interval_s))
 
 
 class NodePool:
@@ -47,6 +91,12 @@ class NodePool:
         self.on_registered: list[HealthListener] = []  # called after a (re-)registration
         self.on_health_changed: list[HealthListener] = []  # called when a node goes up or down
         self.slow_checks: dict[NodeId, int] = {}  # health rounds in a row without an answer in time
+        self.loop_lag = LoopLag()  # this controller's own event-loop lag (started by start())
+        self.inconclusive_rounds = 0  # rounds whose timeouts were not held against the nodes
+
+    def start(self) -> None:
+        """Start measuring the event loop's lag (health rounds use it)."""
+        self.loop_lag.start()
 
     def connect(self, node_id: str, address: str) -> NodeClient:
         """A client for the node at `address`, with the pool's transport security.
@@ -119,10 +169,27 @@ class NodePool:
         return self.clients[node_id]
 
     async def check_health(self) -> None:
-        """One round of health checks on every node."""
-        results = await asyncio.gather(*(c.check_health(timeout_s=1.0) for c in self.clients.values()))
-        for (node_id, _), health in zip(list(self.clients.items()), results, strict=True):
+        """One round of health checks on every node.
+
+        A check that timed out counts against its node only if this controller's event loop
+        was on time during the round (its lag, and the round's overrun of the check timeout,
+        under LATE_LOOP_FRACTION of it): otherwise the answer may have arrived in time and
+        waited for us, which is not the node's fault; such a round neither counts nor clears.
+        """
+        loop = asyncio.get_running_loop()
+        self.loop_lag.take_max()
+        t0 = loop.time()
+        clients = list(self.clients.items())
+        results = await asyncio.gather(*(c.check_health(timeout_s=CHECK_TIMEOUT_S) for _, c in clients))
+        lag_s = max(self.loop_lag.take_max(), loop.time() - t0 - CHECK_TIMEOUT_S)
+        late = lag_s >= LATE_LOOP_FRACTION * CHECK_TIMEOUT_S
+        if late and Health.SLOW in results:
+            self.inconclusive_rounds += 1
+            log.info("health_round_inconclusive", loop_lag_s=round(lag_s, 3), slow=results.count(Health.SLOW))
+        for (node_id, _), health in zip(clients, results, strict=True):
             if health is Health.SLOW:
+                if late:
+                    continue
                 slow = self.slow_checks[node_id] = self.slow_checks.get(node_id, 0) + 1
                 if slow >= SLOW_CHECKS_TO_DOWN:
                     self.set_health(node_id, False, f"health check timed out {slow} times in a row")
@@ -141,5 +208,6 @@ class NodePool:
             listener(node)
 
     async def close(self) -> None:
+        await self.loop_lag.stop()
         for client in self.clients.values():
             await client.close()
