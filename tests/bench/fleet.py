@@ -15,7 +15,9 @@ controller `Cluster` exactly as `kvmtimer controller` would, and prints one tabl
   host, allow_state_loss) with limits 50 in the cluster / 50 outbound per node, then the
   same again under KubeVirt's 5/2: wall time, migrations/s, downtime p50/p99 as a ratio to
   the same run's GetClock round trip, controller CPU per migration (this process's CPU
-  time over the storm / migrations), guest counter error max per method;
+  time over the storm / migrations), the controller's event-loop lag and the health rounds it
+  made inconclusive, guest counter error max per method (0 for the offset methods; BY_VALUE
+  stalls guest time for the downtime by design);
 * every guest checked afterwards: present on exactly one host, its counters monotonic
   (min step >= 0), and its interrupts received == expected within the lateness the guest
   itself recorded (a timer whose state a pre-6.4 kernel could not carry is left out).
@@ -148,7 +150,10 @@ async def main_async(args: argparse.Namespace) -> int:
         all_ok = start_s <= START_GOAL_S and memory <= MEMORY_GOAL_BYTES
         for label, limits in (("50 parallel", Limits(50, 50)), ("KubeVirt 5/2", Limits(5, 2))):
             rtt = await rtt_s(cluster)
+            lag, inconclusive0 = cluster.pool.loop_lag, cluster.pool.inconclusive_rounds
+            lag.worst_s = 0.0
             wall, records, cpu, refused = await storm(cluster, limits, args.migrations, rng)
+            loop_lag_s, inconclusive = lag.worst_s, cluster.pool.inconclusive_rounds - inconclusive0
             ok = [r for r in records if r.phase is Phase.SUCCEEDED]
             failed = len(records) - len(ok) + len(refused)
             downs = [r.downtime_us() / 1e6 for r in ok]
@@ -167,7 +172,9 @@ async def main_async(args: argparse.Namespace) -> int:
                 + [type(e).__name__ + ": " + str(e)[:50] for e in refused]
             )
             found, lost, backwards, short = await check_guests(cluster, args.guests)
+            offset_error = max((v for k, v in errors.items() if k != "BY_VALUE"), default=0)
             storm_ok = wall <= STORM_GOAL_S and failed == 0 and lost == 0 and backwards == 0
+            storm_ok = storm_ok and offset_error == 0
             all_ok = all_ok and storm_ok and short == 0
             rows += [
                 [
@@ -192,11 +199,21 @@ async def main_async(args: argparse.Namespace) -> int:
                     "",
                 ],
                 [
-                    f"storm {label}: counter error max",
-                    ", ".join(f"{k} {v}" for k, v in sorted(errors.items())) + " ticks",
+                    f"storm {label}: controller event-loop lag max / health rounds not judged",
+                    f"{loop_lag_s * 1e3:.0f} ms / {inconclusive}",
                     "",
                     "",
                 ],
+                *(
+                    [
+                        f"storm {label}: guest counter error max, {name}",
+                        f"{errors[name]} ticks"
+                        + (" (guest time stalls for the downtime, by design)" if name == "BY_VALUE" else ""),
+                        "0" if name != "BY_VALUE" else "",
+                        met(errors[name] == 0) if name != "BY_VALUE" else "",
+                    ]
+                    for name in sorted(errors)
+                ),
                 [f"storm {label}: guests found / lost", f"{found} / {lost}", "0 lost", met(lost == 0)],
                 [f"storm {label}: backwards counters", str(backwards), "0", met(backwards == 0)],
                 [
