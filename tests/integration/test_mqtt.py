@@ -4,6 +4,8 @@ and broker outages.
 
 Edge cases covered:
 - samples of several batches within one flush interval become one message per vCPU;
+- beyond the bridge's message budget, vCPUs are flushed oldest first and the others collect
+  more samples per message (none dropped);
 - node health events and node load changes republish the retained node status;
 - the controller's retained status: online with counters, offline "stopped" on a clean stop,
   offline "connection lost" (last will) when its connection is cut abruptly;
@@ -32,7 +34,7 @@ from kvmtimer.v1 import node_pb2 as pb
 
 from controller.core.migration import Method, Phase
 from controller.service.telemetry import start_controller_telemetry
-from controller.telemetry.bridge import MqttTelemetry, TelemetryBridge
+from controller.telemetry.bridge import MessageBudget, MqttTelemetry, TelemetryBridge
 from controller.telemetry.broker import embedded_broker
 from controller.telemetry.hub import Hub
 from node.core.features import ApiProfile, EcvLevel, HostFeatures
@@ -179,6 +181,56 @@ async def test_bridge_counts_what_the_hub_dropped() -> None:
     await bridge.stop()
     assert bridge.hub_dropped == 7  # 6 on publish + the one stop() made room for
     assert bridge.items == 3
+
+
+def test_message_budget_refills_at_its_rate_up_to_one_second() -> None:
+    budget = MessageBudget(10)
+    assert budget.available(0.0) == 10  # starts full
+    budget.spend(10)
+    assert budget.available(0.05) == 0  # half a message
+    assert budget.available(0.35) == 3
+    budget.spend(3)
+    assert budget.available(100.0) == 10  # one second's worth at most
+    budget.spend(15)  # messages that had to go: paid back first
+    assert budget.available(100.2) == 0
+    assert budget.available(100.65) == 1
+    with pytest.raises(ValueError, match="positive"):
+        MessageBudget(0)
+
+
+@pytest.mark.asyncio
+async def test_bridge_sends_fewer_larger_sample_messages_beyond_its_budget() -> None:
+    """8 vCPUs and a budget of 4 messages/s: the first flush sends the 4 oldest vCPUs, the others
+    wait and collect the next round's samples too; nothing is dropped, every vCPU's samples
+    arrive in order."""
+    hub: Hub[cpb.ClusterTelemetry] = Hub()
+    pub = RecordingPublisher()
+    bridge = TelemetryBridge(
+        hub,
+        pub,
+        topics=Topics(),
+        controller_id="c",
+        flush_interval_s=0.05,
+        status_interval_s=60,
+        max_messages_per_s=4,
+    )
+    bridge.start()
+
+    def sample_messages() -> list[dict[str, object]]:
+        return [json.loads(m.payload) for m in pub.messages if m.topic.endswith("/samples")]
+
+    hub.publish(batch("g", 8, 0, 1))
+    await until(lambda: len(sample_messages()) >= 4)
+    assert [m["vcpu"] for m in sample_messages()[:4]] == [0, 1, 2, 3]
+    hub.publish(batch("g", 8, 100, 1))
+    await until(lambda: sum(len(sample_dicts(m)) for m in sample_messages()) == 16, timeout_s=20)
+    await bridge.stop()
+    messages = sample_messages()
+    assert len(messages) < 16  # vCPUs 4-7 sent both rounds in one message each
+    for vcpu in range(8):
+        rows = [r for m in messages if m["vcpu"] == vcpu for r in sample_dicts(m)]
+        assert [r["realtime_ns"] for r in rows] == [0, 100]
+    assert bridge.hub_dropped == 0 and bridge.samples.pending == 0
 
 
 # --- against mosquitto ------------------------------------------------------------------------

@@ -416,6 +416,25 @@ def test_summary_overload_is_sustained_lateness_not_one_stall() -> None:
     assert "OVERLOADED" in text and "lateness mean 0.01 ms (0.333 periods)" in text
 
 
+def test_summary_shows_mqtt_drops_by_reason() -> None:
+    settings = typed(UpSettings, build_parser().parse_args(["up"]))
+    demo = scenario.Demo(settings, False, None, "127.0.0.1:1", random.Random(0))  # type: ignore[arg-type]
+    result = summary.build_summary(demo, [], [], {})
+    assert "MQTT telemetry" not in summary.summary_text(result)
+    result["telemetry"] = {
+        "mqtt": {
+            "published": 900,
+            "dropped": 7,
+            "dropped_by_reason": {"queue_full": 5, "hub_items": 2, "disconnected": 0},
+            "samples": 12000,
+        },
+        "record": None,
+    }
+    text = summary.summary_text(result)
+    assert "MQTT telemetry: 900 messages published (12000 vCPU samples), 7 dropped" in text
+    assert "(queue_full x5, hub_items x2)" in text
+
+
 def test_summary_counts_only_kept_timers_of_a_guest_whose_physical_timer_was_lost() -> None:
     settings = typed(UpSettings, build_parser().parse_args(["up"]))
     demo = scenario.Demo(settings, False, None, "127.0.0.1:1", random.Random(0))  # type: ignore[arg-type]

@@ -197,6 +197,19 @@ def build_summary(
     }
 
 
+def _mqtt_line(telemetry: object) -> str:
+    """MQTT telemetry's counts, drops by reason included (empty without MQTT)."""
+    mqtt = telemetry.get("mqtt") if isinstance(telemetry, dict) else None
+    if not isinstance(mqtt, dict) or "published" not in mqtt:
+        return ""
+    reasons = mqtt.get("dropped_by_reason")
+    dropped = ", ".join(f"{k} x{v}" for k, v in reasons.items() if v) if isinstance(reasons, dict) else ""
+    return (
+        f"MQTT telemetry: {mqtt['published']} messages published ({mqtt.get('samples', '?')} vCPU samples), "
+        f"{mqtt['dropped']} dropped" + (f" ({dropped})" if dropped else "")
+    )
+
+
 def summary_text(summary: dict[str, object]) -> str:
     def get(key: str) -> dict[str, object]:
         value = summary[key]
@@ -265,6 +278,9 @@ def summary_text(summary: dict[str, object]) -> str:
             else ""
         )
     )
+    mqtt_line = _mqtt_line(summary.get("telemetry"))
+    if mqtt_line:
+        lines.append(mqtt_line)
     if isinstance(retried, dict) and retried:
         lines.append("retried after transient errors: " + ", ".join(f"{k} x{v}" for k, v in retried.items()))
     lines.append("")
