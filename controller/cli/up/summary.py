@@ -16,19 +16,34 @@ GUEST_ROWS_MAX = 50  # guests listed in the text summary (the JSON has every one
 
 
 # The machine does not keep up when guest timer interrupts come, on average over every deadline
-# of every guest, later than this share of a period. Not the worst single interrupt: one stall
-# (a migration's downtime, a restore on a busy node, another process's burst on a shared
-# machine) makes a few interrupts late by periods while the cluster keeps up. A machine that
-# does not keep up delivers every interrupt late: a host process cycling its VMs every C > P
-# seconds leaves each deadline late by about C/2 on average (the guest takes every deadline
-# passed since, `node.core.workload`), so the mean passes P/2, and P/4 already means half of
-# the period is spent waiting.
-OVERLOAD_MEAN_LATENESS_PERIODS = 0.25
+# of every guest since the migrating started (the start-up's burst and warm-up are left out),
+# more than half a period late. A host process that cycles through its VMs every C seconds
+# leaves each deadline late by about C/2 on average (the guest takes every deadline passed
+# since, node.core.workload), so a mean beyond P/2 means C > P: the host cannot take its
+# guests' interrupts as often as they come. Not the worst single interrupt: one stall (a
+# migration's downtime, a restore on a busy node, another process's burst on this shared
+# machine) makes a few interrupts late by periods while the cluster keeps up; the mean
+# dilutes it. Measured on this shared 2-core machine (load average 5-17): the default demo's
+# mean is 2-4 ms, whatever the period (scheduling latency), i.e. 0.1-0.4 of its 10-20 ms.
+OVERLOAD_MEAN_LATENESS_PERIODS = 0.5
 
 
 def overloaded(mean_lateness_ticks: float, period_ticks: int) -> bool:
     """Guest timer interrupts come too late on average for the machine to keep up."""
     return mean_lateness_ticks > OVERLOAD_MEAN_LATENESS_PERIODS * period_ticks
+
+
+def lateness(obs: pb.GuestObservations) -> tuple[int, int]:
+    """(deadlines taken, their lateness summed in ticks) over every timer of every vCPU."""
+    return (
+        sum(o.vtimer_received + o.ptimer_received for o in obs.vcpus),
+        sum(o.total_lateness_ticks for o in obs.vcpus),
+    )
+
+
+def lateness_by_guest(guests: Sequence[cpb.Guest]) -> dict[str, tuple[int, int]]:
+    """`lateness` of every guest with observations, by guest id."""
+    return {g.guest_id: lateness(g.observations) for g in guests if g.HasField("observations")}
 
 
 def kept_interrupts(obs: pb.GuestObservations) -> tuple[int, int]:
@@ -74,7 +89,7 @@ def build_summary(
         for name, counts in sorted(by_method.items())
     }
     guest_rows: list[dict[str, object]] = []
-    deadlines = 0  # guest timer deadlines taken, every timer of every guest
+    deadlines = 0  # guest timer deadlines taken since the migrating started, every timer of every guest
     lateness_total = 0  # their lateness summed, ticks
     # Guests whose physical timer a pre-6.4 kernel could not carry: its interrupts stop by design
     # (allow_state_loss), so only their virtual timer counts towards missing interrupts.
@@ -118,8 +133,12 @@ def build_summary(
                 ),
                 "max_lateness_ticks": max((o.max_lateness_ticks for o in g.observations.vcpus), default=0),
             }
-            deadlines += sum(o.vtimer_received + o.ptimer_received for o in g.observations.vcpus)
-            lateness_total += sum(o.total_lateness_ticks for o in g.observations.vcpus)
+            # Only what came after the start-up (the baseline), when the run has one.
+            taken, late = lateness(g.observations)
+            taken0, late0 = demo.lateness_baseline.get(g.guest_id, (0, 0))
+            if taken >= taken0 and late >= late0:
+                deadlines += taken - taken0
+                lateness_total += late - late0
         guest_rows.append(row)
     period = demo.period_ticks
     worst_late = max((int(str(r.get("max_lateness_ticks", 0))) for r in guest_rows), default=0)
@@ -334,4 +353,10 @@ def summary_text(summary: dict[str, object]) -> str:
             + (" ..." if len(reset) > 10 else ""),
         ]
     lines += ["", f"{verdict}; {stopped}"]
+    stages = summary.get("stopping_s")
+    if isinstance(stages, dict) and stages:
+        lines.append(
+            f"stopping took {sum(float(v) for v in stages.values()):.1f} s: "
+            + ", ".join(f"{k.replace('_', ' ')} {float(v):.1f} s" for k, v in stages.items())
+        )
     return "\n".join(lines)
