@@ -13,7 +13,8 @@ Edge cases covered:
 - the broker stops mid-run: migrations keep succeeding (none waits for the broker), drops are
   counted, and after the broker restarts on the same port the publisher reconnects, the
   retained statuses come back (the broker kept nothing) and events and samples flow again;
-- no broker at all: the controller runs, everything is dropped and counted.
+- no broker at all: the controller runs, everything is dropped and counted;
+- a controller process with --mqtt and --metrics-listen exports its MQTT counters.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import os
 import signal
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -55,7 +57,7 @@ from tests.support.mqtt import (
     subscriber,
 )
 from tests.support.nodes import kvmtimer_command, node_process, wait_for_log_event
-from tests.support.wait import until
+from tests.support.wait import until, until_sync
 
 needs_mosquitto = pytest.mark.skipif(mosquitto_binary() is None, reason=NO_MOSQUITTO)
 
@@ -450,6 +452,50 @@ async def test_controller_process_status_and_last_will(broker: Mosquitto) -> Non
             assert time.monotonic() - started < 5.0
             stopped = await live.wait_for(lambda r: r.payload.get("reason") == "stopped")
             assert stopped.payload["status"] == "offline"
+
+
+@needs_mosquitto
+@pytest.mark.e2e  # a real kvmtimer process
+def test_controller_process_exports_its_mqtt_metrics(broker: Mosquitto) -> None:
+    proc = subprocess.Popen(
+        [
+            *kvmtimer_command(),
+            "controller",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--mqtt",
+            broker.url,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+    try:
+        port = wait_for_log_event(proc, "metrics_listening")["port"]
+        assert isinstance(port, int)
+
+        def scrape() -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+                text: str = response.read().decode()
+            return text
+
+        # The controller's `online` status went out: one message at least.
+        until_sync(
+            lambda: any(
+                line.startswith("kvmtimer_controller_mqtt_messages_total ") and float(line.split()[1]) >= 1
+                for line in scrape().splitlines()
+            ),
+            what="kvmtimer_controller_mqtt_messages_total >= 1",
+        )
+        assert 'kvmtimer_controller_mqtt_dropped_total{reason="queue_full"} 0.0' in scrape()
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        if proc.stderr is not None:
+            proc.stderr.close()
 
 
 @pytest.mark.e2e  # a real kvmtimer process
