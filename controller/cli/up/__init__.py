@@ -139,15 +139,21 @@ async def get_guest(demo: Demo, guest_id: str) -> cpb.Guest:
     return await demo.retrier.call(attempt)
 
 
-async def all_guests(demo: Demo, guest_ids: list[str]) -> list[cpb.Guest]:
+async def all_guests(demo: Demo, guest_ids: list[str], progress: Progress | None = None) -> list[cpb.Guest]:
     """GetGuest (with the guest's observations) of every guest, CREATE_PARALLEL at a time."""
     limit = asyncio.Semaphore(CREATE_PARALLEL)
 
     async def one(guest_id: str) -> cpb.Guest:
         async with limit:
-            return await get_guest(demo, guest_id)
+            guest = await get_guest(demo, guest_id)
+        if progress is not None:
+            progress.advance()
+        return guest
 
-    return list(await asyncio.gather(*(one(g) for g in guest_ids)))
+    guests = list(await asyncio.gather(*(one(g) for g in guest_ids)))
+    if progress is not None:
+        progress.finish()
+    return guests
 
 
 async def create_guest(demo: Demo, g: GuestPlan, period: int) -> cpb.Guest:
@@ -299,7 +305,11 @@ async def run_up(
         await demo.refresh()
         # The guests' timer lateness so far (start-up: process warm-up, guests created in a
         # burst): the summary judges the load on what comes after.
-        demo.lateness_baseline = lateness_by_guest(await all_guests(demo, [g.guest_id for g in gplans]))
+        reading = Progress("guests' start-up observations read", len(gplans), tty)
+        baseline = await all_guests(
+            demo, [g.guest_id for g in gplans], reading if len(gplans) > VERBOSE_MAX else None
+        )
+        demo.lateness_baseline = lateness_by_guest(baseline)
         demo.started = time.monotonic()
         if tty:
             sys.stdout.write("\x1b[?25l\x1b[2J")  # hide the cursor, clear once
