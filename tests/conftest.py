@@ -6,6 +6,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Property tests check values, not speed (speed lives in tests/bench): no per-example deadline,
+# which a shared, loaded machine exceeds at random (a first example taking 0.5 s, the rerun
+# 30 ms, failed the whole suite as FlakyFailure). Tests may still set their own.
+settings.register_profile("kvmtimer", deadline=None)
+settings.load_profile("kvmtimer")
 
 
 @pytest.fixture(autouse=True)

@@ -20,7 +20,7 @@ from controller.service.executor import FaultHook
 from controller.service.server import build_server, mark_serving
 from controller.service.store import StateFileError, Store
 from controller.service.telemetry import start_controller_telemetry
-from controller.telemetry.metrics import controller_registry
+from controller.telemetry.metrics import MqttMetrics, controller_registry
 from node.runtime.addr import advertise_address, host_port
 from node.runtime.aio import stop_on_signals
 from node.runtime.grpc_metrics import GrpcServerMetrics
@@ -176,12 +176,9 @@ async def serve(args: ControllerSettings) -> int:
     except RuntimeError as err:  # grpc cannot bind the address
         log.error("controller_bad_config", listen=args.listen, error=str(err))
         return 2
+    registry = rpc_metrics.register(controller_registry(cluster))
     try:
-        metrics = (
-            await start_metrics(rpc_metrics.register(controller_registry(cluster)), args.metrics_listen)
-            if args.metrics_listen
-            else None
-        )
+        metrics = await start_metrics(registry, args.metrics_listen) if args.metrics_listen else None
     except OSError as err:  # cannot bind --metrics-listen
         log.error("controller_bad_config", metrics_listen=args.metrics_listen, error=str(err))
         return 2
@@ -193,6 +190,8 @@ async def serve(args: ControllerSettings) -> int:
         if mqtt_settings is not None
         else None
     )
+    if mqtt is not None:
+        registry.register(MqttMetrics(mqtt))
     registering = asyncio.gather(
         *(
             register_with_retry(cluster, node_id, address, args.register_timeout)

@@ -19,7 +19,7 @@ from kvmtimer.v1 import controller_pb2_grpc as cpb_grpc
 from kvmtimer.v1 import node_pb2 as pb
 
 from controller.cli import client, views
-from controller.telemetry import record
+from controller.telemetry import record, skew
 from node.core.workload import signed64
 from node.runtime import settings
 from node.runtime.options import int_between, non_negative_int, positive_float
@@ -361,7 +361,57 @@ def cmd_report(args: ReportSettings) -> int:
         f"kvmtimer report: {args.out} ({args.width}x{args.height}): {_count(len(data.guests), 'guest')}, "
         f"{_count(data.migrations, 'migration')}, {_count(data.samples, 'sample')} from {origin}"
     )
+    text = skew_text(skew.skew_summary(items, args.guest))
+    if text:
+        print(text)
     return client.EXIT_OK
+
+
+def _us(ns: int) -> str:
+    return f"{ns / 1000:+.1f}"
+
+
+def skew_text(summary: skew.SkewSummary) -> str:
+    """The pairs as a table, then each host against the reference (empty without migrations)."""
+    if summary.empty:
+        return ""
+    rows = [
+        (
+            p.source,
+            p.destination,
+            p.migrations,
+            _us(p.skew_ns_mean),
+            _us(p.skew_ns_min)
+            if p.skew_ns_min == p.skew_ns_max
+            else f"{_us(p.skew_ns_min)}..{_us(p.skew_ns_max)}",
+            p.offset_moves,
+            "-" if p.offset_error_ticks_max is None else p.offset_error_ticks_max,
+        )
+        for p in summary.pairs
+    ]
+    lines = [
+        "Realtime skew (destination minus source realtime, measured at each migration; an offset"
+        " method's counter error is this skew, BY_VALUE's the downtime):",
+        views.table(
+            (
+                "SOURCE",
+                "DESTINATION",
+                "MIGRATIONS",
+                "SKEW MEAN US",
+                "RANGE US",
+                "OFFSET MOVES",
+                "MAX |ERR| TICKS",
+            ),
+            rows,
+        ),
+    ]
+    linked = ", ".join(f"{h} {_us(v)} µs" for h, v in summary.hosts.items() if v is not None)
+    unlinked = [h for h, v in summary.hosts.items() if v is None]
+    lines.append(
+        f"Hosts' realtime against {summary.reference}, through the migrations: {linked}"
+        + (f"; no migration links {', '.join(unlinked)}" if unlinked else "")
+    )
+    return "\n".join(lines)
 
 
 def _count(n: int, noun: str) -> str:

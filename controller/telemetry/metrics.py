@@ -17,8 +17,10 @@ from prometheus_client.registry import Collector
 
 from controller.core.migration import MigrationRecord, Phase
 from controller.core.model import GuestState, MigrationId
+from controller.telemetry.bridge import MqttTelemetry
 from controller.telemetry.collector import TelemetryCollector
 from controller.telemetry.view import ClusterView
+from node.runtime.mqtt import DROP_DISCONNECTED, DROP_QUEUE_FULL, DROP_SEND_FAILED, DROP_STOPPED
 
 # Source paused -> destination resumed.
 DOWNTIME_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -137,6 +139,42 @@ class ControllerMetrics(Collector):
         )
         subscribers.add_metric([], c.telemetry.subscribers)
         yield subscribers
+
+
+class MqttMetrics(Collector):
+    """The controller's MQTT telemetry, read at scrape time."""
+
+    def __init__(self, mqtt: MqttTelemetry) -> None:
+        self.mqtt = mqtt
+
+    def collect(self) -> Iterable[Metric]:
+        stats, bridge = self.mqtt.publisher.stats, self.mqtt.bridge
+        published = CounterMetricFamily(
+            "kvmtimer_controller_mqtt_messages", "MQTT messages handed to the broker connection"
+        )
+        published.add_metric([], stats.published)
+        yield published
+        samples = CounterMetricFamily(
+            "kvmtimer_controller_mqtt_samples", "vCPU samples the MQTT bridge took from the telemetry hub"
+        )
+        samples.add_metric([], bridge.samples_in)
+        yield samples
+        dropped = CounterMetricFamily(
+            "kvmtimer_controller_mqtt_dropped",
+            "MQTT telemetry dropped, by reason: messages (disconnected, queue_full, send_failed, stopped) "
+            "and hub items the bridge fell behind on (hub_items)",
+            labels=["reason"],
+        )
+        for reason in (DROP_DISCONNECTED, DROP_QUEUE_FULL, DROP_SEND_FAILED, DROP_STOPPED):
+            dropped.add_metric([reason], stats.dropped.get(reason, 0))
+        dropped.add_metric(["hub_items"], bridge.hub_dropped)
+        yield dropped
+        waiting = GaugeMetricFamily(
+            "kvmtimer_controller_mqtt_samples_waiting",
+            "vCPU samples buffered for the next sample messages (the message budget delays them)",
+        )
+        waiting.add_metric([], bridge.samples.pending)
+        yield waiting
 
 
 def controller_registry(cluster: MetricsView) -> CollectorRegistry:

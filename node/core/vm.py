@@ -468,9 +468,13 @@ class Vm:
         return best
 
     def deliver_due_irqs(self) -> int:
-        """Take every timer interrupt whose line is high now, until none is; returns how many.
+        """Take every timer interrupt whose line is high at this instant, until none is; returns
+        how many.
 
-        Bounded by the deadlines that are really due: a line whose interrupt was spurious
+        Bounded by the deadlines that are really due at the instant of the call: a deadline
+        that comes due while the handlers run is left to the next call (the realtime driver
+        plans it at once, after serving what else waits), so a period shorter than a handler's
+        cost makes the guest late, never the host deaf. A line whose interrupt was spurious
         (the guest's deadline is still ahead, past the counter's wrap) is taken once per
         instant, however long the guest leaves it high.
         """
@@ -481,7 +485,6 @@ class Vm:
         spurious_h, spurious = self._spurious
         skip = set(spurious) if spurious_h == h else set()
         while True:
-            h = self.counter.read()
             due = [
                 (index, timer_id)
                 for index, w in self.workload.vcpus.items()

@@ -218,6 +218,11 @@ class MqttPublisher:
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    @property
+    def queued(self) -> int:
+        """Messages waiting for the connection (at most settings.queue_size)."""
+        return self._queue.qsize()
+
     async def wait_connected(self, timeout_s: float) -> bool:
         """True once connected and the retained statuses are re-sent; False after `timeout_s`."""
         with contextlib.suppress(TimeoutError):

@@ -14,14 +14,16 @@ every field.
 
 Samples are batched per vCPU: `SampleBuffer` collects the samples of each (guest, vCPU)
 and `flush()` (called by the bridge every flush interval, 100 ms by default) turns each
-vCPU's collection into one message; a vCPU that collects `max_samples` samples is sent at
-once. A vCPU whose node or VM changed (a migration) starts a new message. A samples message
+vCPU's collection into one message, or only the oldest ones when the bridge's message budget
+says so (a large cluster: fewer, larger messages); a vCPU that collects `max_samples`
+samples is sent at once. A vCPU whose node or VM changed (a migration) starts a new message. A samples message
 lists the field names once (`fields`) and each sample as an array of values in that order
 (`samples`); `sample_dicts()` turns them back into objects.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import operator
 from collections.abc import Iterable
@@ -304,11 +306,20 @@ class SampleBuffer:
         self.pending += n
         return full
 
-    def flush(self) -> list[OutMessage]:
-        """Every buffered vCPU batch as one message each (oldest vCPU first)."""
-        out = [self._message(key, rows) for key, rows in self._rows.items()]
-        self._rows = {}
-        return out
+    @property
+    def vcpus(self) -> int:
+        """vCPUs with samples waiting."""
+        return len(self._rows)
+
+    def flush(self, limit: int | None = None) -> list[OutMessage]:
+        """Buffered vCPU batches as one message each, oldest first (the vCPU whose first
+        waiting sample came earliest): all of them, or at most `limit`."""
+        if limit is None or limit >= len(self._rows):
+            out = [self._message(key, rows) for key, rows in self._rows.items()]
+            self._rows = {}
+            return out
+        keys = list(itertools.islice(self._rows, max(0, limit)))
+        return [self._message(key, self._rows.pop(key)) for key in keys]
 
     def _message(self, key: _Key, rows: list[tuple[object, ...]]) -> OutMessage:
         guest, vcpu, node, vm = key

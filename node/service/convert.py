@@ -300,6 +300,8 @@ def observations(vm: Vm, include_samples: bool) -> pb.GuestObservations:
             max_lateness_ticks=max(
                 w.vtimer.max_lateness_ticks, w.ptimer.max_lateness_ticks if w.ptimer else 0
             ),
+            total_lateness_ticks=w.vtimer.total_lateness_ticks
+            + (w.ptimer.total_lateness_ticks if w.ptimer else 0),
             trap_count=vm.vcpu(index).trap_count,
             cntvct=cntvct,
         )

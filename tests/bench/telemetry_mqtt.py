@@ -10,6 +10,10 @@ it receives. Rows:
   goal >= 50k samples/s;
 - one sample per message (max_samples=1): what batching saves.
 
+`--fleet` instead measures the shape of a 1000-guest `kvmtimer up` (2500 vCPUs, 2000 samples/s
+as 100 node rounds, into the embedded amqtt broker in this process, as `up` runs it): messages
+and drops with the bridge's default message budget and without one. Goal: no drops.
+
 Each row reports samples/s delivered to the subscriber (first publish to last receipt),
 messages/s, samples per message, the publishing process's CPU per sample (bridge + JSON +
 publisher, all of this process) and the subscriber's, and the drops (must be 0: the
@@ -36,7 +40,7 @@ from kvmtimer.v1 import controller_pb2 as cpb
 from kvmtimer.v1 import node_pb2 as pb
 
 from controller.cli.views import table as views_table
-from controller.telemetry.bridge import TelemetryBridge
+from controller.telemetry.bridge import DEFAULT_MAX_MESSAGES_PER_S, TelemetryBridge
 from controller.telemetry.hub import Hub
 from node.runtime.mqtt import MqttPublisher, MqttSettings
 from node.runtime.mqtt_schema import DEFAULT_MAX_SAMPLES, Topics
@@ -258,6 +262,99 @@ async def measure(seconds: float, vcpus: int, *, quick: bool = False) -> list[Ro
             broker.stop()
 
 
+# --- the shape of a large `kvmtimer up` ----------------------------------------------------
+
+FLEET_VCPUS = 2500  # 1000 guests of 1-4 vCPUs
+FLEET_SAMPLES_PER_S = 2000  # up's telemetry budget: 0.8 Hz per vCPU
+FLEET_NODES = 100
+GOAL_FLEET_DROPS = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FleetRow:
+    name: str
+    samples: int  # taken by the bridge
+    published: int  # messages handed to the broker
+    dropped: int  # messages and hub items lost
+    waiting: int  # samples still buffered when the producing stopped
+    queued: int  # messages still queued for the broker then
+    seconds: float
+    cpu_s: float  # this process: bridge, publisher and the embedded broker
+
+
+async def fleet_row(name: str, seconds: float, budget: float) -> FleetRow:
+    """The telemetry of a 1000-guest `up` into an embedded broker in this process, as `up` runs
+    it: every node's sampling round as one hub item, 100 nodes at 0.8 Hz (2000 samples/s)."""
+    from controller.telemetry.broker import embedded_broker
+
+    per_node = FLEET_VCPUS // FLEET_NODES
+    rounds = [make_batches(per_node, 1)[0] for _ in range(FLEET_NODES)]
+    for n, item in enumerate(rounds):
+        for v, s in enumerate(item.samples.samples):  # 25 vCPUs: guests of 4 vCPUs, one of 1
+            s.node_id = f"node-{n + 1}"
+            s.guest_id = s.vm_id = f"guest-{n}-{v // 4}"
+            s.vcpu_index = v % 4
+    async with embedded_broker() as broker:
+        hub: Hub[cpb.ClusterTelemetry] = Hub()
+        publisher = MqttPublisher(MqttSettings(broker.host, broker.port), identifier=f"bench-{name}")
+        bridge = TelemetryBridge(
+            hub,
+            publisher,
+            topics=Topics(),
+            controller_id="bench",
+            status_interval_s=60,
+            max_messages_per_s=budget,
+        )
+        publisher.start()
+        assert await publisher.wait_connected(10), "no broker"
+        bridge.start()
+        interval_s = per_node / FLEET_SAMPLES_PER_S  # one node's round after another
+        cpu0, start = time.process_time(), time.monotonic()
+        i = 0
+        while (now := time.monotonic()) < start + seconds:
+            due = start + i * interval_s
+            if due > now:
+                await asyncio.sleep(due - now)
+            hub.publish(rounds[i % FLEET_NODES])
+            i += 1
+        elapsed = time.monotonic() - start
+        waiting, queued = bridge.samples.pending, publisher.queued
+        dropped = publisher.stats.dropped_total + bridge.hub_dropped
+        published = publisher.stats.published
+        cpu = time.process_time() - cpu0
+        samples = bridge.samples_in
+        await bridge.stop()
+        await publisher.stop()
+    return FleetRow(name, samples, published, dropped, waiting, queued, elapsed, cpu)
+
+
+def fleet_table(rows: list[FleetRow]) -> str:
+    headers = (
+        "row",
+        "samples/s in",
+        "msgs/s out",
+        "samples/msg",
+        "queued at end",
+        "dropped",
+        "CPU % of a core",
+        "drops goal",
+    )
+    cells = [
+        (
+            r.name,
+            f"{r.samples / r.seconds:,.0f}",
+            f"{r.published / r.seconds:,.0f}",
+            f"{(r.samples - r.waiting) / max(r.published + r.queued + r.dropped, 1):.1f}",
+            str(r.queued),
+            str(r.dropped),
+            f"{100 * r.cpu_s / r.seconds:.0f}",
+            "MET" if r.dropped <= GOAL_FLEET_DROPS else "NOT MET",
+        )
+        for r in rows
+    ]
+    return views_table(headers, cells, numbers_right=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -266,7 +363,25 @@ def main(argv: list[str] | None = None) -> int:
         "--seconds", type=float, default=5.0, help="producing time of the batched row (default 5)"
     )
     parser.add_argument("--vcpus", type=int, default=256, help="vCPUs per sampling round (default 256)")
+    parser.add_argument(
+        "--fleet",
+        action="store_true",
+        help=f"instead: a 1000-guest `up` ({FLEET_VCPUS} vCPUs, {FLEET_SAMPLES_PER_S} samples/s) into the "
+        "embedded broker, with the default message budget and without one (one message per vCPU per flush)",
+    )
     args = parser.parse_args(argv)
+    if args.fleet:
+        fleet = [
+            asyncio.run(
+                fleet_row(
+                    f"budget {DEFAULT_MAX_MESSAGES_PER_S:g} msgs/s", args.seconds, DEFAULT_MAX_MESSAGES_PER_S
+                )
+            ),
+            asyncio.run(fleet_row("no budget (before)", args.seconds, 1e9)),
+        ]
+        print(f"MQTT telemetry of a 1000-guest cluster into the embedded broker, {args.seconds:g} s each")
+        print(fleet_table(fleet))
+        return 0
     rows = asyncio.run(measure(args.seconds, args.vcpus))
     print(f"MQTT telemetry through mosquitto, {args.vcpus} vCPUs per batch")
     print(table(rows))

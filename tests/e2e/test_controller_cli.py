@@ -2,7 +2,8 @@
 
 Covers: `kvmtimer up --duration` starts real node processes, migrates guests between
 them and exits 0 with a SUMMARY (migrations succeeded, every guest counter monotonic,
-no interrupt lost beyond the one in flight, node processes gone, the --record JSONL);
+no interrupt lost beyond the one in flight, node processes gone, the --record JSONL); a
+fleet whose guest timer period no machine keeps (4 us) is reported OVERLOADED, exit 0;
 `kvmtimer controller --node` registers two node processes; `create-guest`, `guests`,
 `nodes`, `migrate`, `migrations`, `destroy-guest` with `--output json`; refusals (unknown
 destination, the node it already runs on, a method the destination lacks) exit 2 with the
@@ -123,6 +124,41 @@ def test_up_runs_a_cluster_and_prints_a_summary(tmp_path: Path) -> None:
         assert g["interrupts_received"] >= g["interrupts_expected"] - timers, g
         assert g["interrupts_received"] > 0, g
     assert sum(g["migrations"] for g in guests) == counts["succeeded"]
+
+
+def test_up_on_a_fleet_the_machine_cannot_keep_up_with_says_overloaded_and_exits_0() -> None:
+    """A 4 us guest timer period (the minimum) cannot be kept by any machine: every interrupt comes
+    late, the nodes keep answering (health checks, migrations), the summary says OVERLOADED, and
+    `up` still exits 0 (the run did what was asked)."""
+    proc = subprocess.run(
+        [
+            *kvmtimer_command(),
+            "up",
+            "--duration",
+            "2",
+            "--nodes",
+            "2",
+            "--guests",
+            "2",
+            "--period-ticks",
+            "100",
+            "--interval",
+            "0.5",
+            "--no-mqtt",
+            "--seed",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    load = _summary(proc.stdout)["load"]
+    assert isinstance(load, dict)
+    assert load["timer_period_ticks"] == 100
+    assert load["overloaded"] is True and load["mean_lateness_periods"] > 1, load
+    assert "OVERLOADED" in proc.stdout
 
 
 # --- kvmtimer controller + client commands ------------------------------------

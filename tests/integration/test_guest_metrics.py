@@ -4,7 +4,8 @@ Covers: a VM without a workload has no series; a simulated host delivers every i
 deadline, so after uneven clock steps the guest reports lateness 0 and so do both gauges; with
 late interrupts recorded in guest memory (different per vCPU and timer), the max gauge is the
 largest `max_lateness_ticks` GetGuestObservations reports, in seconds at CNTFRQ, and the mean is
-the total over the interrupts taken; a destroyed VM's series disappear.
+the total over the interrupts taken (the observations' `total_lateness_ticks`); a destroyed
+VM's series disappear.
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ async def test_lateness_gauges_follow_guest_observations() -> None:
             for t in (v.vtimer, v.ptimer)
             if t
         )
+        # The observations carry the total too (`kvmtimer up` judges overload by the mean).
+        assert sum(v.total_lateness_ticks for v in seen.vcpus) == totals
         got = gauges(registry)
         assert got[("kvmtimer_node_guest_lateness_max_seconds", "busy")] == worst_ticks / CNTFRQ_HZ
         assert got[("kvmtimer_node_guest_lateness_mean_seconds", "busy")] == pytest.approx(

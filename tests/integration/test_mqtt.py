@@ -4,6 +4,8 @@ and broker outages.
 
 Edge cases covered:
 - samples of several batches within one flush interval become one message per vCPU;
+- beyond the bridge's message budget, vCPUs are flushed oldest first and the others collect
+  more samples per message (none dropped);
 - node health events and node load changes republish the retained node status;
 - the controller's retained status: online with counters, offline "stopped" on a clean stop,
   offline "connection lost" (last will) when its connection is cut abruptly;
@@ -11,7 +13,8 @@ Edge cases covered:
 - the broker stops mid-run: migrations keep succeeding (none waits for the broker), drops are
   counted, and after the broker restarts on the same port the publisher reconnects, the
   retained statuses come back (the broker kept nothing) and events and samples flow again;
-- no broker at all: the controller runs, everything is dropped and counted.
+- no broker at all: the controller runs, everything is dropped and counted;
+- a controller process with --mqtt and --metrics-listen exports its MQTT counters.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import os
 import signal
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -32,7 +36,7 @@ from kvmtimer.v1 import node_pb2 as pb
 
 from controller.core.migration import Method, Phase
 from controller.service.telemetry import start_controller_telemetry
-from controller.telemetry.bridge import MqttTelemetry, TelemetryBridge
+from controller.telemetry.bridge import MessageBudget, MqttTelemetry, TelemetryBridge
 from controller.telemetry.broker import embedded_broker
 from controller.telemetry.hub import Hub
 from node.core.features import ApiProfile, EcvLevel, HostFeatures
@@ -53,7 +57,7 @@ from tests.support.mqtt import (
     subscriber,
 )
 from tests.support.nodes import kvmtimer_command, node_process, wait_for_log_event
-from tests.support.wait import until
+from tests.support.wait import until, until_sync
 
 needs_mosquitto = pytest.mark.skipif(mosquitto_binary() is None, reason=NO_MOSQUITTO)
 
@@ -179,6 +183,56 @@ async def test_bridge_counts_what_the_hub_dropped() -> None:
     await bridge.stop()
     assert bridge.hub_dropped == 7  # 6 on publish + the one stop() made room for
     assert bridge.items == 3
+
+
+def test_message_budget_refills_at_its_rate_up_to_one_second() -> None:
+    budget = MessageBudget(10)
+    assert budget.available(0.0) == 10  # starts full
+    budget.spend(10)
+    assert budget.available(0.05) == 0  # half a message
+    assert budget.available(0.35) == 3
+    budget.spend(3)
+    assert budget.available(100.0) == 10  # one second's worth at most
+    budget.spend(15)  # messages that had to go: paid back first
+    assert budget.available(100.2) == 0
+    assert budget.available(100.65) == 1
+    with pytest.raises(ValueError, match="positive"):
+        MessageBudget(0)
+
+
+@pytest.mark.asyncio
+async def test_bridge_sends_fewer_larger_sample_messages_beyond_its_budget() -> None:
+    """8 vCPUs and a budget of 4 messages/s: the first flush sends the 4 oldest vCPUs, the others
+    wait and collect the next round's samples too; nothing is dropped, every vCPU's samples
+    arrive in order."""
+    hub: Hub[cpb.ClusterTelemetry] = Hub()
+    pub = RecordingPublisher()
+    bridge = TelemetryBridge(
+        hub,
+        pub,
+        topics=Topics(),
+        controller_id="c",
+        flush_interval_s=0.05,
+        status_interval_s=60,
+        max_messages_per_s=4,
+    )
+    bridge.start()
+
+    def sample_messages() -> list[dict[str, object]]:
+        return [json.loads(m.payload) for m in pub.messages if m.topic.endswith("/samples")]
+
+    hub.publish(batch("g", 8, 0, 1))
+    await until(lambda: len(sample_messages()) >= 4)
+    assert [m["vcpu"] for m in sample_messages()[:4]] == [0, 1, 2, 3]
+    hub.publish(batch("g", 8, 100, 1))
+    await until(lambda: sum(len(sample_dicts(m)) for m in sample_messages()) == 16, timeout_s=20)
+    await bridge.stop()
+    messages = sample_messages()
+    assert len(messages) < 16  # vCPUs 4-7 sent both rounds in one message each
+    for vcpu in range(8):
+        rows = [r for m in messages if m["vcpu"] == vcpu for r in sample_dicts(m)]
+        assert [r["realtime_ns"] for r in rows] == [0, 100]
+    assert bridge.hub_dropped == 0 and bridge.samples.pending == 0
 
 
 # --- against mosquitto ------------------------------------------------------------------------
@@ -398,6 +452,50 @@ async def test_controller_process_status_and_last_will(broker: Mosquitto) -> Non
             assert time.monotonic() - started < 5.0
             stopped = await live.wait_for(lambda r: r.payload.get("reason") == "stopped")
             assert stopped.payload["status"] == "offline"
+
+
+@needs_mosquitto
+@pytest.mark.e2e  # a real kvmtimer process
+def test_controller_process_exports_its_mqtt_metrics(broker: Mosquitto) -> None:
+    proc = subprocess.Popen(
+        [
+            *kvmtimer_command(),
+            "controller",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--mqtt",
+            broker.url,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+    try:
+        port = wait_for_log_event(proc, "metrics_listening")["port"]
+        assert isinstance(port, int)
+
+        def scrape() -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+                text: str = response.read().decode()
+            return text
+
+        # The controller's `online` status went out: one message at least.
+        until_sync(
+            lambda: any(
+                line.startswith("kvmtimer_controller_mqtt_messages_total ") and float(line.split()[1]) >= 1
+                for line in scrape().splitlines()
+            ),
+            what="kvmtimer_controller_mqtt_messages_total >= 1",
+        )
+        assert 'kvmtimer_controller_mqtt_dropped_total{reason="queue_full"} 0.0' in scrape()
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        if proc.stderr is not None:
+            proc.stderr.close()
 
 
 @pytest.mark.e2e  # a real kvmtimer process

@@ -7,7 +7,7 @@ Edge cases covered:
 - the earlier recording format (bare Migration records) still reads, and draws steps from
   each migration's counter_error_ticks;
 - a bad line names its line number; an empty recording exits 1 and writes nothing;
-- the same recording through the command line.
+- the same recording through the command line, with its realtime skew per host pair and host.
 """
 
 from __future__ import annotations
@@ -177,7 +177,11 @@ async def test_report_command_line(tmp_path: Path, capsys: pytest.CaptureFixture
     code = main(["report", "--from", str(path), "--out", str(out), "--width", "1000", "--height", "600"])
     assert code == 0, capsys.readouterr().err
     assert png_size(out) == (1000, 600)
-    assert "2 guests, 2 migrations, 60 samples" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "2 guests, 2 migrations, 60 samples" in printed
+    # The realtime skew per host pair and per host follows (these nodes share one clock).
+    assert "Realtime skew (destination minus source realtime" in printed
+    assert "Hosts' realtime against " in printed and "+0.0 µs" in printed
 
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")

@@ -8,7 +8,8 @@ Edge cases covered:
 - controller: nodes up, migrations by method and outcome (succeeded, failed via a broken
   transfer, cancelled), downtime histogram (exactly the simulated 0.5 s stop), counter error
   histogram (0 ticks for an offset method, the stop in ticks for BY_VALUE), each migration
-  counted once however often it is scraped; telemetry drop counters present
+  counted once however often it is scraped; telemetry drop counters present; MQTT messages,
+  samples and drops by reason (no broker: every non-retained message dropped as disconnected)
 - HTTP: 404 for other paths, 405 for other methods, the Prometheus text content type
 """
 
@@ -19,15 +20,22 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
+from kvmtimer.v1 import controller_pb2 as cpb
 from kvmtimer.v1 import node_pb2 as pb
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.core.errors import FailedPrecondition
 from controller.core.migration import Method, MigrationRecord, Phase
-from controller.telemetry.metrics import controller_registry
+from controller.telemetry.bridge import MqttTelemetry, TelemetryBridge
+from controller.telemetry.hub import Hub
+from controller.telemetry.metrics import MqttMetrics, controller_registry
 from node.core.features import ApiProfile, EcvLevel, HostFeatures
 from node.core.workload import WorkloadSpec
 from node.runtime.metrics_http import MetricsServer, start_metrics
+from node.runtime.mqtt import MqttPublisher, MqttSettings
+from node.runtime.mqtt_schema import Topics
 from node.service.metrics import node_registry
 from node.service.telemetry import TelemetryStreams
 from tests.support.cluster import CNTFRQ, sim_cluster
@@ -225,3 +233,31 @@ async def test_controller_metrics_move_after_migrations() -> None:
             assert final[("kvmtimer_migration_downtime_seconds_sum", by_value)] == PAUSED_S
             # Failed and cancelled migrations have no downtime sample.
             assert final[("kvmtimer_migration_downtime_seconds_count", offset)] == 1
+
+
+@pytest.mark.asyncio
+async def test_controller_mqtt_metrics_count_messages_samples_and_drops_by_reason() -> None:
+    """Without a broker connection every message is dropped as `disconnected`; the metrics say so."""
+    hub: Hub[cpb.ClusterTelemetry] = Hub()
+    publisher = MqttPublisher(MqttSettings("127.0.0.1", 1), identifier="test")  # never started
+    bridge = TelemetryBridge(hub, publisher, topics=Topics(), controller_id="c", status_interval_s=60)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(MqttMetrics(MqttTelemetry(publisher, bridge)))
+    bridge.start()
+    samples = [pb.TelemetrySample(node_id="n", vm_id="g", vcpu_index=v, running=True) for v in range(3)]
+    hub.publish(cpb.ClusterTelemetry(samples=pb.TelemetryBatch(samples=samples)))
+    await bridge.stop()  # flushes: one message per vCPU, then the controller's offline status
+    text = generate_latest(registry).decode()
+    got = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    }
+    assert got[("kvmtimer_controller_mqtt_samples_total", ())] == 3
+    assert got[("kvmtimer_controller_mqtt_messages_total", ())] == 0
+    # The 3 sample messages are dropped; the controller's retained statuses are kept for the
+    # next connection, not dropped.
+    assert got[("kvmtimer_controller_mqtt_dropped_total", (("reason", "disconnected"),))] == 3
+    assert got[("kvmtimer_controller_mqtt_dropped_total", (("reason", "queue_full"),))] == 0
+    assert got[("kvmtimer_controller_mqtt_dropped_total", (("reason", "hub_items"),))] == 0
+    assert got[("kvmtimer_controller_mqtt_samples_waiting", ())] == 0

@@ -338,6 +338,8 @@ def test_summary_accounting() -> None:
     # One interrupt short with no lateness recorded is within 1 period; nothing overloaded.
     assert result["load"] == {
         "timer_period_ticks": scenario.PERIOD_TICKS,
+        "mean_lateness_ticks": 0.0,
+        "mean_lateness_periods": 0.0,
         "max_lateness_ticks": 0,
         "max_lateness_periods": 0.0,
         "guests_missing_interrupts": 0,
@@ -375,6 +377,101 @@ def test_summary_reports_overload_and_ignores_physical_timers_lost_by_design() -
     text = summary.summary_text(result)
     assert "OVERLOADED" in text and "1 guest(s) missing interrupts" in text
     assert "DEADLINE_EXCEEDED x2" in text
+
+
+def _late_guest(guest_id: str, received: int, worst: int, total: int) -> cpb.Guest:
+    o = pb.VcpuObservations(
+        vcpu_index=0,
+        vtimer_received=received,
+        vtimer_expected=received,
+        max_lateness_ticks=worst,
+        total_lateness_ticks=total,
+    )
+    return cpb.Guest(guest_id=guest_id, node_id="a", vcpus=1, observations=pb.GuestObservations(vcpus=[o]))
+
+
+def test_summary_overload_is_sustained_lateness_not_one_stall() -> None:
+    """One stall of 3 periods (a migration landing on a busy node) in an otherwise punctual run is
+    not an overload; interrupts late by more than half a period on average are, with nothing
+    missing."""
+    settings = typed(UpSettings, build_parser().parse_args(["up"]))
+    demo = scenario.Demo(settings, False, None, "127.0.0.1:1", random.Random(0))  # type: ignore[arg-type]
+    demo.period_ticks = 1000
+    # 200 deadlines, 1 ms late each, except one stall of 3000 ticks (it covered 3 deadlines).
+    stalled = _late_guest("g1", 200, 3000, 197 * 25 + 3000 + 2000 + 1000)
+    punctual = _late_guest("g2", 200, 40, 200 * 20)
+    result = summary.build_summary(demo, [], [stalled, punctual], {})
+    load = result["load"]
+    assert isinstance(load, dict)
+    assert load["max_lateness_periods"] == 3.0
+    assert load["mean_lateness_ticks"] == pytest.approx((197 * 25 + 6000 + 4000) / 400, abs=0.1)
+    assert (load["guests_missing_interrupts"], load["overloaded"]) == (0, False)
+    assert "OVERLOADED" not in summary.summary_text(result)
+    # Interrupts 0.6 periods late on average: the host cycles slower than the period.
+    behind = _late_guest("g3", 200, 1200, 200 * 600)
+    result = summary.build_summary(demo, [], [behind], {})
+    load = result["load"]
+    assert isinstance(load, dict)
+    assert (load["mean_lateness_periods"], load["overloaded"]) == (0.6, True)
+    text = summary.summary_text(result)
+    assert "OVERLOADED" in text and "lateness mean 0.02 ms (0.6 periods)" in text
+    # A third of a period: late, shown, but keeping up.
+    result = summary.build_summary(demo, [], [_late_guest("g4", 200, 700, 200 * 333)], {})
+    assert "lateness mean 0.01 ms (0.333 periods)" in summary.summary_text(result)
+    assert "OVERLOADED" not in summary.summary_text(result)
+
+
+def test_summary_judges_the_load_after_the_start_up() -> None:
+    """A start-up stall (guests created in a burst, processes warming up) left 100 deadlines 2
+    periods late on average; the 200 deadlines since the migrating started were punctual."""
+    settings = typed(UpSettings, build_parser().parse_args(["up"]))
+    demo = scenario.Demo(settings, False, None, "127.0.0.1:1", random.Random(0))  # type: ignore[arg-type]
+    demo.period_ticks = 1000
+    start = _late_guest("g1", 100, 5000, 100 * 2000)
+    end = _late_guest("g1", 300, 5000, 100 * 2000 + 200 * 30)
+    whole_run = summary.build_summary(demo, [], [end], {})["load"]
+    assert isinstance(whole_run, dict) and whole_run["overloaded"] is True
+    demo.lateness_baseline = summary.lateness_by_guest([start])
+    assert demo.lateness_baseline == {"g1": (100, 200_000)}
+    load = summary.build_summary(demo, [], [end], {})["load"]
+    assert isinstance(load, dict)
+    assert (load["mean_lateness_ticks"], load["overloaded"]) == (30.0, False)
+    assert load["max_lateness_ticks"] == 5000  # the worst single interrupt is still shown
+
+
+def test_summary_shows_mqtt_drops_by_reason() -> None:
+    settings = typed(UpSettings, build_parser().parse_args(["up"]))
+    demo = scenario.Demo(settings, False, None, "127.0.0.1:1", random.Random(0))  # type: ignore[arg-type]
+    result = summary.build_summary(demo, [], [], {})
+    assert "MQTT telemetry" not in summary.summary_text(result)
+    result["telemetry"] = {
+        "mqtt": {
+            "published": 900,
+            "dropped": 7,
+            "dropped_by_reason": {"queue_full": 5, "hub_items": 2, "disconnected": 0},
+            "samples": 12000,
+        },
+        "record": None,
+    }
+    text = summary.summary_text(result)
+    assert "MQTT telemetry: 900 messages published (12000 vCPU samples), 7 dropped" in text
+    assert "(queue_full x5, hub_items x2)" in text
+
+
+def test_summary_counts_only_kept_timers_of_a_guest_whose_physical_timer_was_lost() -> None:
+    settings = typed(UpSettings, build_parser().parse_args(["up"]))
+    demo = scenario.Demo(settings, False, None, "127.0.0.1:1", random.Random(0))  # type: ignore[arg-type]
+    lossy = _migration("m1", cpb.MIGRATION_METHOD_BY_VALUE, cpb.MIGRATION_PHASE_SUCCEEDED, 1_000, -25)
+    lossy.guest_id = "g1"
+    lossy.not_carried.extend(["PTIMER_CTL", "PTIMER_CVAL", "PTIMER_CNT"])
+    # The other host's physical counter is far ahead of the guest's first deadline.
+    o = pb.VcpuObservations(
+        vcpu_index=0, vtimer_received=50, vtimer_expected=50, ptimer_received=20, ptimer_expected=73_440_433
+    )
+    g1 = cpb.Guest(guest_id="g1", node_id="b", vcpus=1, observations=pb.GuestObservations(vcpus=[o]))
+    rows = summary.build_summary(demo, [lossy], [g1], {})["guests"]
+    assert isinstance(rows, list)
+    assert (rows[0]["interrupts_received"], rows[0]["interrupts_expected"]) == (50, 50)
 
 
 def test_summary_physical_counter_reset_by_value_is_not_a_backwards_clock() -> None:

@@ -6,7 +6,8 @@ Edge cases covered:
 - TLS options without mqtts://, a certificate without its key;
 - topic prefixes with wildcards or empty levels; ids containing `/`, `+`, `#`;
 - samples: batched per vCPU, in order, split at max_samples, a new message when the vCPU's
-  node/VM changes (migration), u64 values beyond 2^53 kept exact;
+  node/VM changes (migration), u64 values beyond 2^53 kept exact; a flush limited by the
+  bridge's message budget takes the oldest vCPUs first and keeps the others;
 - migration payloads: enums as short names, an unknown counter error as null;
 - node statuses: online only while healthy.
 """
@@ -150,6 +151,21 @@ def test_samples_split_at_max_and_on_migration() -> None:
         ("n1", "vm", 2),
         ("n2", "g@m-1", 1),
     ]
+
+
+def test_a_limited_flush_takes_the_oldest_vcpus_and_keeps_the_rest() -> None:
+    buf = SampleBuffer(Topics("p"))
+    buf.add(pb.TelemetryBatch(samples=[_sample("g", v, 0) for v in (3, 1, 2)]))
+    first = buf.flush(limit=2)
+    assert [m.topic for m in first] == ["p/guests/g/vcpus/3/samples", "p/guests/g/vcpus/1/samples"]
+    assert (buf.pending, buf.vcpus) == (1, 1)
+    assert buf.flush(limit=0) == []
+    # vCPU 3 comes back after vCPU 2, whose first sample has waited longer; vCPU 2's message
+    # holds both of its samples.
+    buf.add(pb.TelemetryBatch(samples=[_sample("g", v, 1) for v in (3, 2)]))
+    rest = _payloads(buf.flush(limit=5))
+    assert [(p["vcpu"], len(p["samples"])) for p in rest] == [(2, 2), (3, 1)]  # type: ignore[arg-type]
+    assert buf.pending == 0
 
 
 def test_node_level_samples_use_the_vm_id() -> None:

@@ -20,7 +20,7 @@ from node.core.features import HostFeatures
 from node.core.host import Host
 from node.core.uapi import OneReg
 from node.core.vm import Vm
-from node.core.workload import SampleCause, WorkloadSpec, save_workload
+from node.core.workload import MIN_PERIOD_TICKS, SampleCause, WorkloadSpec, save_workload
 from node.core.world import advance_hosts
 
 PERIOD = 250_000
@@ -165,3 +165,39 @@ def test_pre_copy_then_delta_reproduces_the_full_copy() -> None:
         running_vm()[1].save_workload()
     with pytest.raises(InvalidArgument, match="pre-copied"):
         Host("e", HostFeatures(), ManualClock()).create_vm("g").load_workload(delta, merge=True)
+
+
+class _BusyClock(ManualClock):
+    """Time passes while the guest's handlers run: every reading costs `per_read_ns`."""
+
+    def __init__(self, per_read_ns: int, max_reads: int) -> None:
+        super().__init__()
+        self.per_read_ns = per_read_ns
+        self.reads_left = max_reads
+
+    def instant_ns(self) -> tuple[int, int]:
+        self.reads_left -= 1
+        assert self.reads_left > 0, "the host never stops taking interrupts"
+        self.advance_ns(self.per_read_ns)
+        return super().instant_ns()
+
+
+def test_a_period_shorter_than_the_handler_leaves_the_host_free_between_rounds() -> None:
+    """MIN_PERIOD_TICKS (4 us) with handlers costing more than a period: one delivery takes what
+    is due at its instant and returns; what came due meanwhile is late, and caught up next time."""
+    clock = _BusyClock(per_read_ns=10_000, max_reads=10_000)
+    host = Host("n", HostFeatures(), clock, counter_base=10_000)
+    vm = host.create_vm("g")
+    for i in range(4):
+        vm.create_vcpu(i)
+    vm.start_workload(WorkloadSpec(MIN_PERIOD_TICKS, use_ptimer=True))
+    vm.resume()
+    assert vm.workload is not None
+    clock.advance_ns(MIN_PERIOD_TICKS * 40 * 3)
+    assert host.run_due_events() == 8  # each timer of each vCPU once, its missed deadlines caught up
+    after_first = [s.received for w in vm.workload.vcpus.values() for _, s in vm.workload.timers(w)]
+    assert min(after_first) >= 3
+    assert host.run_due_events() == 8  # deadlines passed during the first round: late, taken next
+    after_second = [s.received for w in vm.workload.vcpus.values() for _, s in vm.workload.timers(w)]
+    assert all(b > a for a, b in zip(after_first, after_second, strict=True))
+    assert all(s.max_lateness_ticks > 0 for w in vm.workload.vcpus.values() for _, s in vm.workload.timers(w))

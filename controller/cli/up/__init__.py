@@ -30,6 +30,7 @@ import signal
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
@@ -52,7 +53,7 @@ from controller.cli.up.scenario import (
     node_plans,
 )
 from controller.cli.up.settings import UpSettings
-from controller.cli.up.summary import build_summary, summary_text
+from controller.cli.up.summary import build_summary, lateness_by_guest, summary_text
 from controller.cli.up.telemetry import add_local_telemetry_arguments, local_telemetry
 from controller.service.cluster import Cluster
 from controller.service.server import build_server, mark_serving
@@ -71,6 +72,24 @@ FLEET_HOSTS_PER_PROCESS = 25
 VERBOSE_MAX = 20  # up to this many nodes/guests, one line each at start-up
 CREATE_PARALLEL = 16  # CreateGuest calls in flight at once
 TELEMETRY_BUDGET_HZ = 2000  # vCPU samples per second the controller collects, whole cluster
+
+
+@dataclass(slots=True)
+class StopTimes:
+    """Seconds each stage of stopping took (the summary's `stopping_s`)."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    _at: float | None = None
+
+    def start(self) -> None:
+        self._at = time.monotonic()
+
+    def mark(self, stage: str) -> None:
+        """`stage` ended now (nothing is recorded before start(): an interrupted start-up)."""
+        if self._at is not None:
+            now = time.monotonic()
+            self.seconds[stage] = round(now - self._at, 3)
+            self._at = now
 
 
 def hosts_per_process(args: UpSettings) -> int:
@@ -118,6 +137,23 @@ async def get_guest(demo: Demo, guest_id: str) -> cpb.Guest:
         return guest
 
     return await demo.retrier.call(attempt)
+
+
+async def all_guests(demo: Demo, guest_ids: list[str], progress: Progress | None = None) -> list[cpb.Guest]:
+    """GetGuest (with the guest's observations) of every guest, CREATE_PARALLEL at a time."""
+    limit = asyncio.Semaphore(CREATE_PARALLEL)
+
+    async def one(guest_id: str) -> cpb.Guest:
+        async with limit:
+            guest = await get_guest(demo, guest_id)
+        if progress is not None:
+            progress.advance()
+        return guest
+
+    guests = list(await asyncio.gather(*(one(g) for g in guest_ids)))
+    if progress is not None:
+        progress.finish()
+    return guests
 
 
 async def create_guest(demo: Demo, g: GuestPlan, period: int) -> cpb.Guest:
@@ -201,6 +237,7 @@ async def run_up(
     demo = Demo(args, tty, cpb_grpc.ControllerStub(channel), address, rng)
     background: list[asyncio.Task[None]] = []
     final: tuple[list[cpb.Migration], list[cpb.Guest]] | None = None
+    stopping = StopTimes()
     try:
         await server.start()
         await mark_serving(health_servicer)
@@ -266,6 +303,13 @@ async def run_up(
         progress.finish()
         demo.period_ticks = period
         await demo.refresh()
+        # The guests' timer lateness so far (start-up: process warm-up, guests created in a
+        # burst): the summary judges the load on what comes after.
+        reading = Progress("guests' start-up observations read", len(gplans), tty)
+        baseline = await all_guests(
+            demo, [g.guest_id for g in gplans], reading if len(gplans) > VERBOSE_MAX else None
+        )
+        demo.lateness_baseline = lateness_by_guest(baseline)
         demo.started = time.monotonic()
         if tty:
             sys.stdout.write("\x1b[?25l\x1b[2J")  # hide the cursor, clear once
@@ -276,25 +320,23 @@ async def run_up(
         ]
         await wait_for_stop(stop, args.duration)
         demo.stopped = time.monotonic()
+        stopping.start()
         # Stop migrating; let the migrations in flight end.
         await background[2]
         if demo.in_flight:
             demo.say(f"stopping: waiting for {len(demo.in_flight)} migration(s) in flight")
             await asyncio.wait(list(demo.in_flight.values()), timeout=IN_FLIGHT_TIMEOUT_S)
         await background[1]
+        stopping.mark("migrations_in_flight")
+        demo.say(f"stopping: reading what the {len(demo.guests)} guests observed")
         with contextlib.suppress(grpc.aio.AioRpcError):
             await demo.refresh()
         if tty:
             live.draw(demo)
         listed = await demo.list_migrations()
-        limit = asyncio.Semaphore(CREATE_PARALLEL)
-
-        async def final_guest(guest_id: str) -> cpb.Guest:
-            async with limit:
-                return await get_guest(demo, guest_id)
-
-        guests = list(await asyncio.gather(*(final_guest(g.guest_id) for g in demo.guests)))
+        guests = await all_guests(demo, [g.guest_id for g in demo.guests])
         final = list(listed.migrations), guests
+        stopping.mark("observations")
     except asyncio.CancelledError:
         print("kvmtimer up: interrupted again: stopping without a summary", file=sys.stderr)
     finally:
@@ -313,12 +355,17 @@ async def run_up(
         for task in leftover:
             if task.done() and not task.cancelled():
                 task.exception()  # retrieved: an error of a cancelled helper is not news
+        stopping.mark("helpers")
         await health_servicer.enter_graceful_shutdown()
         await cluster.stop()
+        stopping.mark("cluster")
         await telemetry.stop()  # the recording and MQTT get the last items first
+        stopping.mark("telemetry")
         await server.stop(grace=1.0)
         codes = await asyncio.gather(*(stop_node(n) for n in nodes), return_exceptions=True)
+        stopping.mark("node_processes")
         await telemetry_stack.aclose()  # the embedded broker outlives the nodes' final statuses
+        stopping.mark("broker")
     if final is None:
         return 1
     processes: dict[str, tuple[int | None, int | None]] = {p.node_id: (None, None) for p in plans}
@@ -327,6 +374,7 @@ async def run_up(
             processes[plan.node_id] = (n.proc.pid, code if isinstance(code, int) else None)
     summary = build_summary(demo, *final, processes)
     summary["telemetry"] = telemetry.summary()
+    summary["stopping_s"] = stopping.seconds
     print(summary_text(summary))
     print("SUMMARY " + json.dumps(summary, sort_keys=True), flush=True)
     return 0

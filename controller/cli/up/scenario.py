@@ -144,6 +144,8 @@ class Demo:
     last_error: dict[str, int] = field(default_factory=dict)  # guest -> counter error of its last move
     retrier: Retrier = field(default_factory=Retrier)  # transient gRPC errors retried (and counted)
     period_ticks: int = PERIOD_TICKS  # the guests' timer period
+    # (deadlines taken, their lateness summed) by guest when the migrating started
+    lateness_baseline: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def elapsed(self) -> float:
         """Seconds of migrations so far (until the stop, once stopped)."""

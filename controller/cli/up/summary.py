@@ -6,12 +6,49 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 
 from kvmtimer.v1 import controller_pb2 as cpb
+from kvmtimer.v1 import node_pb2 as pb
 
 from controller.cli import views
 from controller.cli.up.scenario import Demo
 from controller.cli.views import percentile
 
 GUEST_ROWS_MAX = 50  # guests listed in the text summary (the JSON has every one)
+
+
+# The machine does not keep up when guest timer interrupts come, on average over every deadline
+# of every guest since the migrating started (the start-up's burst and warm-up are left out),
+# more than half a period late. A host process that cycles through its VMs every C seconds
+# leaves each deadline late by about C/2 on average (the guest takes every deadline passed
+# since, node.core.workload), so a mean beyond P/2 means C > P: the host cannot take its
+# guests' interrupts as often as they come. Not the worst single interrupt: one stall (a
+# migration's downtime, a restore on a busy node, another process's burst on this shared
+# machine) makes a few interrupts late by periods while the cluster keeps up; the mean
+# dilutes it. Measured on this shared 2-core machine (load average 5-17): the default demo's
+# mean is 2-4 ms, whatever the period (scheduling latency), i.e. 0.1-0.4 of its 10-20 ms.
+OVERLOAD_MEAN_LATENESS_PERIODS = 0.5
+
+
+def overloaded(mean_lateness_ticks: float, period_ticks: int) -> bool:
+    """Guest timer interrupts come too late on average for the machine to keep up."""
+    return mean_lateness_ticks > OVERLOAD_MEAN_LATENESS_PERIODS * period_ticks
+
+
+def lateness(obs: pb.GuestObservations) -> tuple[int, int]:
+    """(deadlines taken, their lateness summed in ticks) over every timer of every vCPU."""
+    return (
+        sum(o.vtimer_received + o.ptimer_received for o in obs.vcpus),
+        sum(o.total_lateness_ticks for o in obs.vcpus),
+    )
+
+
+def lateness_by_guest(guests: Sequence[cpb.Guest]) -> dict[str, tuple[int, int]]:
+    """`lateness` of every guest with observations, by guest id."""
+    return {g.guest_id: lateness(g.observations) for g in guests if g.HasField("observations")}
+
+
+def kept_interrupts(obs: pb.GuestObservations) -> tuple[int, int]:
+    """(received, expected) of the virtual timers only (the physical one was not carried)."""
+    return sum(o.vtimer_received for o in obs.vcpus), sum(o.vtimer_expected for o in obs.vcpus)
 
 
 def _round(value: float | None) -> float | None:
@@ -52,6 +89,8 @@ def build_summary(
         for name, counts in sorted(by_method.items())
     }
     guest_rows: list[dict[str, object]] = []
+    deadlines = 0  # guest timer deadlines taken since the migrating started, every timer of every guest
+    lateness_total = 0  # their lateness summed, ticks
     # Guests whose physical timer a pre-6.4 kernel could not carry: its interrupts stop by design
     # (allow_state_loss), so only their virtual timer counts towards missing interrupts.
     lossy = {
@@ -69,6 +108,10 @@ def build_summary(
         }
         if g.HasField("observations"):
             received, expected, shortfall = views.interrupts(g.observations)
+            if g.guest_id in lossy:
+                # Its physical timer is gone by design; what the guest computes as "expected"
+                # from the other host's physical counter means nothing.
+                received, expected = kept_interrupts(g.observations)
             row |= {
                 "min_step": views.min_step(g.observations),
                 "min_step_virtual": min(
@@ -90,19 +133,27 @@ def build_summary(
                 ),
                 "max_lateness_ticks": max((o.max_lateness_ticks for o in g.observations.vcpus), default=0),
             }
+            # Only what came after the start-up (the baseline), when the run has one.
+            taken, late = lateness(g.observations)
+            taken0, late0 = demo.lateness_baseline.get(g.guest_id, (0, 0))
+            if taken >= taken0 and late >= late0:
+                deadlines += taken - taken0
+                lateness_total += late - late0
         guest_rows.append(row)
     period = demo.period_ticks
     worst_late = max((int(str(r.get("max_lateness_ticks", 0))) for r in guest_rows), default=0)
     short = sum(
         1 for r in guest_rows if int(str(r.get("max_kept_timer_shortfall", 0))) > 1 + worst_late // period
     )
+    mean_late = lateness_total / deadlines if deadlines else 0.0
     load = {
         "timer_period_ticks": period,
+        "mean_lateness_ticks": round(mean_late, 1),
+        "mean_lateness_periods": round(mean_late / period, 3),
         "max_lateness_ticks": worst_late,
         "max_lateness_periods": round(worst_late / period, 3),
         "guests_missing_interrupts": short,
-        # Interrupts taken later than half a period: the machine does not keep up with this fleet.
-        "overloaded": worst_late > period // 2 or short > 0,
+        "overloaded": overloaded(mean_late, period) or short > 0,
         "retried_calls": dict(demo.retrier.retried),
     }
     succeeded = sum(c["succeeded"] for c in by_method.values())
@@ -165,6 +216,19 @@ def build_summary(
     }
 
 
+def _mqtt_line(telemetry: object) -> str:
+    """MQTT telemetry's counts, drops by reason included (empty without MQTT)."""
+    mqtt = telemetry.get("mqtt") if isinstance(telemetry, dict) else None
+    if not isinstance(mqtt, dict) or "published" not in mqtt:
+        return ""
+    reasons = mqtt.get("dropped_by_reason")
+    dropped = ", ".join(f"{k} x{v}" for k, v in reasons.items() if v) if isinstance(reasons, dict) else ""
+    return (
+        f"MQTT telemetry: {mqtt['published']} messages published ({mqtt.get('samples', '?')} vCPU samples), "
+        f"{mqtt['dropped']} dropped" + (f" ({dropped})" if dropped else "")
+    )
+
+
 def summary_text(summary: dict[str, object]) -> str:
     def get(key: str) -> dict[str, object]:
         value = summary[key]
@@ -219,9 +283,11 @@ def summary_text(summary: dict[str, object]) -> str:
     load = get("load")
     period_ms = float(str(load["timer_period_ticks"])) / 25_000
     late_ms = float(str(load["max_lateness_ticks"])) / 25_000
+    mean_ms = float(str(load.get("mean_lateness_ticks", 0))) / 25_000
     retried = load["retried_calls"]
     lines.append(
-        f"guest timers: period {period_ms:g} ms, worst interrupt lateness {late_ms:.1f} ms "
+        f"guest timers: period {period_ms:g} ms, interrupt lateness mean {mean_ms:.2f} ms "
+        f"({load.get('mean_lateness_periods', 0)} periods), worst {late_ms:.1f} ms "
         f"({load['max_lateness_periods']} periods), "
         f"{load['guests_missing_interrupts']} guest(s) missing interrupts"
         + (
@@ -231,6 +297,9 @@ def summary_text(summary: dict[str, object]) -> str:
             else ""
         )
     )
+    mqtt_line = _mqtt_line(summary.get("telemetry"))
+    if mqtt_line:
+        lines.append(mqtt_line)
     if isinstance(retried, dict) and retried:
         lines.append("retried after transient errors: " + ", ".join(f"{k} x{v}" for k, v in retried.items()))
     lines.append("")
@@ -284,4 +353,10 @@ def summary_text(summary: dict[str, object]) -> str:
             + (" ..." if len(reset) > 10 else ""),
         ]
     lines += ["", f"{verdict}; {stopped}"]
+    stages = summary.get("stopping_s")
+    if isinstance(stages, dict) and stages:
+        lines.append(
+            f"stopping took {sum(float(v) for v in stages.values()):.1f} s: "
+            + ", ".join(f"{k.replace('_', ' ')} {float(v):.1f} s" for k, v in stages.items())
+        )
     return "\n".join(lines)

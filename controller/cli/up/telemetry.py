@@ -95,9 +95,13 @@ class LocalTelemetry:
             }
             if self.mqtt is not None:
                 stats = self.mqtt.publisher.stats
+                bridge = self.mqtt.bridge
                 mqtt |= {
                     "published": stats.published,
-                    "dropped": self.mqtt.dropped,
+                    "dropped": self.mqtt.dropped,  # messages the publisher dropped + hub items missed
+                    "dropped_by_reason": dict(stats.dropped) | {"hub_items": bridge.hub_dropped},
+                    "samples": bridge.samples_in,
+                    "sample_messages_per_s_max": bridge.budget.rate_per_s,
                     "connects": stats.connects,
                 }
         record = None

@@ -455,7 +455,7 @@ class GetGuestObservationsRequest(_message.Message):
     def __init__(self, vm_id: _Optional[str] = ..., include_samples: _Optional[bool] = ...) -> None: ...
 
 class VcpuObservations(_message.Message):
-    __slots__ = ("vcpu_index", "reads", "min_step_v", "min_step_p", "vtimer_received", "vtimer_expected", "ptimer_received", "ptimer_expected", "max_lateness_ticks", "last_jump_error_ticks", "last_stop_ns", "samples", "trap_count", "cntvct")
+    __slots__ = ("vcpu_index", "reads", "min_step_v", "min_step_p", "vtimer_received", "vtimer_expected", "ptimer_received", "ptimer_expected", "max_lateness_ticks", "last_jump_error_ticks", "last_stop_ns", "samples", "trap_count", "cntvct", "total_lateness_ticks")
     VCPU_INDEX_FIELD_NUMBER: _ClassVar[int]
     READS_FIELD_NUMBER: _ClassVar[int]
     MIN_STEP_V_FIELD_NUMBER: _ClassVar[int]
@@ -470,6 +470,7 @@ class VcpuObservations(_message.Message):
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
     TRAP_COUNT_FIELD_NUMBER: _ClassVar[int]
     CNTVCT_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_LATENESS_TICKS_FIELD_NUMBER: _ClassVar[int]
     vcpu_index: int
     reads: int
     min_step_v: int
@@ -484,7 +485,8 @@ class VcpuObservations(_message.Message):
     samples: _containers.RepeatedCompositeFieldContainer[CounterSample]
     trap_count: int
     cntvct: int
-    def __init__(self, vcpu_index: _Optional[int] = ..., reads: _Optional[int] = ..., min_step_v: _Optional[int] = ..., min_step_p: _Optional[int] = ..., vtimer_received: _Optional[int] = ..., vtimer_expected: _Optional[int] = ..., ptimer_received: _Optional[int] = ..., ptimer_expected: _Optional[int] = ..., max_lateness_ticks: _Optional[int] = ..., last_jump_error_ticks: _Optional[int] = ..., last_stop_ns: _Optional[int] = ..., samples: _Optional[_Iterable[_Union[CounterSample, _Mapping]]] = ..., trap_count: _Optional[int] = ..., cntvct: _Optional[int] = ...) -> None: ...
+    total_lateness_ticks: int
+    def __init__(self, vcpu_index: _Optional[int] = ..., reads: _Optional[int] = ..., min_step_v: _Optional[int] = ..., min_step_p: _Optional[int] = ..., vtimer_received: _Optional[int] = ..., vtimer_expected: _Optional[int] = ..., ptimer_received: _Optional[int] = ..., ptimer_expected: _Optional[int] = ..., max_lateness_ticks: _Optional[int] = ..., last_jump_error_ticks: _Optional[int] = ..., last_stop_ns: _Optional[int] = ..., samples: _Optional[_Iterable[_Union[CounterSample, _Mapping]]] = ..., trap_count: _Optional[int] = ..., cntvct: _Optional[int] = ..., total_lateness_ticks: _Optional[int] = ...) -> None: ...
 
 class GuestObservations(_message.Message):
     __slots__ = ("vm_id", "running", "spec", "vcpus", "host_counter")
