@@ -123,19 +123,40 @@ TLS_ENV = [
 ]
 
 
-LIST_VMS = """
-import json, sys, grpc
-from kvmtimer.v1 import node_pb2, node_pb2_grpc
-tls = "/etc/kvmtimer/controller-tls/"
-read = lambda name: open(tls + name, "rb").read()
-creds = grpc.ssl_channel_credentials(read("ca.crt"), read("tls.key"), read("tls.crt"))
-vms = {}
-for node_id, address in (arg.split("=") for arg in sys.argv[1:]):
-    options = [("grpc.ssl_target_name_override", "kvmtimer-node")]
-    with grpc.secure_channel(address, creds, options=options) as ch:
+# What the controller lists (nodes, guests, migrations, as `kvmtimer ... --output json` shows
+# them) and what the nodes themselves run (ListVms, with the controller's certificate: the only
+# client they accept), in one process in the client container. argv: controller, then NODE=ADDR.
+LISTINGS = """
+import json, os, sys, grpc
+from google.protobuf import json_format
+from kvmtimer.v1 import controller_pb2 as cpb, controller_pb2_grpc, node_pb2, node_pb2_grpc
+def creds(tls):
+    read = lambda name: open(tls + name, "rb").read()
+    return grpc.ssl_channel_credentials(read("ca.crt"), read("tls.key"), read("tls.crt"))
+def listed(reply, field):
+    return [
+        json_format.MessageToDict(m, preserving_proto_field_name=True,
+                                  always_print_fields_with_no_presence=True)
+        for m in getattr(reply, field)
+    ]
+token = open(os.environ["KVMTIMER_TOKEN_FILE"]).read().strip()
+auth = [("authorization", "Bearer " + token)]
+out = {"vms": {}}
+try:
+    with grpc.secure_channel(sys.argv[1], creds("/etc/kvmtimer/tls/")) as ch:
+        ctl = controller_pb2_grpc.ControllerStub(ch)
+        out["nodes"] = listed(ctl.ListNodes(cpb.ListNodesRequest(), metadata=auth, timeout=10), "nodes")
+        out["guests"] = listed(ctl.ListGuests(cpb.ListGuestsRequest(), metadata=auth, timeout=10), "guests")
+        reply = ctl.ListMigrations(cpb.ListMigrationsRequest(), metadata=auth, timeout=10)
+        out["migrations"] = listed(reply, "migrations")
+except grpc.RpcError as err:
+    out["error"] = str(err.code())
+options = [("grpc.ssl_target_name_override", "kvmtimer-node")]
+for node_id, address in (arg.split("=") for arg in sys.argv[2:]):
+    with grpc.secure_channel(address, creds("/etc/kvmtimer/controller-tls/"), options=options) as ch:
         reply = node_pb2_grpc.NodeStub(ch).ListVms(node_pb2.ListVmsRequest(), timeout=10)
-    vms[node_id] = sorted([vm.vm_id, vm.running, vm.owner.guest_id] for vm in reply.vms)
-print(json.dumps(vms))
+    out["vms"][node_id] = sorted([vm.vm_id, vm.running, vm.owner.guest_id] for vm in reply.vms)
+print(json.dumps(out))
 """
 
 
@@ -177,24 +198,23 @@ class Cluster:
             assert done.returncode == 0, done.stderr
         return json.loads(done.stdout) if done.returncode == 0 else None
 
+    def listings(self) -> dict[str, Any]:
+        """The controller's nodes, guests and migrations (absent, with `error`, while it does not
+        answer) and every node's VMs as [vm_id, running, owner guest] (`vms`, by node id)."""
+        nodes = [f"node-{pool}={self.node_container(pool)}:7000" for pool in POOLS]
+        done = self.pm.run("exec", self.client, "python3", "-c", LISTINGS, f"{self.controller}:7070", *nodes)
+        listed: dict[str, Any] = json.loads(done.stdout)
+        return listed
+
     def wait_nodes_healthy(self, timeout_s: float = 90) -> dict[str, Any]:
-        """Wait until the controller answers and lists the three nodes healthy; node id -> status."""
+        """Wait until the controller answers and lists the three nodes healthy; its listings."""
         deadline = time.monotonic() + timeout_s
         while True:
-            listed = self.cli("nodes", check=False)
-            healthy = {n["node_id"]: n for n in (listed or {}).get("nodes", []) if n["healthy"]}
-            if len(healthy) == len(POOLS):
-                return healthy
+            listed = self.listings()
+            if sum(n.get("healthy", False) for n in listed.get("nodes", [])) == len(POOLS):
+                return listed
             assert time.monotonic() < deadline, f"controller lists {listed}"
             time.sleep(1)
-
-    def node_vms(self) -> dict[str, list[list[Any]]]:
-        """Node id -> [vm_id, running, owner guest] of every VM, asked of the nodes themselves
-        (ListVms, with the controller's certificate: the only client the nodes accept)."""
-        nodes = [f"node-{pool}={self.node_container(pool)}:7000" for pool in POOLS]
-        done = self.pm.run("exec", self.client, "python3", "-c", LIST_VMS, *nodes)
-        vms: dict[str, list[list[Any]]] = json.loads(done.stdout)
-        return vms
 
 
 @pytest.fixture(scope="module")
@@ -309,7 +329,7 @@ def test_image_state_path_is_the_manifests_volume(podman: Podman) -> None:
 
 
 def test_cluster_of_containers_migrates_across_every_pool_pair(cluster: Cluster) -> None:
-    healthy = cluster.wait_nodes_healthy()
+    healthy = {n["node_id"]: n for n in cluster.wait_nodes_healthy()["nodes"]}
     pools = manifest_pools()
     for pool in POOLS:
         node = healthy[f"node-{pool}"]
@@ -350,14 +370,11 @@ MIGRATION_KEPT = (
 )
 
 
-def kept(cluster: Cluster) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """(guests, migrations, node VMs) as the controller and the nodes list them."""
-    guests = {g["guest_id"]: {k: g.get(k) for k in GUEST_KEPT} for g in cluster.cli("guests")["guests"]}
-    migrations = {
-        m["migration_id"]: {k: m.get(k) for k in MIGRATION_KEPT}
-        for m in cluster.cli("migrations")["migrations"]
-    }
-    return guests, migrations, cluster.node_vms()
+def kept(listed: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(guests, migrations, node VMs) of `Cluster.listings()`, as a restart must keep them."""
+    guests = {g["guest_id"]: {k: g.get(k) for k in GUEST_KEPT} for g in listed["guests"]}
+    migrations = {m["migration_id"]: {k: m.get(k) for k in MIGRATION_KEPT} for m in listed["migrations"]}
+    return guests, migrations, listed["vms"]
 
 
 def test_controller_state_volume_survives_restart_and_a_new_container(cluster: Cluster) -> None:
@@ -369,14 +386,12 @@ def test_controller_state_volume_survives_restart_and_a_new_container(cluster: C
     created = [cli("create-guest", "--node", f"node-{pool}")["guest_id"] for pool in ("ecv", "legacy")]
     moved = cli("migrate", created[0], "--to", "node-noecv")
     assert moved["phase"] == "MIGRATION_PHASE_SUCCEEDED", moved
-    guests, migrations, vms = kept(cluster)
+    guests, migrations, vms = kept(cluster.listings())
     assert guests[created[0]]["node_id"] == "node-noecv" and moved["migration_id"] in migrations
     assert all(g["state"] == "GUEST_STATE_RUNNING" for g in guests.values()), guests
-    on_nodes = {
-        vm_id: (node, running, owner) for node, listed in vms.items() for vm_id, running, owner in listed
-    }
+    running = {vm_id: (node, up, owner) for node, listed in vms.items() for vm_id, up, owner in listed}
     for g in guests.values():  # each guest's VM runs on its node
-        assert on_nodes[g["vm_id"]] == (g["node_id"], True, g["guest_id"]), (g, vms)
+        assert running[g["vm_id"]] == (g["node_id"], True, g["guest_id"]), (g, vms)
     seen_guests, seen_migrations = set(guests), set(migrations)
 
     for how in ("restart", "new container"):
@@ -385,9 +400,9 @@ def test_controller_state_volume_survives_restart_and_a_new_container(cluster: C
         else:
             cluster.pm.run("rm", "--force", "--time=0", cluster.controller)
             cluster.run_controller()
-        status = cluster.wait_nodes_healthy()  # the controller is back and has reached every node
-        assert all(not n.get("orphans") and not n.get("lost_guests") for n in status.values()), (how, status)
-        assert kept(cluster) == (guests, migrations, vms), how  # nothing lost, moved or destroyed
+        listed = cluster.wait_nodes_healthy()  # the controller is back and has reached every node
+        assert all(not n["orphans"] and not n["lost_guests"] for n in listed["nodes"]), (how, listed)
+        assert kept(listed) == (guests, migrations, vms), how  # nothing lost, moved or destroyed
 
         new = cli("create-guest", "--node", "node-ecv")  # ids come from the stored counters
         assert new["guest_id"] not in seen_guests, (how, new, seen_guests)
@@ -395,6 +410,12 @@ def test_controller_state_volume_survives_restart_and_a_new_container(cluster: C
         again = cli("migrate", created[1], "--to", to)
         assert again["phase"] == "MIGRATION_PHASE_SUCCEEDED", (how, again)
         assert again["migration_id"] not in seen_migrations, (how, again, seen_migrations)
-        guests, migrations, vms = kept(cluster)
+        before = guests
+        guests, migrations, vms = kept(cluster.listings())
+        on_nodes = {vm[0]: node for node, listed_vms in vms.items() for vm in listed_vms}
+        for g in before.values():  # what the restarted controller did not touch is still there
+            if g["guest_id"] != created[1]:
+                assert guests[g["guest_id"]] == g and on_nodes[g["vm_id"]] == g["node_id"], (how, g, vms)
+        assert set(guests) == set(before) | {new["guest_id"]}, (how, guests)
         seen_guests |= set(guests)
         seen_migrations |= set(migrations)
