@@ -33,7 +33,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -141,7 +141,7 @@ def listed(reply, field):
     ]
 token = open(os.environ["KVMTIMER_TOKEN_FILE"]).read().strip()
 auth = [("authorization", "Bearer " + token)]
-out = {"vms": {}}
+out = {"vms": {}, "errors": []}
 try:
     with grpc.secure_channel(sys.argv[1], creds("/etc/kvmtimer/tls/")) as ch:
         ctl = controller_pb2_grpc.ControllerStub(ch)
@@ -150,11 +150,15 @@ try:
         reply = ctl.ListMigrations(cpb.ListMigrationsRequest(), metadata=auth, timeout=10)
         out["migrations"] = listed(reply, "migrations")
 except grpc.RpcError as err:
-    out["error"] = str(err.code())
+    out["errors"].append(f"controller: {err.code()}: {err.details()}")
 options = [("grpc.ssl_target_name_override", "kvmtimer-node")]
 for node_id, address in (arg.split("=") for arg in sys.argv[2:]):
-    with grpc.secure_channel(address, creds("/etc/kvmtimer/controller-tls/"), options=options) as ch:
-        reply = node_pb2_grpc.NodeStub(ch).ListVms(node_pb2.ListVmsRequest(), timeout=10)
+    try:
+        with grpc.secure_channel(address, creds("/etc/kvmtimer/controller-tls/"), options=options) as ch:
+            reply = node_pb2_grpc.NodeStub(ch).ListVms(node_pb2.ListVmsRequest(), timeout=10)
+    except grpc.RpcError as err:
+        out["errors"].append(f"{node_id}: {err.code()}: {err.details()}")
+        continue
     out["vms"][node_id] = sorted([vm.vm_id, vm.running, vm.owner.guest_id] for vm in reply.vms)
 print(json.dumps(out))
 """
@@ -198,23 +202,36 @@ class Cluster:
             assert done.returncode == 0, done.stderr
         return json.loads(done.stdout) if done.returncode == 0 else None
 
-    def listings(self) -> dict[str, Any]:
-        """The controller's nodes, guests and migrations (absent, with `error`, while it does not
-        answer) and every node's VMs as [vm_id, running, owner guest] (`vms`, by node id)."""
+    def _list_once(self) -> dict[str, Any]:
         nodes = [f"node-{pool}={self.node_container(pool)}:7000" for pool in POOLS]
-        done = self.pm.run("exec", self.client, "python3", "-c", LISTINGS, f"{self.controller}:7070", *nodes)
+        done = self.pm.run(
+            "exec", self.client, "python3", "-c", LISTINGS, f"{self.controller}:7070", *nodes, check=False
+        )
+        if done.returncode != 0:
+            return {"errors": [done.stderr[-2000:]]}
         listed: dict[str, Any] = json.loads(done.stdout)
         return listed
 
-    def wait_nodes_healthy(self, timeout_s: float = 90) -> dict[str, Any]:
-        """Wait until the controller answers and lists the three nodes healthy; its listings."""
+    def _wait_listings(self, ready: Callable[[dict[str, Any]], bool], timeout_s: float) -> dict[str, Any]:
+        # Retried: the network's DNS may briefly fail lookups while containers come and go.
         deadline = time.monotonic() + timeout_s
         while True:
-            listed = self.listings()
-            if sum(n.get("healthy", False) for n in listed.get("nodes", [])) == len(POOLS):
+            listed = self._list_once()
+            if not listed["errors"] and ready(listed):
                 return listed
-            assert time.monotonic() < deadline, f"controller lists {listed}"
+            assert time.monotonic() < deadline, f"listings: {listed}"
             time.sleep(1)
+
+    def listings(self, timeout_s: float = 30) -> dict[str, Any]:
+        """The controller's nodes, guests and migrations and every node's VMs as
+        [vm_id, running, owner guest] (`vms`, by node id), once all of them answer."""
+        return self._wait_listings(lambda _: True, timeout_s)
+
+    def wait_nodes_healthy(self, timeout_s: float = 90) -> dict[str, Any]:
+        """Wait until the controller answers and lists the three nodes healthy; its listings."""
+        return self._wait_listings(
+            lambda listed: sum(n["healthy"] for n in listed["nodes"]) == len(POOLS), timeout_s
+        )
 
 
 @pytest.fixture(scope="module")
