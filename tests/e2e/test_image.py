@@ -145,9 +145,9 @@ out = {"vms": {}, "errors": []}
 try:
     with grpc.secure_channel(sys.argv[1], creds("/etc/kvmtimer/tls/")) as ch:
         ctl = controller_pb2_grpc.ControllerStub(ch)
-        out["nodes"] = listed(ctl.ListNodes(cpb.ListNodesRequest(), metadata=auth, timeout=10), "nodes")
-        out["guests"] = listed(ctl.ListGuests(cpb.ListGuestsRequest(), metadata=auth, timeout=10), "guests")
-        reply = ctl.ListMigrations(cpb.ListMigrationsRequest(), metadata=auth, timeout=10)
+        out["nodes"] = listed(ctl.ListNodes(cpb.ListNodesRequest(), metadata=auth, timeout=5), "nodes")
+        out["guests"] = listed(ctl.ListGuests(cpb.ListGuestsRequest(), metadata=auth, timeout=5), "guests")
+        reply = ctl.ListMigrations(cpb.ListMigrationsRequest(), metadata=auth, timeout=5)
         out["migrations"] = listed(reply, "migrations")
 except grpc.RpcError as err:
     out["errors"].append(f"controller: {err.code()}: {err.details()}")
@@ -155,7 +155,7 @@ options = [("grpc.ssl_target_name_override", "kvmtimer-node")]
 for node_id, address in (arg.split("=") for arg in sys.argv[2:]):
     try:
         with grpc.secure_channel(address, creds("/etc/kvmtimer/controller-tls/"), options=options) as ch:
-            reply = node_pb2_grpc.NodeStub(ch).ListVms(node_pb2.ListVmsRequest(), timeout=10)
+            reply = node_pb2_grpc.NodeStub(ch).ListVms(node_pb2.ListVmsRequest(), timeout=5)
     except grpc.RpcError as err:
         out["errors"].append(f"{node_id}: {err.code()}: {err.details()}")
         continue
@@ -213,7 +213,8 @@ class Cluster:
         return listed
 
     def _wait_listings(self, ready: Callable[[dict[str, Any]], bool], timeout_s: float) -> dict[str, Any]:
-        # Retried: the network's DNS may briefly fail lookups while containers come and go.
+        # Retried: the network's DNS (aardvark-dns) sometimes answers no lookup at all for
+        # about 25 s after `podman restart` of a container on it; short deadlines, retried.
         deadline = time.monotonic() + timeout_s
         while True:
             listed = self._list_once()
