@@ -58,10 +58,12 @@ class NodeClient:
         self.address = address
         self.timeout_s = timeout_s
         self.channel = aio_channel(address, credentials, server_name=server_name)
+        self.closed = False  # close() was called: calls fail as UNAVAILABLE
         self.stub = node_pb2_grpc.NodeStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
 
     async def close(self) -> None:
+        self.closed = True
         await self.channel.close(None)
 
     async def _call(self, rpc: str, request: Any, timeout_s: float | None = None) -> Any:
@@ -70,6 +72,12 @@ class NodeClient:
         except grpc.aio.AioRpcError as err:
             errno_name = errno_from(err)
             raise NodeCallError(self.node_id, rpc, err.code().name, errno_name, err.details() or "") from None
+        except grpc.aio.UsageError:
+            # A caller still holding this client after the pool replaced and closed it (the
+            # node re-registered meanwhile): the node is unreachable through it, not a crash.
+            if not self.closed:
+                raise
+            raise NodeCallError(self.node_id, rpc, "UNAVAILABLE", None, "client closed") from None
 
     async def check_health(self, timeout_s: float = 1.0) -> Health:
         try:

@@ -24,7 +24,6 @@ a telemetry stream) and has no type hints.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -33,6 +32,8 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+
+from node.runtime.rpc import Behaviour, response_items, rewrap_handler
 
 # grpc's classes are generic only in its type stubs.
 if TYPE_CHECKING:
@@ -63,7 +64,6 @@ GO_CODE = {
 _BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 LABELS = ("grpc_type", "grpc_service", "grpc_method")
 Ctx = grpc.aio.ServicerContext[Any, Any]
-Behaviour = Callable[..., Any]
 
 
 def split_method(full_method: str) -> tuple[str, str]:
@@ -182,13 +182,9 @@ class GrpcServerMetrics(ServerInterceptor, Collector):
                 began = time.perf_counter()
                 started.inc()
                 try:
-                    result = behaviour(requests(request), context)
-                    if inspect.isasyncgen(result) or hasattr(result, "__aiter__"):
-                        async for item in result:
-                            sent.inc()
-                            yield item
-                    else:  # a coroutine that writes with context.write()
-                        await result
+                    async for item in response_items(behaviour(requests(request), context)):
+                        sent.inc()
+                        yield item
                 except BaseException as error:
                     done(context, began, error)
                     raise
@@ -196,18 +192,7 @@ class GrpcServerMetrics(ServerInterceptor, Collector):
 
             return timed
 
-        kw = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(unary_response(handler.unary_unary), **kw)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(stream_response(handler.unary_stream), **kw)
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(unary_response(handler.stream_unary), **kw)
-        assert handler.stream_stream is not None
-        return grpc.stream_stream_rpc_method_handler(stream_response(handler.stream_stream), **kw)
+        return rewrap_handler(handler, unary_response=unary_response, stream_response=stream_response)
 
 
 def _counted(requests: Any, inc: Callable[[], None]) -> Any:

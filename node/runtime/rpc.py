@@ -1,14 +1,18 @@
-"""The one place a servicer method's exceptions become gRPC statuses (shared by node and controller).
+"""gRPC server plumbing shared by node and controller.
 
-Each service supplies its error base class and how to describe an error (status code,
-message, trailing metadata); anything else becomes INTERNAL and is logged once with its
-traceback.
+`RpcErrors`: the one place a servicer method's exceptions become gRPC statuses. Each service
+supplies its error base class and how to describe an error (status code, message, trailing
+metadata); anything else becomes INTERNAL and is logged once with its traceback.
+
+`rewrap_handler` and `response_items`: how a server interceptor wraps a method handler's
+behaviour (the TLS-name and token checks, the per-RPC metrics), for all four RPC shapes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -77,3 +81,44 @@ class RpcErrors(Generic[E]):
                 await self._abort(context, err, method.__name__)
 
         return wrapper
+
+
+# --- wrapping method handlers (server interceptors) ---------------------------------------------
+
+Behaviour = Callable[..., Any]
+WrapBehaviour = Callable[[Behaviour], Behaviour]
+
+
+def rewrap_handler(
+    handler: grpc.RpcMethodHandler[Any, Any], *, unary_response: WrapBehaviour, stream_response: WrapBehaviour
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """`handler` with its behaviour wrapped, same shape and (de)serializers.
+
+    `unary_response` wraps the behaviour of unary-unary and stream-unary methods (an async
+    function `(request, context) -> response`); `stream_response` that of unary-stream and
+    stream-stream methods, and must return an async generator function (`response_items`
+    iterates the wrapped behaviour's result). `request` is a message or, for client streaming,
+    the request iterator.
+    """
+    kw = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(unary_response(handler.unary_unary), **kw)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(stream_response(handler.unary_stream), **kw)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(unary_response(handler.stream_unary), **kw)
+    assert handler.stream_stream is not None
+    return grpc.stream_stream_rpc_method_handler(stream_response(handler.stream_stream), **kw)
+
+
+async def response_items(result: Any) -> AsyncIterator[Any]:
+    """The messages a streaming behaviour's `result` yields: an async iterator's items, or none
+    from a coroutine that sends them itself with `context.write()` (awaited to its end)."""
+    if inspect.isasyncgen(result) or hasattr(result, "__aiter__"):
+        async for item in result:
+            yield item
+    else:
+        await result

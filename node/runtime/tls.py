@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import hmac
-import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ import grpc
 from grpc_health.v1 import health
 
 from node.runtime.addr import is_loopback
+from node.runtime.rpc import Behaviour, response_items, rewrap_handler
 
 # grpc's classes are generic only in its type stubs.
 if TYPE_CHECKING:
@@ -174,7 +174,6 @@ def sync_channel(
 
 # --- server-side checks ------------------------------------------------------------------------
 
-Behaviour = Callable[..., Any]
 Check = Callable[[grpc.aio.ServicerContext[Any, Any]], Awaitable[None]]
 
 
@@ -191,27 +190,12 @@ def _guard(handler: grpc.RpcMethodHandler[Any, Any], check: Check) -> grpc.RpcMe
     def stream_response(behaviour: Behaviour) -> Behaviour:
         async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             await check(context)
-            result = behaviour(request, context)
-            if inspect.isasyncgen(result) or hasattr(result, "__aiter__"):
-                async for item in result:
-                    yield item
-            else:  # a coroutine that writes with context.write()
-                await result
+            async for item in response_items(behaviour(request, context)):
+                yield item
 
         return guarded
 
-    kw = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(unary_response(handler.unary_unary), **kw)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(stream_response(handler.unary_stream), **kw)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(unary_response(handler.stream_unary), **kw)
-    assert handler.stream_stream is not None
-    return grpc.stream_stream_rpc_method_handler(stream_response(handler.stream_stream), **kw)
+    return rewrap_handler(handler, unary_response=unary_response, stream_response=stream_response)
 
 
 def peer_names(context: grpc.aio.ServicerContext[Any, Any]) -> set[str]:

@@ -8,7 +8,8 @@ to this test run). podman then applies what the
 Deployment says: the settings file mounted from the ConfigMap, the KVMTIMER_* environment
 (KVMTIMER_TOKEN_FILE and KVMTIMER_MQTT_FILE included), the pod's UID/GID 10001, the read-only root
 filesystem, no capabilities, no privilege escalation. Covers: the container runs with exactly
-that (checked from /proc inside it), loads the mounted settings and token file (it logs
+that (checked from /proc inside it), its state file is on the named volume podman made of the
+PersistentVolumeClaim, it loads the mounted settings and token file (it logs
 `controller_listening` with security `mtls+token`), and answers SERVING on the plaintext probe
 port (7071) while the mTLS port refuses a client without a certificate.
 
@@ -131,6 +132,11 @@ def test_kube_play_runs_the_controller_deployment(podman: Podman, tmp_path: Path
         assert int(fields["CapEff"], 16) == 0 and fields["NoNewPrivs"].strip() == "1"
         inspect = json.loads(podman.run("inspect", container).stdout)[0]
         assert inspect["HostConfig"]["ReadonlyRootfs"] is True
+        # The claim became a named volume on the state directory, and the state file is on it.
+        mounts = {m["Destination"]: m for m in inspect["Mounts"]}
+        state = mounts["/var/lib/kvmtimer"]
+        assert (state["Type"], state["Name"], state["RW"]) == ("volume", state_volume_name(), True), state
+        podman.run("exec", container, "test", "-s", "/var/lib/kvmtimer/state.db")
         wrote = podman.run("exec", container, "touch", "/opt/x", check=False)
         assert "Read-only file system" in wrote.stderr
 
