@@ -93,6 +93,10 @@ class NodePool:
         self.slow_checks: dict[NodeId, int] = {}  # health rounds in a row without an answer in time
         self.loop_lag = LoopLag()  # this controller's own event-loop lag (started by start())
         self.inconclusive_rounds = 0  # rounds whose timeouts were not held against the nodes
+        # One registration of a node at a time: two at once (self-registration and DNS discovery)
+        # would each open a client and the later would close the one the earlier installed,
+        # under whoever was already using it.
+        self._registering: dict[NodeId, asyncio.Lock] = {}
 
     def start(self) -> None:
         """Start measuring the event loop's lag (health rounds use it)."""
@@ -124,6 +128,10 @@ class NodePool:
         """
         if not node_id or not address:
             raise InvalidArgument("node_id and address are required")
+        async with self._registering.setdefault(NodeId(node_id), asyncio.Lock()):
+            return await self._register(node_id, address)
+
+    async def _register(self, node_id: str, address: str) -> NodeRecord:
         existing = self.clients.get(NodeId(node_id))
         reuse = existing is not None and existing.address == address
         client = existing if existing is not None and reuse else self.connect(node_id, address)
