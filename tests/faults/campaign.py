@@ -26,8 +26,8 @@ the nodes' own ListVms and GetOneReg, never against the controller's word alone:
 Prints a table victim x step: runs, rolled back, rolled forward, lost by host crash, violations,
 and runs not started (the fault could not be set up: a request refused while a CPU-starved node
 looked down; counted, and the exit status is 1 if any);
-`--runs N` runs every cell N times (7 steps x 3 victims x N faults). Goal: >= 1000 faults in one
-run with 0 violations (`--runs 48` = 1008). tests/e2e/test_fault_campaign.py runs every cell once.
+`--runs N` runs every cell N times (6 steps x 3 victims x N faults). Goal: >= 1000 faults in one
+run with 0 violations (`--runs 56` = 1008). tests/e2e/test_fault_campaign.py runs every cell once.
 """
 
 from __future__ import annotations

@@ -247,7 +247,6 @@ async def test_controller_telemetry_through_mosquitto(broker: Mosquitto) -> None
                 "pause",
                 "snapshot",
                 "transfer",
-                "restore",
                 "resume",
                 "cleanup",
             ]
