@@ -69,6 +69,11 @@ TransferHook = Callable[[MigrationRecord], Awaitable[None]]
 FaultHook = Callable[[MigrationRecord, Step], Awaitable[None]]
 
 
+# Steps journaled while the source is paused and the destination not yet resumed (the guest's
+# downtime): their commits carry the journal row alone.
+_WHILE_STOPPED = (Step.SNAPSHOT, Step.TRANSFER, Step.RESUME)
+
+
 class Cancelled(Exception):
     """A cancel was requested at a step boundary."""
 
@@ -113,6 +118,12 @@ class MigrationExecutor:
     def _commit(self, j: Journal, *, guest: bool = False) -> None:
         self.j = j
         self.r.journal_step = "" if j.step is None else j.step.value
+        if j.step in _WHILE_STOPPED and j.outcome is Outcome.IN_FLIGHT and not guest:
+            # The guest is stopped: commit only the journal row (what recovery reads, and all
+            # it reads); the record, a report, is written with the next step outside the window.
+            self.c.journals[j.migration_id] = j
+            self.c.store.put_journal(j)
+            return
         self.c.persist_migration(self.r, j, self.guest if guest else None)
 
     async def run(self) -> Outcome:
