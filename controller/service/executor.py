@@ -210,7 +210,7 @@ class MigrationExecutor:
             return Result.CANCELLED, "cancelled by request; the guest stays on the source"
         except NodeCallError as err:
             if err.unreachable:
-                self.c.pool.set_health(NodeId(err.node_id), False, err.message)
+                self.c.pool.call_failed(NodeId(err.node_id), err.code, err.message)
                 return Result.UNREACHABLE, node_failure(err).message
             return Result.FAILED, err.message
         except ControllerError as err:

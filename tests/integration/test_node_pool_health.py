@@ -3,6 +3,9 @@
 Edge cases: a node whose checks time out is marked down only after SLOW_CHECKS_TO_DOWN rounds in a
 row (and listeners hear of it once); an answer in between resets the count; a refused or
 NOT_SERVING answer marks it down at once; a node marked down comes back up on its next SERVING.
+A failed call outside the health checks (a migration's) follows the same rule: refused
+(UNAVAILABLE) marks the node down at once, timed out counts as one slow answer with the checks'
+(a busy host stays up until the threshold), any other code changes nothing.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ async def test_slow_checks_mark_a_node_down_only_after_the_threshold() -> None:
         assert pool.nodes[NodeId("n1")].healthy and heard == []
     await pool.check_health()
     assert not pool.nodes[NodeId("n1")].healthy
-    assert heard == [("n1", False, f"health check timed out {SLOW_CHECKS_TO_DOWN} times in a row")]
+    assert heard == [("n1", False, f"health check timed out; {SLOW_CHECKS_TO_DOWN} timeouts in a row")]
     await pool.check_health()  # still slow: no second event
     assert len(heard) == 1
 
@@ -69,3 +72,23 @@ async def test_a_refused_check_marks_the_node_down_at_once_and_serving_brings_it
     assert heard == [("n1", False, "health check failed")]
     await pool.check_health()
     assert heard[-1] == ("n1", True, "") and pool.nodes[NodeId("n1")].healthy
+
+
+@pytest.mark.asyncio
+async def test_a_timed_out_call_counts_as_a_slow_answer_a_refused_one_marks_down() -> None:
+    node = NodeId("n1")
+    pool, heard = pool_with("n1", ScriptedClient(*[Health.SLOW] * (SLOW_CHECKS_TO_DOWN - 2), Health.SERVING))
+    pool.call_failed(node, "DEADLINE_EXCEEDED", "batch: deadline exceeded")
+    pool.call_failed(node, "CANCELLED", "cancelled")
+    assert pool.nodes[node].healthy and heard == []
+    for _ in range(SLOW_CHECKS_TO_DOWN - 2):
+        await pool.check_health()
+    assert pool.nodes[node].healthy and heard == []  # one timeout short of the threshold
+    pool.call_failed(node, "DEADLINE_EXCEEDED", "batch: deadline exceeded")
+    assert heard == [
+        ("n1", False, f"call timed out (batch: deadline exceeded); {SLOW_CHECKS_TO_DOWN} timeouts in a row")
+    ]
+    await pool.check_health()  # it answers: up again, and the count starts over
+    assert pool.nodes[node].healthy and node not in pool.slow_checks
+    pool.call_failed(node, "UNAVAILABLE", "connection refused")
+    assert heard[-1] == ("n1", False, "connection refused")
