@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from controller.core.machine import Journal, Outcome, VmRef, destination_ran, told_to_resume
+from controller.core.machine import Journal, OnVm, Outcome, VmRef, destination_ran, told_to_resume
 from controller.core.model import GuestId, GuestState, MigrationId, NodeId
 
 
@@ -60,17 +60,14 @@ class NodeVm:
 
 
 @dataclass(frozen=True, slots=True)
-class ResumeVm:
-    """Resume a paused VM (idempotent on the node)."""
-
-    vm: VmRef
+class ResumeVm(OnVm):
+    """Resume the paused VM `vm` (idempotent on the node)."""
 
 
 @dataclass(frozen=True, slots=True)
-class DestroyVm:
-    """Destroy a VM the controller created (NOT_FOUND counts as done)."""
+class DestroyVm(OnVm):
+    """Destroy the VM `vm` the controller created (NOT_FOUND counts as done)."""
 
-    vm: VmRef
     why: str
 
 
