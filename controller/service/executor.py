@@ -157,6 +157,7 @@ class MigrationExecutor:
         if isinstance(cmd, Hold):
             r.reason = f"in doubt: {cmd.reason}; waiting for the nodes to tell"
             log.warning("migration_held", migration_id=r.migration_id, reason=cmd.reason)
+            c.persist_migration(r, j)  # the record too (a RESUME commit carried the journal alone)
             c.publish_migration(r)
             return Outcome.IN_FLIGHT
         return j.outcome

@@ -11,6 +11,9 @@ Edge cases covered:
   paused, never on two nodes, its counter never behind what it was; the record says how
   (recovered = rolled_back / rolled_forward) and is no longer in flight
 - recovery twice (a crash during recovery) gives the same result
+- the destination's restore-and-resume batch unanswered (in doubt): the migration is held, in
+  flight, and reconciliation asks the destination: the batch ran (VM running) -> rolled forward;
+  it never arrived (VM paused, not restored) -> rolled back to the source; never on two nodes
 - a node whose host crashed (it answers, empty): its guests are lost, visibly (ListGuests state
   and reason, NodeStatus.lost_guests, a node telemetry event, the guests_lost metric), not
   recreated; the node is healthy again
@@ -20,6 +23,7 @@ Edge cases covered:
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -27,13 +31,14 @@ from kvmtimer.v1 import controller_pb2 as cpb
 from kvmtimer.v1 import node_pb2 as pb
 from prometheus_client import generate_latest
 
-from controller.core.errors import InvalidArgument
+from controller.core.errors import InvalidArgument, NodeCallError
 from controller.core.machine import PIPELINE
 from controller.core.migration import Method, MigrationRecord, Phase, Step
 from controller.core.model import GuestState, NodeId
 from controller.core.recovery import NodeVm
 from controller.service.cluster import Cluster
 from controller.service.executor import FaultHook
+from controller.service.reconciler import reconcile
 from controller.telemetry.metrics import controller_registry
 from node.core.features import ApiProfile, EcvLevel, HostFeatures
 from node.core.uapi import OneReg
@@ -137,6 +142,56 @@ async def test_controller_killed_at_each_step_recovers(tmp_path: Path, step: Ste
         # And the guest can move on.
         nxt = await c3.migrate("g", "a" if forward else "b", Method.AUTO, wait=True)
         assert nxt.phase is Phase.SUCCEEDED, nxt.reason
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("batch_ran", [True, False])
+async def test_unanswered_resume_is_held_then_decided_by_the_destination(
+    tmp_path: Path, batch_ran: bool
+) -> None:
+    async with sim_cluster(NODES, state_path=tmp_path / "s.db") as sim:
+        c = sim.cluster
+        g = await c.create_guest("g", 2, WORKLOAD, "a")
+        sim.advance_s(1.0)
+        dst = c.pool.client(NodeId("b"))
+        real_batch = dst.batch
+
+        async def lost_answer(calls: Sequence[pb.BatchCall]) -> list[pb.BatchResult]:
+            if calls[-1].WhichOneof("call") != "resume_vm":
+                return await real_batch(calls)
+            if batch_ran:
+                await real_batch(calls)  # done on the node, but the answer never comes back
+            raise NodeCallError("b", "Batch", "DEADLINE_EXCEEDED", None, "deadline exceeded")
+
+        setattr(dst, "batch", lost_answer)  # noqa: B010 - this test's lost answer
+        record = await c.migrate("g", "b", Method.AUTO, wait=True)
+        assert not record.phase.terminal and record.journal_step == "resume"
+        assert record.reason.startswith("in doubt") and c.guest("g").migrating == record.migration_id
+        dst_vm = f"g@{record.migration_id}"
+        assert node_vms(sim) == {"a": {g.vm_id: False}, "b": {dst_vm: batch_ran}}
+        setattr(dst, "batch", real_batch)  # noqa: B010
+        await reconcile(c)
+        r = c.migration(record.migration_id)
+        guest = c.guest("g")
+        assert r.phase.terminal and guest.migrating is None and guest.state is GuestState.RUNNING
+        if batch_ran:
+            assert r.recovered == "rolled_forward" and r.phase is Phase.SUCCEEDED
+            assert (guest.node_id, guest.vm_id, node_vms(sim)) == (
+                "b",
+                dst_vm,
+                {"a": {}, "b": {dst_vm: True}},
+            )
+        else:
+            assert r.recovered == "rolled_back" and r.phase is Phase.FAILED
+            assert (guest.node_id, guest.vm_id, node_vms(sim)) == (
+                "a",
+                g.vm_id,
+                {"a": {g.vm_id: True}, "b": {}},
+            )
+        # Settled: another round changes nothing.
+        before = node_vms(sim)
+        await reconcile(c)
+        assert node_vms(sim) == before
 
 
 @pytest.mark.asyncio
