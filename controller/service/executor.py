@@ -153,6 +153,9 @@ class MigrationExecutor:
             if result is Result.OK and r.cancel_requested and not told_to_resume(j.step):
                 result, reason = Result.CANCELLED, "cancelled by request; the guest stays on the source"
             j, cmd = advance(j, result, reason)
+            if isinstance(cmd, Hold):
+                self.j = j  # the same step, held: committed below with the record
+                break
             self._enter(j)
         if isinstance(cmd, Hold):
             r.reason = f"in doubt: {cmd.reason}; waiting for the nodes to tell"
@@ -212,7 +215,11 @@ class MigrationExecutor:
         except NodeCallError as err:
             if err.unreachable:
                 self.c.pool.call_failed(NodeId(err.node_id), err.code, err.message)
-                return Result.UNREACHABLE, node_failure(err).message
+                # A call that never reached the node was not done: a definite failure (the
+                # destination never resumed). Not for CLEANUP, where only an answer can say
+                # that the destination lost the guest.
+                if not err.never_sent or isinstance(cmd, Cleanup):
+                    return Result.UNREACHABLE, node_failure(err).message
             return Result.FAILED, err.message
         except ControllerError as err:
             return Result.FAILED, err.message

@@ -167,6 +167,9 @@ async def test_unanswered_resume_is_held_then_decided_by_the_destination(
         record = await c.migrate("g", "b", Method.AUTO, wait=True)
         assert not record.phase.terminal and record.journal_step == "resume"
         assert record.reason.startswith("in doubt") and c.guest("g").migrating == record.migration_id
+        assert record.steps == ["prepare", "pause", "snapshot", "transfer", "resume"]
+        assert c.store.journals()[-1].reason == record.reason.removeprefix("in doubt: ").split(";")[0]
+        assert c.node("b").healthy  # one timeout is a slow answer, not a dead host
         dst_vm = f"g@{record.migration_id}"
         assert node_vms(sim) == {"a": {g.vm_id: False}, "b": {dst_vm: batch_ran}}
         setattr(dst, "batch", real_batch)  # noqa: B010
@@ -192,6 +195,32 @@ async def test_unanswered_resume_is_held_then_decided_by_the_destination(
         before = node_vms(sim)
         await reconcile(c)
         assert node_vms(sim) == before
+
+
+@pytest.mark.asyncio
+async def test_resume_batch_that_never_reached_the_destination_rolls_back_at_once(tmp_path: Path) -> None:
+    # The destination refuses connections (its host down): the batch was never received, so it
+    # did not resume there: a definite failure, rolled back without waiting for the destination.
+    async with sim_cluster(NODES, state_path=tmp_path / "s.db") as sim:
+        c = sim.cluster
+        g = await c.create_guest("g", 2, WORKLOAD, "a")
+        sim.advance_s(1.0)
+        dst = c.pool.client(NodeId("b"))
+        real_batch = dst.batch
+        refused = "failed to connect to all addresses; last error: Connection refused"
+
+        async def no_connection(calls: Sequence[pb.BatchCall]) -> list[pb.BatchResult]:
+            if calls[-1].WhichOneof("call") != "resume_vm":
+                return await real_batch(calls)
+            raise NodeCallError("b", "Batch", "UNAVAILABLE", None, refused)
+
+        setattr(dst, "batch", no_connection)  # noqa: B010 - this test's refused connection
+        record = await c.migrate("g", "b", Method.AUTO, wait=True)
+        assert record.phase is Phase.FAILED and record.steps[-1] == "rollback", record.reason
+        assert "UNAVAILABLE" in record.reason and not c.node("b").healthy
+        guest = c.guest("g")
+        assert (guest.node_id, guest.vm_id, guest.migrating) == ("a", g.vm_id, None)
+        assert node_vms(sim) == {"a": {g.vm_id: True}, "b": {}}
 
 
 @pytest.mark.asyncio

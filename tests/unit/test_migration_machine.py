@@ -9,6 +9,8 @@ Edge cases covered:
   doubt); a cancel is refused
 - CLEANUP: OK succeeds; the destination VM gone rolls back to the source; no answer holds
 - advancing a finished or unstarted journal, or starting twice, is refused
+- a node call counts as never sent (so not done: a definite failure) only when no connection
+  could be made, never on a timeout or a connection lost mid-call
 - command_for(journal) re-derives the command a journal stands for (what recovery re-sends)
 """
 
@@ -119,3 +121,12 @@ def test_command_for_is_what_advance_returned(step: Step) -> None:
     assert m.told_to_resume(step) == (step in (Step.RESUME, Step.CLEANUP))
     assert m.destination_ran(step) == (step is Step.CLEANUP)
     assert m.source_possibly_paused(step) == (step is not Step.PREPARE)
+
+
+def test_never_sent_is_only_a_connection_that_failed() -> None:
+    from controller.core.errors import NodeCallError
+
+    refused = "failed to connect to all addresses; last error: UNKNOWN: Connection refused"
+    assert NodeCallError("b", "Batch", "UNAVAILABLE", None, refused).never_sent
+    assert not NodeCallError("b", "Batch", "UNAVAILABLE", None, "Socket closed").never_sent
+    assert not NodeCallError("b", "Batch", "DEADLINE_EXCEEDED", None, "Deadline Exceeded").never_sent
