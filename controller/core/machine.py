@@ -16,8 +16,9 @@ steps: one round trip more inside the guest's downtime, for nothing recovery nee
 
 Policy (issue #11): the guest belongs to the source until the destination runs it. A
 failure at PREPARE..TRANSFER rolls back (destroy the destination VM, resume the
-source), and so does a definite failure at RESUME (the destination answered: its VM
-does not run). An unanswered RESUME is in doubt: the machine holds and leaves the
+source), and so does a definite failure at RESUME (the destination answered that its
+batch failed, or the batch never reached it: no connection could be made; either way its
+VM does not run). An unanswered RESUME is in doubt: the machine holds and leaves the
 decision to reconciliation (controller.core.recovery), which asks the destination:
 its VM runs -> roll forward; otherwise -> roll back. CLEANUP is journaled once the
 destination answered that it runs the guest; it first checks that it still does: if
