@@ -246,10 +246,19 @@ class Campaign:
             cpb.CreateGuestRequest(vcpus=1, node_id="a"), timeout=RPC_S
         )
         before = self.vm_counter("a", created.vm_id)
-        migration: cpb.Migration = self.stub.Migrate(
-            cpb.MigrateRequest(guest_id=created.guest_id, destination="b"), timeout=RPC_S
-        )
         controller = self.controller
+        self.counter += 1
+        migration = cpb.Migration(migration_id=f"fault-{self.counter}-{created.guest_id}")
+        try:
+            request = cpb.MigrateRequest(
+                guest_id=created.guest_id, destination="b", migration_id=migration.migration_id
+            )
+            self.stub.Migrate(request, timeout=RPC_S)
+        except grpc.RpcError as err:
+            # Stopping itself at PREPARE, the controller may not have sent its reply yet: the
+            # migration exists (its id is ours), and the fault goes on.
+            if err.code() != grpc.StatusCode.DEADLINE_EXCEEDED or not controller.stopped():
+                raise
 
         def stopped_or_ended() -> str | None:
             if controller.stopped():
@@ -387,6 +396,11 @@ def _worker(
                             # request refused while a starved node looked down) is an error.
                             cell.errors += 1
                             cell.notes.append(f"run failed: {err!r}"[:300])
+                            # A controller left stopped (or stuck) would fail every later run:
+                            # start it again (recovery settles what the failed run left).
+                            if campaign.controller is not None:
+                                campaign.controller.terminate()
+                            campaign.start_controller(step)
                             if verbose:
                                 print(f"ERROR {victim} at {step} (run {n + 1}): {err!r}"[:300], flush=True)
                             continue
