@@ -200,11 +200,12 @@ def cmd_guests(args: GuestsSettings, stub: cpb_grpc.ControllerStub) -> int:
             full: cpb.Guest = stub.GetGuest(cpb.GetGuestRequest(guest_id=g.guest_id), timeout=timeout(args))
             detailed.guests.append(full)
         resp = detailed
-    print(
-        views.to_json(resp)
-        if json_mode(args.output)
-        else views.guests_table(resp.guests, observations=args.observations)
-    )
+    if json_mode(args.output):
+        print(views.to_json(resp))
+        return EXIT_OK
+    nodes: cpb.ListNodesResponse = stub.ListNodes(cpb.ListNodesRequest(), timeout=timeout(args))
+    down = {n.node_id for n in nodes.nodes if not n.healthy}
+    print(views.guests_table(resp.guests, observations=args.observations, down=down))
     return EXIT_OK
 
 

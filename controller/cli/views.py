@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import cast
 
 from google.protobuf import json_format
@@ -168,14 +168,21 @@ def interrupts(obs: pb.GuestObservations) -> tuple[int, int, int]:
     return received, expected, shortfall
 
 
-def guest_state_label(g: cpb.Guest) -> str:
-    """running, creating, or LOST (reason)."""
+def guest_state_label(g: cpb.Guest, down: Collection[str] = ()) -> str:
+    """running, creating, or LOST (reason); a guest whose node is in `down` (does not answer) is
+    shown as waiting: the controller decides nothing about it until the node answers again."""
     if g.state == cpb.GUEST_STATE_LOST:
         return f"LOST ({g.state_reason})" if g.state_reason else "LOST"
-    return "creating" if g.state == cpb.GUEST_STATE_CREATING else "running"
+    label = "creating" if g.state == cpb.GUEST_STATE_CREATING else "running"
+    if g.node_id in down:
+        return f"{label}? (node {g.node_id} DOWN: waiting)"
+    return label
 
 
-def guests_table(guests: Iterable[cpb.Guest], *, observations: bool = False) -> str:
+def guests_table(
+    guests: Iterable[cpb.Guest], *, observations: bool = False, down: Collection[str] = ()
+) -> str:
+    """`down`: ids of the nodes the controller sees down (their guests are shown waiting)."""
     headers = ["GUEST", "STATE", "NODE", "VM", "VCPUS", "PERIOD", "PTIMER", "MIGRATING", "MIGRATIONS"]
     if observations:
         headers += ["MIN STEP", "IRQS RECV/EXP", "LAST JUMP ERR"]
@@ -183,7 +190,7 @@ def guests_table(guests: Iterable[cpb.Guest], *, observations: bool = False) -> 
     for g in guests:
         row: list[object] = [
             g.guest_id,
-            guest_state_label(g),
+            guest_state_label(g, down),
             g.node_id,
             g.vm_id,
             g.vcpus,

@@ -53,3 +53,9 @@ class NodeCallError(ControllerError):
     @property
     def unreachable(self) -> bool:
         return self.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED")
+
+    @property
+    def never_sent(self) -> bool:
+        """No connection to the node could be made, so it never received the call (gRPC's
+        UNAVAILABLE "failed to connect"; a connection lost mid-call says otherwise)."""
+        return self.code == "UNAVAILABLE" and "failed to connect" in self.detail.lower()

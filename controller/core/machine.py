@@ -1,22 +1,29 @@
 """The migration as a journaled state machine: given the journal and the last result,
 the next command, as frozen data. Pure: no I/O, no clock.
 
-    PREPARE -> PAUSE -> SNAPSHOT -> TRANSFER -> RESTORE -> RESUME -> CLEANUP -> done
-       \\________\\__________\\__________\\__________\\-> ROLLBACK -> done
+    PREPARE -> PAUSE -> SNAPSHOT -> TRANSFER -> RESUME -> CLEANUP -> done
+       \\________\\__________\\__________\\_________\\_________\\-> ROLLBACK -> done
 
 The executor (controller/service/) commits the journal `advance()` returns *before*
 it sends the command, so after any crash the journal's step says how far the
 migration may have got: a step is "possibly done" once it is journaled.
 
-Policy (issue #11): the guest belongs to the source until the destination is told to
-resume. A failure at PREPARE..RESTORE rolls back (destroy the destination VM, resume
-the source). From RESUME on the guest belongs to the destination: a definite failure
-of the resume (the node answered that it did not resume) still rolls back, but an
-unanswered one is in doubt, so the machine holds and leaves the decision to
-reconciliation (controller.core.recovery), which looks at the nodes. CLEANUP first
-checks that the destination still runs the guest: if its host crashed meanwhile, the
-paused source (the one complete copy left) is resumed instead of destroyed, as
-reconciliation would; no answer holds.
+RESUME is one node call: the destination's batch restores the snapshot (registers,
+workload, counter record) and resumes the VM last. A batch stops at its first failing
+call, so an answered failure leaves the destination VM not running, and a destination
+VM that runs was restored completely. Restore and resume used to be two journaled
+steps: one round trip more inside the guest's downtime, for nothing recovery needs.
+
+Policy (issue #11): the guest belongs to the source until the destination runs it. A
+failure at PREPARE..TRANSFER rolls back (destroy the destination VM, resume the
+source), and so does a definite failure at RESUME (the destination answered that its
+batch failed, or the batch never reached it: no connection could be made; either way its
+VM does not run). An unanswered RESUME is in doubt: the machine holds and leaves the
+decision to reconciliation (controller.core.recovery), which asks the destination:
+its VM runs -> roll forward; otherwise -> roll back. CLEANUP is journaled once the
+destination answered that it runs the guest; it first checks that it still does: if
+its host crashed meanwhile, the paused source (the one complete copy left) is resumed
+instead of destroyed, as reconciliation would; no answer holds.
 """
 
 from __future__ import annotations
@@ -33,7 +40,6 @@ PIPELINE: tuple[Step, ...] = (
     Step.PAUSE,
     Step.SNAPSHOT,
     Step.TRANSFER,
-    Step.RESTORE,
     Step.RESUME,
     Step.CLEANUP,
 )
@@ -42,6 +48,11 @@ PIPELINE: tuple[Step, ...] = (
 def told_to_resume(step: Step | None) -> bool:
     """Was the destination possibly told to resume (journal step RESUME or CLEANUP)?"""
     return step in (Step.RESUME, Step.CLEANUP)
+
+
+def destination_ran(step: Step | None) -> bool:
+    """Did the destination answer that it runs the guest, restored (journal step CLEANUP)?"""
+    return step is Step.CLEANUP
 
 
 def source_possibly_paused(step: Step | None) -> bool:
@@ -104,46 +115,38 @@ class Prepare:
 
 
 @dataclass(frozen=True, slots=True)
-class Pause:
-    """Stop the source VM."""
+class OnVm:
+    """A command about one VM (its subclasses say what to do with it)."""
 
     vm: VmRef
 
 
 @dataclass(frozen=True, slots=True)
-class Snapshot:
-    """Read the paused source's registers and workload delta."""
-
-    vm: VmRef
+class Pause(OnVm):
+    """Stop the source VM and read its registers and workload delta (one batch)."""
 
 
 @dataclass(frozen=True, slots=True)
-class Transfer:
-    """Carry the snapshot to the destination (controller-side; a hook point)."""
-
-    destination: VmRef
+class Snapshot(OnVm):
+    """Build the snapshot from the paused source's reads (controller-side)."""
 
 
 @dataclass(frozen=True, slots=True)
-class Restore:
-    """Write the snapshot (method, offsets, regs, workload) into the destination VM."""
-
-    vm: VmRef
+class Transfer(OnVm):
+    """Carry the snapshot to the destination VM (controller-side; a hook point)."""
 
 
 @dataclass(frozen=True, slots=True)
-class Resume:
-    """Tell the destination VM to run: from here on the guest belongs to it."""
-
-    vm: VmRef
+class Resume(OnVm):
+    """Restore the snapshot (offsets, registers, workload) into the destination VM and resume
+    it, in one node batch with the resume last: a failed batch leaves the VM not running."""
 
 
 @dataclass(frozen=True, slots=True)
-class Cleanup:
-    """Check that the destination VM runs, then destroy the stopped source VM (never before:
-    while the destination's host may have crashed, the source is the complete copy left)."""
+class Cleanup(OnVm):
+    """Check that the destination VM runs, then destroy the stopped source VM `vm` (never
+    before: while the destination's host may have crashed, the source is the complete copy left)."""
 
-    vm: VmRef
     destination: VmRef
 
 
@@ -169,7 +172,7 @@ class Hold:
     reason: str
 
 
-Command = Prepare | Pause | Snapshot | Transfer | Restore | Resume | Cleanup | Rollback | Finish | Hold
+Command = Prepare | Pause | Snapshot | Transfer | Resume | Cleanup | Rollback | Finish | Hold
 
 
 def command_for(j: Journal) -> Command:
@@ -187,8 +190,6 @@ def command_for(j: Journal) -> Command:
             return Snapshot(j.source)
         case Step.TRANSFER:
             return Transfer(j.destination)
-        case Step.RESTORE:
-            return Restore(j.destination)
         case Step.RESUME:
             return Resume(j.destination)
         case Step.CLEANUP:
@@ -243,7 +244,8 @@ def advance(j: Journal, result: Result, reason: str = "") -> tuple[Journal, Comm
     if step is Step.RESUME and result is Result.CANCELLED:
         raise ValueError("a migration cannot be cancelled once the destination was told to resume")
     # Failure (or cancel) before the destination runs: undo. The destination VM may
-    # exist from PREPARE on; the source may be paused from PAUSE on.
+    # exist from PREPARE on; the source may be paused from PAUSE on. At RESUME the node
+    # answered that its batch failed, so its VM does not run.
     nxt = replace(j, step=Step.ROLLBACK, reason=reason or result.value)
     return nxt, Rollback(j.destination, j.source if source_possibly_paused(step) else None)
 

@@ -69,8 +69,7 @@ class Step(StrEnum):
     PAUSE = "pause"
     SNAPSHOT = "snapshot"
     TRANSFER = "transfer"
-    RESTORE = "restore"
-    RESUME = "resume"
+    RESUME = "resume"  # restore the snapshot into the destination and resume it (one batch)
     CLEANUP = "cleanup"
     ROLLBACK = "rollback"
 

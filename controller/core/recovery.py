@@ -10,10 +10,14 @@ crash anywhere during recovery, followed by another recovery, gives the same res
 
 Rules (issue #11):
 - An in-flight migration journaled before RESUME rolls back (destroy the destination
-  VM, then resume the source); at RESUME or later it rolls forward (resume the
-  destination VM, then destroy the source). A copy that a crashed host took with it
-  cannot be used: the other copy is used if it is complete (the source always is;
-  the destination only once told to resume); with neither the guest is lost.
+  VM, then resume the source). At RESUME the destination was possibly sent its one
+  restore-and-resume batch, which resumes last: its VM runs -> roll forward (destroy
+  the source); present but not running, or absent -> roll back. At CLEANUP the
+  destination had answered that it runs the guest: its VM present -> roll forward
+  (resumed if paused). A copy that a crashed host took with it cannot be used: the
+  other copy is used if it is complete (the source always is; the destination once it
+  ran); with neither the guest is lost. Rolling back destroys the destination VM
+  before the source is resumed, so a guest never runs on two nodes.
 - A guest whose node answers without its VM is lost (a host crash takes its VMs);
   it is never recreated. A paused current VM is resumed (a guest is never left paused).
 - A guest being created when the controller stopped is adopted if its VM runs
@@ -29,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from controller.core.machine import Journal, Outcome, VmRef, told_to_resume
+from controller.core.machine import Journal, OnVm, Outcome, VmRef, destination_ran, told_to_resume
 from controller.core.model import GuestId, GuestState, MigrationId, NodeId
 
 
@@ -56,17 +60,14 @@ class NodeVm:
 
 
 @dataclass(frozen=True, slots=True)
-class ResumeVm:
-    """Resume a paused VM (idempotent on the node)."""
-
-    vm: VmRef
+class ResumeVm(OnVm):
+    """Resume the paused VM `vm` (idempotent on the node)."""
 
 
 @dataclass(frozen=True, slots=True)
-class DestroyVm:
-    """Destroy a VM the controller created (NOT_FOUND counts as done)."""
+class DestroyVm(OnVm):
+    """Destroy the VM `vm` the controller created (NOT_FOUND counts as done)."""
 
-    vm: VmRef
     why: str
 
 
@@ -219,11 +220,11 @@ def _resolve_guest(guest: GuestPlacement, nodes: NodeLists) -> Resolution:
 def _resolve_migration(guest: GuestPlacement, j: Journal, nodes: NodeLists) -> Resolution:
     subject = f"migration {j.migration_id}"
     src, dst = _find(nodes, j.source), _find(nodes, j.destination)
-    forward = told_to_resume(j.step)
-    if forward:
+    if told_to_resume(j.step):
         if dst is False:
             return Resolution(subject, waiting=f"destination {j.destination.node_id} does not answer")
-        if isinstance(dst, NodeVm):
+        # The destination's VM is complete only if it ran: its batch restores, then resumes.
+        if isinstance(dst, NodeVm) and (dst.running or destination_ran(j.step)):
             actions: list[NodeAction] = []
             if not dst.running:
                 actions.append(ResumeVm(j.destination))
@@ -232,7 +233,8 @@ def _resolve_migration(guest: GuestPlacement, j: Journal, nodes: NodeLists) -> R
             moved = replace(guest, vm=j.destination, state=GuestState.RUNNING, generation=j.generation)
             done = replace(j, outcome=Outcome.SUCCEEDED, reason="rolled forward after a restart")
             return Resolution(subject, tuple(actions), (moved,), (done,))
-    # Roll back: before RESUME, or after it when the destination's host lost the VM.
+    # Roll back: before RESUME, at RESUME when the destination does not run the guest (its
+    # batch failed or was never sent), or later when the destination's host lost the VM.
     if src is False:
         return Resolution(subject, waiting=f"source {j.source.node_id} does not answer")
     actions = []
@@ -247,7 +249,11 @@ def _resolve_migration(guest: GuestPlacement, j: Journal, nodes: NodeLists) -> R
     assert isinstance(src, NodeVm)
     if not src.running:
         actions.append(ResumeVm(j.source))
-    why = "rolled back after a restart" if not forward else "destination host lost the VM; rolled back"
+    why = (
+        "rolled back after a restart"
+        if not destination_ran(j.step)
+        else "destination host lost the VM; rolled back"
+    )
     back = replace(guest, vm=j.source, state=GuestState.RUNNING)
     done = replace(j, outcome=Outcome.ROLLED_BACK, reason=why)
     return Resolution(subject, tuple(actions), (back,), (done,))

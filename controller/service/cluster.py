@@ -222,6 +222,8 @@ class Cluster:
                 self.admission.hold(record)  # still running: it counts against the limits
         for j in self.store.journals():
             self.journals[j.migration_id] = j
+            if j.migration_id in self.migrations:  # the journal row may be ahead of the record's
+                self.migrations[j.migration_id].journal_step = "" if j.step is None else j.step.value
             if j.outcome is Outcome.IN_FLIGHT and j.guest_id in self.guests:
                 self.guests[j.guest_id].migrating = j.migration_id
         for node_id, address in self.store.nodes():

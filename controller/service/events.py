@@ -33,7 +33,7 @@ class EventPublisher:
 
     def migration(self, record: MigrationRecord, step: str = "") -> None:
         if not (self.events.subscribers or self.telemetry.subscribers):
-            return  # nobody watches: no copy
+            return  # nobody watches: no copy (steps are published inside the guest's downtime)
         # Watchers get the record as it is now, not the live object.
         frozen = dataclasses.replace(record, steps=list(record.steps), not_carried=list(record.not_carried))
         now = time.time_ns()

@@ -5,9 +5,10 @@ is sent, so after a crash the journal says exactly how far the migration got (th
 reconciler finishes it from there). The guest is never lost and never runs twice: until
 the destination is told to resume, any failure resumes the source unchanged.
 
-Read-only calls ride along with the mutating call before them in one batch (the source's
-register reads go with the pause), which keeps the downtime window at three round trips
-(pause+read, restore, resume); every call that changes a VM has its own journaled step.
+Calls ride in one batch per step, which keeps the downtime window at two round trips: the
+source's register reads go with the pause (PAUSE), and the destination's restore goes
+with its resume, last in the batch (RESUME): a batch stops at its first failing call, so
+a destination that runs was restored completely, and one whose batch failed does not run.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from controller.core.machine import (
     Outcome,
     Pause,
     Prepare,
-    Restore,
     Result,
     Resume,
     Rollback,
@@ -67,6 +67,11 @@ log = structlog.get_logger("kvmtimer.controller")
 TransferHook = Callable[[MigrationRecord], Awaitable[None]]
 # Test-mode fault injection: awaited right after a step is committed, before its command is sent.
 FaultHook = Callable[[MigrationRecord, Step], Awaitable[None]]
+
+
+# Steps journaled while the source is paused and the destination not yet resumed (the guest's
+# downtime): their commits carry the journal row alone.
+_WHILE_STOPPED = (Step.SNAPSHOT, Step.TRANSFER, Step.RESUME)
 
 
 class Cancelled(Exception):
@@ -113,6 +118,12 @@ class MigrationExecutor:
     def _commit(self, j: Journal, *, guest: bool = False) -> None:
         self.j = j
         self.r.journal_step = "" if j.step is None else j.step.value
+        if j.step in _WHILE_STOPPED and j.outcome is Outcome.IN_FLIGHT and not guest:
+            # The guest is stopped: commit only the journal row (what recovery reads, and all
+            # it reads); the record, a report, is written with the next step outside the window.
+            self.c.journals[j.migration_id] = j
+            self.c.store.put_journal(j)
+            return
         self.c.persist_migration(self.r, j, self.guest if guest else None)
 
     async def run(self) -> Outcome:
@@ -142,10 +153,14 @@ class MigrationExecutor:
             if result is Result.OK and r.cancel_requested and not told_to_resume(j.step):
                 result, reason = Result.CANCELLED, "cancelled by request; the guest stays on the source"
             j, cmd = advance(j, result, reason)
+            if isinstance(cmd, Hold):
+                self.j = j  # the same step, held: committed below with the record
+                break
             self._enter(j)
         if isinstance(cmd, Hold):
             r.reason = f"in doubt: {cmd.reason}; waiting for the nodes to tell"
             log.warning("migration_held", migration_id=r.migration_id, reason=cmd.reason)
+            c.persist_migration(r, j)  # the record too (a RESUME commit carried the journal alone)
             c.publish_migration(r)
             return Outcome.IN_FLIGHT
         return j.outcome
@@ -199,8 +214,12 @@ class MigrationExecutor:
             return Result.CANCELLED, "cancelled by request; the guest stays on the source"
         except NodeCallError as err:
             if err.unreachable:
-                self.c.pool.set_health(NodeId(err.node_id), False, err.message)
-                return Result.UNREACHABLE, node_failure(err).message
+                self.c.pool.call_failed(NodeId(err.node_id), err.code, err.message)
+                # A call that never reached the node was not done: a definite failure (the
+                # destination never resumed). Not for CLEANUP, where only an answer can say
+                # that the destination lost the guest.
+                if not err.never_sent or isinstance(cmd, Cleanup):
+                    return Result.UNREACHABLE, node_failure(err).message
             return Result.FAILED, err.message
         except ControllerError as err:
             return Result.FAILED, err.message
@@ -221,14 +240,8 @@ class MigrationExecutor:
             case Transfer():
                 if c.transfer_hook is not None:
                     await c.transfer_hook(self.r)
-            case Restore(vm=vm):
-                await self._restore(c.pool.client(vm.node_id))
             case Resume(vm=vm):
-                resumed = await c.pool.client(vm.node_id).batch(
-                    [pb.BatchCall(resume_vm=pb.ResumeVmRequest(vm_id=vm.vm_id))]
-                )
-                self.r.resume_acked_ns = time.monotonic_ns()
-                self.r.resumed_realtime_ns = resumed[0].resume_vm.realtime_ns
+                await self._restore_and_resume(c.pool.client(vm.node_id))
             case Cleanup(vm=vm):
                 await self._cleanup(c.pool.client(vm.node_id))
             case Rollback():
@@ -365,9 +378,10 @@ class MigrationExecutor:
         k.timer_regs = tuple(RegWrite(i, reg, saved[(i, reg)]) for i in range(n) for reg in k.regs.restored)
         k.workload_state = snap[1].save_workload
 
-    async def _restore(self, dst: NodeClient) -> None:
-        """Write the guest state into the (still paused) destination VM. The destination applies
-        the source's counter record at its own instant: it credits the realtime that passed as its
+    async def _restore_and_resume(self, dst: NodeClient) -> None:
+        """Write the guest state into the paused destination VM and resume it, in one batch (the
+        resume last: it runs only if everything before it succeeded). The destination applies the
+        source's counter record at its own instant: it credits the realtime that passed as its
         clock sees it then (never negative), with its kernel's interface."""
         r, k = self.r, self.carry
         assert r.method is not None and k.snapshot is not None
@@ -380,8 +394,11 @@ class MigrationExecutor:
                 )
             )
         restore.append(pb.BatchCall(apply_counter_record=_apply_request(dst_vm, k.snapshot, r.method)))
+        restore.append(pb.BatchCall(resume_vm=pb.ResumeVmRequest(vm_id=dst_vm)))
         restored = await dst.batch(restore)
-        credit = restored[-1].apply_counter_record
+        r.resume_acked_ns = time.monotonic_ns()
+        r.resumed_realtime_ns = restored[-1].resume_vm.realtime_ns
+        credit = restored[-2].apply_counter_record
         r.applied_as, r.elapsed_ticks = credit.applied_as, credit.elapsed_ticks
         r.destination_voffset, r.destination_poffset = credit.voffset, credit.poffset
         r.realtime_skew_ns = credit.realtime_offset_ns - k.source_realtime_offset_ns

@@ -198,13 +198,25 @@ class NodePool:
             if health is Health.SLOW:
                 if late:
                     continue
-                slow = self.slow_checks[node_id] = self.slow_checks.get(node_id, 0) + 1
-                if slow >= SLOW_CHECKS_TO_DOWN:
-                    self.set_health(node_id, False, f"health check timed out {slow} times in a row")
+                self._slow(node_id, "health check timed out")
                 continue
             self.slow_checks.pop(node_id, None)
             ok = health is Health.SERVING
             self.set_health(node_id, ok, "" if ok else "health check failed")
+
+    def call_failed(self, node_id: NodeId, code: str, reason: str) -> None:
+        """A call to the node got no answer (`code`: its gRPC status name). Refused (UNAVAILABLE):
+        down at once, as a refused health check. Timed out: one more slow answer, counted with
+        the timed-out health checks (a busy host is not a dead one). Anything else: no change."""
+        if code == "UNAVAILABLE":
+            self.set_health(node_id, False, reason)
+        elif code == "DEADLINE_EXCEEDED":
+            self._slow(node_id, f"call timed out ({reason})")
+
+    def _slow(self, node_id: NodeId, what: str) -> None:
+        slow = self.slow_checks[node_id] = self.slow_checks.get(node_id, 0) + 1
+        if slow >= SLOW_CHECKS_TO_DOWN:
+            self.set_health(node_id, False, f"{what}; {slow} timeouts in a row")
 
     def set_health(self, node_id: NodeId, ok: bool, reason: str) -> None:
         node = self.nodes.get(node_id)

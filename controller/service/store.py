@@ -83,6 +83,13 @@ MIGRATIONS: tuple[str, ...] = (
         reason TEXT NOT NULL
     );
     """,
+    # 2: restore and resume became one journaled step (RESUME, one node batch). A journal at
+    # the old "restore" step had not told the destination to resume: to recovery "transfer"
+    # means the same (roll back).
+    """
+    UPDATE journal SET step = 'transfer' WHERE step = 'restore';
+    UPDATE journal_log SET step = 'transfer' WHERE step = 'restore';
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

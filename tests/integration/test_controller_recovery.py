@@ -4,11 +4,16 @@ Edge cases covered:
 - restart: every guest is listed again where it runs, nothing on any node is destroyed or
   created, new guests and migrations get ids never used before, and a guest named like a VM
   cannot exist ('@' is refused)
-- a controller killed at every migration step: before RESUME the guest is back on its source
-  (destination VM gone), from RESUME on it runs on the destination (source VM gone); never
+- a controller killed at every migration step (after the step is journaled, before its command
+  is sent): up to RESUME the guest is back on its source (destination VM gone; at RESUME the
+  restore-and-resume batch was never sent, so the destination does not run), at CLEANUP it runs
+  on the destination (source VM gone); never
   paused, never on two nodes, its counter never behind what it was; the record says how
   (recovered = rolled_back / rolled_forward) and is no longer in flight
 - recovery twice (a crash during recovery) gives the same result
+- the destination's restore-and-resume batch unanswered (in doubt): the migration is held, in
+  flight, and reconciliation asks the destination: the batch ran (VM running) -> rolled forward;
+  it never arrived (VM paused, not restored) -> rolled back to the source; never on two nodes
 - a node whose host crashed (it answers, empty): its guests are lost, visibly (ListGuests state
   and reason, NodeStatus.lost_guests, a node telemetry event, the guests_lost metric), not
   recreated; the node is healthy again
@@ -18,6 +23,7 @@ Edge cases covered:
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -25,13 +31,14 @@ from kvmtimer.v1 import controller_pb2 as cpb
 from kvmtimer.v1 import node_pb2 as pb
 from prometheus_client import generate_latest
 
-from controller.core.errors import InvalidArgument
+from controller.core.errors import InvalidArgument, NodeCallError
 from controller.core.machine import PIPELINE
 from controller.core.migration import Method, MigrationRecord, Phase, Step
 from controller.core.model import GuestState, NodeId
 from controller.core.recovery import NodeVm
 from controller.service.cluster import Cluster
 from controller.service.executor import FaultHook
+from controller.service.reconciler import reconcile
 from controller.telemetry.metrics import controller_registry
 from node.core.features import ApiProfile, EcvLevel, HostFeatures
 from node.core.uapi import OneReg
@@ -112,7 +119,7 @@ async def test_controller_killed_at_each_step_recovers(tmp_path: Path, step: Ste
         sim.advance_s(0.5)
 
         c2 = await sim.restart_controller()
-        forward = step in (Step.RESUME, Step.CLEANUP)
+        forward = step is Step.CLEANUP
         r2 = c2.migration(record.migration_id)
         assert r2.phase.terminal
         assert r2.recovered == ("rolled_forward" if forward else "rolled_back")
@@ -135,6 +142,85 @@ async def test_controller_killed_at_each_step_recovers(tmp_path: Path, step: Ste
         # And the guest can move on.
         nxt = await c3.migrate("g", "a" if forward else "b", Method.AUTO, wait=True)
         assert nxt.phase is Phase.SUCCEEDED, nxt.reason
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("batch_ran", [True, False])
+async def test_unanswered_resume_is_held_then_decided_by_the_destination(
+    tmp_path: Path, batch_ran: bool
+) -> None:
+    async with sim_cluster(NODES, state_path=tmp_path / "s.db") as sim:
+        c = sim.cluster
+        g = await c.create_guest("g", 2, WORKLOAD, "a")
+        sim.advance_s(1.0)
+        dst = c.pool.client(NodeId("b"))
+        real_batch = dst.batch
+
+        async def lost_answer(calls: Sequence[pb.BatchCall]) -> list[pb.BatchResult]:
+            if calls[-1].WhichOneof("call") != "resume_vm":
+                return await real_batch(calls)
+            if batch_ran:
+                await real_batch(calls)  # done on the node, but the answer never comes back
+            raise NodeCallError("b", "Batch", "DEADLINE_EXCEEDED", None, "deadline exceeded")
+
+        setattr(dst, "batch", lost_answer)  # noqa: B010 - this test's lost answer
+        record = await c.migrate("g", "b", Method.AUTO, wait=True)
+        assert not record.phase.terminal and record.journal_step == "resume"
+        assert record.reason.startswith("in doubt") and c.guest("g").migrating == record.migration_id
+        assert record.steps == ["prepare", "pause", "snapshot", "transfer", "resume"]
+        assert c.store.journals()[-1].reason == record.reason.removeprefix("in doubt: ").split(";")[0]
+        assert c.node("b").healthy  # one timeout is a slow answer, not a dead host
+        dst_vm = f"g@{record.migration_id}"
+        assert node_vms(sim) == {"a": {g.vm_id: False}, "b": {dst_vm: batch_ran}}
+        setattr(dst, "batch", real_batch)  # noqa: B010
+        await reconcile(c)
+        r = c.migration(record.migration_id)
+        guest = c.guest("g")
+        assert r.phase.terminal and guest.migrating is None and guest.state is GuestState.RUNNING
+        if batch_ran:
+            assert r.recovered == "rolled_forward" and r.phase is Phase.SUCCEEDED
+            assert (guest.node_id, guest.vm_id, node_vms(sim)) == (
+                "b",
+                dst_vm,
+                {"a": {}, "b": {dst_vm: True}},
+            )
+        else:
+            assert r.recovered == "rolled_back" and r.phase is Phase.FAILED
+            assert (guest.node_id, guest.vm_id, node_vms(sim)) == (
+                "a",
+                g.vm_id,
+                {"a": {g.vm_id: True}, "b": {}},
+            )
+        # Settled: another round changes nothing.
+        before = node_vms(sim)
+        await reconcile(c)
+        assert node_vms(sim) == before
+
+
+@pytest.mark.asyncio
+async def test_resume_batch_that_never_reached_the_destination_rolls_back_at_once(tmp_path: Path) -> None:
+    # The destination refuses connections (its host down): the batch was never received, so it
+    # did not resume there: a definite failure, rolled back without waiting for the destination.
+    async with sim_cluster(NODES, state_path=tmp_path / "s.db") as sim:
+        c = sim.cluster
+        g = await c.create_guest("g", 2, WORKLOAD, "a")
+        sim.advance_s(1.0)
+        dst = c.pool.client(NodeId("b"))
+        real_batch = dst.batch
+        refused = "failed to connect to all addresses; last error: Connection refused"
+
+        async def no_connection(calls: Sequence[pb.BatchCall]) -> list[pb.BatchResult]:
+            if calls[-1].WhichOneof("call") != "resume_vm":
+                return await real_batch(calls)
+            raise NodeCallError("b", "Batch", "UNAVAILABLE", None, refused)
+
+        setattr(dst, "batch", no_connection)  # noqa: B010 - this test's refused connection
+        record = await c.migrate("g", "b", Method.AUTO, wait=True)
+        assert record.phase is Phase.FAILED and record.steps[-1] == "rollback", record.reason
+        assert "UNAVAILABLE" in record.reason and not c.node("b").healthy
+        guest = c.guest("g")
+        assert (guest.node_id, guest.vm_id, guest.migrating) == ("a", g.vm_id, None)
+        assert node_vms(sim) == {"a": {g.vm_id: True}, "b": {}}
 
 
 @pytest.mark.asyncio

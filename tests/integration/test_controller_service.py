@@ -235,7 +235,7 @@ async def test_watch_migrations_streams_every_phase_and_grpc_guest_lifecycle() -
             cpb.MIGRATION_PHASE_RUNNING,
             cpb.MIGRATION_PHASE_SUCCEEDED,
         ]
-        assert steps == ["prepare", "pause", "snapshot", "transfer", "restore", "resume", "cleanup"]
+        assert steps == ["prepare", "pause", "snapshot", "transfer", "resume", "cleanup"]
         listed = await stub.ListMigrations(cpb.ListMigrationsRequest(guest_id="g"))
         assert [m.migration_id for m in listed.migrations] == ["m"]
         got = await stub.GetGuest(cpb.GetGuestRequest(guest_id="g"))

@@ -5,6 +5,9 @@ row (and listeners hear of it once); an answer in between resets the count; a re
 NOT_SERVING answer marks it down at once; a node marked down comes back up on its next SERVING;
 a timeout in a round during which the controller's own event loop ran late is not held against the
 node (neither counted nor clearing the count); the loop-lag monitor sees a loop held by a callback.
+A failed call outside the health checks (a migration's) follows the same rule: refused
+(UNAVAILABLE) marks the node down at once, timed out counts as one slow answer with the checks'
+(a busy host stays up until the threshold), any other code changes nothing.
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ async def test_slow_checks_mark_a_node_down_only_after_the_threshold() -> None:
         assert pool.nodes[NodeId("n1")].healthy and heard == []
     await pool.check_health()
     assert not pool.nodes[NodeId("n1")].healthy
-    assert heard == [("n1", False, f"health check timed out {SLOW_CHECKS_TO_DOWN} times in a row")]
+    assert heard == [("n1", False, f"health check timed out; {SLOW_CHECKS_TO_DOWN} timeouts in a row")]
     await pool.check_health()  # still slow: no second event
     assert len(heard) == 1
 
@@ -101,7 +104,7 @@ async def test_timeouts_while_our_loop_was_late_are_not_the_nodes_fault() -> Non
         assert pool.nodes[NodeId("n1")].healthy and heard == []
     assert pool.inconclusive_rounds == 3
     await pool.check_health()
-    assert heard == [("n1", False, f"health check timed out {SLOW_CHECKS_TO_DOWN} times in a row")]
+    assert heard == [("n1", False, f"health check timed out; {SLOW_CHECKS_TO_DOWN} timeouts in a row")]
 
 
 @pytest.mark.asyncio
@@ -128,3 +131,23 @@ async def test_loop_lag_monitor_sees_a_blocked_loop() -> None:
         assert lag.take_max() >= 0.2 and lag.take_max() == 0.0
     finally:
         await lag.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_timed_out_call_counts_as_a_slow_answer_a_refused_one_marks_down() -> None:
+    node = NodeId("n1")
+    pool, heard = pool_with("n1", ScriptedClient(*[Health.SLOW] * (SLOW_CHECKS_TO_DOWN - 2), Health.SERVING))
+    pool.call_failed(node, "DEADLINE_EXCEEDED", "batch: deadline exceeded")
+    pool.call_failed(node, "CANCELLED", "cancelled")
+    assert pool.nodes[node].healthy and heard == []
+    for _ in range(SLOW_CHECKS_TO_DOWN - 2):
+        await pool.check_health()
+    assert pool.nodes[node].healthy and heard == []  # one timeout short of the threshold
+    pool.call_failed(node, "DEADLINE_EXCEEDED", "batch: deadline exceeded")
+    assert heard == [
+        ("n1", False, f"call timed out (batch: deadline exceeded); {SLOW_CHECKS_TO_DOWN} timeouts in a row")
+    ]
+    await pool.check_health()  # it answers: up again, and the count starts over
+    assert pool.nodes[node].healthy and node not in pool.slow_checks
+    pool.call_failed(node, "UNAVAILABLE", "connection refused")
+    assert heard[-1] == ("n1", False, "connection refused")

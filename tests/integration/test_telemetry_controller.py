@@ -161,7 +161,7 @@ async def test_stream_carries_samples_migration_events_and_node_health() -> None
             cpb.MIGRATION_PHASE_SUCCEEDED,
         ]
         steps = [i.migration.step for i in items if i.HasField("migration") and i.migration.step]
-        assert steps == ["prepare", "pause", "snapshot", "transfer", "restore", "resume", "cleanup"]
+        assert steps == ["prepare", "pause", "snapshot", "transfer", "resume", "cleanup"]
         moved = [s for i in items if i.HasField("samples") for s in i.samples.samples if s.node_id == "b"]
         assert {s.guest_id for s in moved if s.vm_id.startswith("ga")} == {"ga"}
 

@@ -70,7 +70,6 @@ async def test_watch_json_against_the_controller(capsys: pytest.CaptureFixture[s
         "pause",
         "snapshot",
         "transfer",
-        "restore",
         "resume",
         "cleanup",
     ]

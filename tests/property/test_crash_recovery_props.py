@@ -21,25 +21,8 @@ from dataclasses import dataclass, field, replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.core.machine import (
-    Cleanup,
-    Command,
-    Finish,
-    Hold,
-    Journal,
-    Outcome,
-    Pause,
-    Prepare,
-    Restore,
-    Result,
-    Resume,
-    Rollback,
-    Snapshot,
-    Transfer,
-    VmRef,
-    advance,
-    start,
-)
+from controller.core import machine as m
+from controller.core.machine import Command, Journal, Outcome, Result, VmRef, advance, start
 from controller.core.migration import Step
 from controller.core.model import GuestId, GuestState, MigrationId, NodeId
 from controller.core.recovery import (
@@ -189,33 +172,34 @@ def run_command(w: World, cmd: Command, snap: Snap | None, stall: int) -> tuple[
     """Execute one command against the fake nodes."""
     try:
         match cmd:
-            case Prepare(source=_, destination=dst, guest_id=gid, migration_id=mid, generation=gen):
+            case m.Prepare(source=_, destination=dst, guest_id=gid, migration_id=mid, generation=gen):
                 node = w.node(dst.node_id)
                 if dst.vm_id not in node.vms:
                     node.vms[dst.vm_id] = FakeVm(False, gid, mid, gen, complete=False)
-            case Pause(vm=ref):
+            case m.Pause(vm=ref):
                 w.vm(ref).running = False
-            case Snapshot(vm=ref):
+            case m.Snapshot(vm=ref):
                 vm = w.vm(ref)
                 assert not vm.running
                 snap = (w.now - vm.offset, w.now)  # the guest counter read at the pause, and when
-            case Transfer():
+            case m.Transfer():
                 pass
-            case Restore(vm=ref):
+            case m.Resume(vm=ref):
+                # One batch: restore, then resume; it fails as a whole (a missing VM: nothing done).
                 assert snap is not None
+                vm = w.vm(ref)
                 # Offset methods carry the counter on in real time; BY_VALUE (stall > 0) writes
                 # the value read at the pause, so guest time stalls for the downtime.
                 counter, read_at = snap
                 elapsed = 0 if stall else w.now - read_at
-                w.vm(ref).offset = w.now - (counter + elapsed)
-                w.vm(ref).complete = True
-            case Resume(vm=ref):
-                w.vm(ref).running = True
-            case Cleanup(vm=ref, destination=dst):
+                vm.offset = w.now - (counter + elapsed)
+                vm.complete = True
+                vm.running = True
+            case m.Cleanup(vm=ref, destination=dst):
                 if not w.vm(dst).running:
                     return Result.FAILED, snap
                 w.node(ref.node_id).vms.pop(ref.vm_id, None)
-            case Rollback(destroy=dst, resume=src):
+            case m.Rollback(destroy=dst, resume=src):
                 failed = False
                 if dst is not None:
                     try:
@@ -239,7 +223,7 @@ def migration_step(w: World, gid: GuestId, lose_answer: bool, stall: int) -> Non
     mid, cmd, snap = w.active[gid]
     j = w.journals[mid]
     result, snap = run_command(w, cmd, snap, stall)
-    if lose_answer and result is Result.OK and not isinstance(cmd, Transfer):
+    if lose_answer and result is Result.OK and not isinstance(cmd, m.Transfer):
         result = Result.UNREACHABLE
     j, nxt = advance(j, result)
     w.journals[mid] = j  # commit before sending `nxt`
@@ -248,7 +232,7 @@ def migration_step(w: World, gid: GuestId, lose_answer: bool, stall: int) -> Non
         w.guests[gid] = replace(g, vm=j.destination, generation=j.generation)
     if j.step is Step.ROLLBACK and w.guests[gid].vm == j.destination:
         w.guests[gid] = replace(w.guests[gid], vm=j.source, generation=j.generation - 1)
-    if isinstance(nxt, (Finish, Hold)):
+    if isinstance(nxt, (m.Finish, m.Hold)):
         del w.active[gid]
     else:
         w.active[gid] = (mid, nxt, snap)

@@ -4,9 +4,11 @@ Edge cases covered:
 - a running guest is adopted with nothing to do; a paused one is resumed; a missing one is lost
 - a guest being created: adopted if its VM runs, else its VM destroyed and the creation failed
 - an in-flight migration journaled at each step, with each side present / missing / silent:
-  before RESUME roll back (destroy destination, then resume source), from RESUME roll forward
-  (resume destination, then destroy source); the destination lost by its host after RESUME
-  rolls back to the source; both copies gone loses the guest; a silent node makes it wait
+  before RESUME roll back (destroy destination, then resume source); at RESUME (one
+  restore-and-resume batch) roll forward only if the destination VM runs, else roll back; at
+  CLEANUP roll forward (resume the destination if paused, then destroy the source); the
+  destination lost by its host at or after RESUME rolls back to the source; both copies gone
+  (or the source gone and the destination never ran) loses the guest; a silent node makes it wait
 - a VM of a known guest that no one needs is destroyed; a VM of an unknown guest or an unknown
   migration is reported as an orphan and never destroyed
 - busy guests (being created or migrated in this process) are left alone, VMs included
@@ -35,6 +37,12 @@ SRC, DST = VmRef(A, "g@0"), VmRef(B, "g@m1")
 GUEST = GuestPlacement(G, SRC, GuestState.RUNNING)
 SRC_VM = NodeVm("g@0", True, "g")
 DST_VM = NodeVm("g@m1", False, "g", "m1", 1)
+DST_RUNNING = NodeVm("g@m1", True, "g", "m1", 1)
+
+
+def forward(step: Step, dst: NodeVm) -> bool:
+    """The rule: forward once the destination ran the guest (CLEANUP), or runs it now (RESUME)."""
+    return step is Step.CLEANUP or (step is Step.RESUME and dst.running)
 
 
 def journal(step: Step) -> Journal:
@@ -64,12 +72,14 @@ def test_guest_being_created(running: bool) -> None:
     assert gone.guests[0].state is GuestState.FAILED and not gone.actions
 
 
+@pytest.mark.parametrize("dst", [DST_VM, DST_RUNNING])
 @pytest.mark.parametrize("step", [*PIPELINE, Step.ROLLBACK])
-def test_in_flight_migration_with_both_copies(step: Step) -> None:
+def test_in_flight_migration_with_both_copies(step: Step, dst: NodeVm) -> None:
     paused_src = NodeVm("g@0", False, "g")
-    r = plan([GUEST], [journal(step)], {A: [paused_src], B: [DST_VM]}).resolutions[0]
-    if step in (Step.RESUME, Step.CLEANUP):
-        assert r.actions == (ResumeVm(DST), DestroyVm(SRC, "source of a migration rolled forward"))
+    r = plan([GUEST], [journal(step)], {A: [paused_src], B: [dst]}).resolutions[0]
+    if forward(step, dst):
+        resume = () if dst.running else (ResumeVm(DST),)
+        assert r.actions == (*resume, DestroyVm(SRC, "source of a migration rolled forward"))
         assert r.guests[0].vm == DST and r.guests[0].generation == 1
         assert r.migrations[0].outcome is Outcome.SUCCEEDED
     else:
@@ -84,10 +94,11 @@ def test_destination_host_crashed(step: Step) -> None:
     assert r.actions == (ResumeVm(SRC),) and r.migrations[0].outcome is Outcome.ROLLED_BACK
 
 
+@pytest.mark.parametrize("dst", [DST_VM, DST_RUNNING])
 @pytest.mark.parametrize("step", PIPELINE)
-def test_source_host_crashed(step: Step) -> None:
-    r = plan([GUEST], [journal(step)], {A: [], B: [DST_VM]}).resolutions[0]
-    if step in (Step.RESUME, Step.CLEANUP):
+def test_source_host_crashed(step: Step, dst: NodeVm) -> None:
+    r = plan([GUEST], [journal(step)], {A: [], B: [dst]}).resolutions[0]
+    if forward(step, dst):
         assert r.migrations[0].outcome is Outcome.SUCCEEDED and r.guests[0].vm == DST
     else:
         assert r.actions == (DestroyVm(DST, "destination of a migration rolled back"),)
@@ -96,8 +107,8 @@ def test_source_host_crashed(step: Step) -> None:
 
 @pytest.mark.parametrize("step", PIPELINE)
 def test_silent_node_makes_the_migration_wait(step: Step) -> None:
-    forward = step in (Step.RESUME, Step.CLEANUP)
-    nodes = {A: [SRC_VM], B: None} if forward else {A: None, B: [DST_VM]}
+    asked = step in (Step.RESUME, Step.CLEANUP)  # the destination's answer decides
+    nodes = {A: [SRC_VM], B: None} if asked else {A: None, B: [DST_VM]}
     p = plan([GUEST], [journal(step)], nodes)
     assert p.resolutions[0].waiting and not p.resolutions[0].actions
     assert {SRC, DST} <= p.needed
@@ -125,8 +136,19 @@ def test_busy_guests_are_left_alone() -> None:
     assert all(not r.actions for r in p.resolutions) and p.orphans == ()
 
 
-def test_applying_a_plan_settles() -> None:
-    nodes = {A: [NodeVm("g@0", False, "g")], B: [DST_VM]}
-    r = plan([GUEST], [journal(Step.RESUME)], nodes).resolutions[0]
-    after = {A: [], B: [NodeVm("g@m1", True, "g", "m1", 1)]}
+def test_resume_not_run_with_a_silent_source_waits() -> None:
+    # At RESUME a destination that does not run means roll back, which needs the source.
+    p = plan([GUEST], [journal(Step.RESUME)], {A: None, B: [DST_VM]})
+    assert p.resolutions[0].waiting and all(not r.actions for r in p.resolutions)
+
+
+@pytest.mark.parametrize("step", [Step.RESUME, Step.CLEANUP])
+def test_applying_a_plan_settles(step: Step) -> None:
+    nodes = {A: [NodeVm("g@0", False, "g")], B: [DST_RUNNING]}
+    r = plan([GUEST], [journal(step)], nodes).resolutions[0]
+    after = {A: [], B: [DST_RUNNING]}
     assert plan(list(r.guests), list(r.migrations), after).settled
+    back = plan([GUEST], [journal(step)], {A: [NodeVm("g@0", False, "g")], B: [DST_VM]}).resolutions[0]
+    if step is Step.RESUME:
+        assert back.guests[0].vm == SRC
+        assert plan(list(back.guests), list(back.migrations), {A: [SRC_VM], B: []}).settled

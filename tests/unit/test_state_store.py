@@ -9,7 +9,8 @@ Edge cases covered:
 - a transaction that raises leaves nothing behind
 - refused, and left byte-for-byte untouched: a file that is not a database, another program's
   database, a newer schema version, a directory
-- an older schema is upgraded in place
+- an older schema is upgraded in place; version 1's in-flight journal at the old "restore" step
+  (before restore and resume became one step) reads as "transfer" (both roll back), log included
 """
 
 from __future__ import annotations
@@ -185,3 +186,26 @@ def test_older_schema_is_upgraded_in_place(tmp_path: Path, monkeypatch: pytest.M
     assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
     assert "labels" in [r[1] for r in db.execute("PRAGMA table_info(nodes)")]
     db.close()
+
+
+def test_version_1_restore_step_reads_as_transfer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from controller.service import store as store_mod
+
+    path = tmp_path / "state.db"
+    with monkeypatch.context() as m:
+        m.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS[:1])
+        m.setattr(store_mod, "SCHEMA_VERSION", 1)
+        Store.open(path).close()
+    db = sqlite3.connect(path)
+    row = ("m1", "g", "a", "g@0", "b", "g@m1", 3, "restore", "in_flight", "")
+    db.execute("INSERT INTO journal VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+    db.executemany(
+        "INSERT INTO journal_log(migration_id, step, outcome, reason) VALUES('m1', ?, 'in_flight', '')",
+        [("transfer",), ("restore",)],
+    )
+    db.commit()
+    db.close()
+    new = Store.open(path)
+    assert new.journals() == [replace(JOURNAL, step=Step.TRANSFER)]
+    assert new.journal_log("m1") == [(Step.TRANSFER, Outcome.IN_FLIGHT)] * 2
+    new.close()
