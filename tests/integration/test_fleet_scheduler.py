@@ -17,6 +17,7 @@ from node.core.clock import SystemClock
 from node.core.features import ClockMode
 from node.core.fleet import fleet_host
 from node.core.host import Host
+from node.core.vm import Vm
 from node.core.workload import WorkloadSpec
 from node.service.driver import TimerScheduler
 from tests.support.wait import until
@@ -86,6 +87,31 @@ async def test_hosts_share_one_scheduler_and_lose_no_interrupt() -> None:
             vm.pause()
     await until(lambda: not scheduler.armed, timeout_s=5.0, what="paused guests leave nothing planned")
     assert scheduler.planned == 0
+    scheduler.stop()
+
+
+@pytest.mark.asyncio
+async def test_kick_vm_plans_that_vm_only_and_leaves_the_others_planned() -> None:
+    scheduler = TimerScheduler()
+    host = realtime_host(1)
+    running_guest(host, 1)
+    running_guest(host, 2)
+    scheduler.kick(host)
+    first, second = host.vms.values()
+    planned_first = scheduler._due[id(first)]
+    second.pause()
+    scheduler.kick_vm(host, second)  # what ResumeVm/SetRegs of `second` do
+    # The paused VM left the plan; the other one kept its entry, untouched.
+    assert (scheduler.planned, scheduler._due.get(id(first))) == (1, planned_first)
+    second.resume()
+    scheduler.kick_vm(host, second)
+    assert scheduler.planned == 2
+
+    def took(vm: Vm, count: int) -> bool:
+        assert vm.workload is not None
+        return all(w.vtimer.received >= count for w in vm.workload.vcpus.values())
+
+    await until(lambda: took(first, 5) and took(second, 5), timeout_s=10.0, what="5 interrupts on every vCPU")
     scheduler.stop()
 
 
