@@ -6,9 +6,8 @@ entry. When it fires, the due VMs take their interrupts (the guest handler re-ar
 planned again, each from its own vCPUs only. A VM whose guest waits for nothing (paused,
 timers disabled) has no entry, and a host without such VMs costs nothing. Whatever can move a
 deadline (resume, register and offset writes, loaded guest memory) arrives through the
-servicer, which calls `kick_vm(host, vm)` to plan that VM again (`kick(host)`: every VM of
-it). One scheduler serves every host of a fleet process (`kvmtimer fleet`), so the cost is per
-interrupt, not per host or vCPU.
+servicer, which calls `kick_vm(host, vm)` to plan that VM again. One scheduler serves every
+host of a fleet process (`kvmtimer fleet`), so the cost is per interrupt, not per host or vCPU.
 """
 
 from __future__ import annotations
@@ -47,17 +46,9 @@ class TimerScheduler:
         """An event-loop timer is pending."""
         return self._handle is not None
 
-    def kick(self, host: Host) -> None:
-        """Something of `host` changed (resume, new workload, offsets): deliver what is due and
-        plan each of its VMs again."""
-        loop = asyncio.get_running_loop()
-        for vm in list(host.vms.values()):
-            self._plan(host, vm, loop)
-        self._arm()
-
     def kick_vm(self, host: Host, vm: Vm) -> None:
-        """`kick` for a change confined to one VM of `host` (its registers, offsets, run state):
-        only that VM's plan can have moved. The others stay planned as they were; their due
+        """`vm` of `host` changed (its registers, offsets, run state): deliver what is due and
+        plan it again; only that VM's plan can have moved. The others stay planned as they were; their due
         interrupts are delivered by their own wake-ups, not inside this VM's request (a
         migration's restore batch, inside the guest's downtime)."""
         self._plan(host, vm, asyncio.get_running_loop())

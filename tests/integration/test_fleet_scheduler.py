@@ -44,12 +44,18 @@ def running_guest(host: Host, vcpus: int) -> None:
     vm.resume()
 
 
+def plan_host(scheduler: TimerScheduler, host: Host) -> None:
+    """What the servicer does as each of the host's VMs changes."""
+    for vm in list(host.vms.values()):
+        scheduler.kick_vm(host, vm)
+
+
 @pytest.mark.asyncio
 async def test_idle_host_arms_nothing() -> None:
     scheduler = TimerScheduler()
     host = realtime_host(1)
     host.create_vm().create_vcpu(0)  # a VM that never runs
-    scheduler.kick(host)
+    plan_host(scheduler, host)
     assert (scheduler.planned, scheduler.armed) == (0, False)
 
 
@@ -59,7 +65,7 @@ async def test_hosts_share_one_scheduler_and_lose_no_interrupt() -> None:
     hosts = [realtime_host(i) for i in range(1, 4)]
     for n, host in enumerate(hosts):
         running_guest(host, 1 + n)
-        scheduler.kick(host)
+        plan_host(scheduler, host)
     assert (scheduler.planned, scheduler.armed) == (3, True)
 
     def every_vcpu_took(count: int) -> bool:
@@ -96,7 +102,7 @@ async def test_kick_vm_plans_that_vm_only_and_leaves_the_others_planned() -> Non
     host = realtime_host(1)
     running_guest(host, 1)
     running_guest(host, 2)
-    scheduler.kick(host)
+    plan_host(scheduler, host)
     first, second = host.vms.values()
     planned_first = scheduler._due[id(first)]
     second.pause()
