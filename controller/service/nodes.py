@@ -196,9 +196,8 @@ class NodePool:
             log.info("health_round_inconclusive", loop_lag_s=round(lag_s, 3), slow=results.count(Health.SLOW))
         for (node_id, _), health in zip(clients, results, strict=True):
             if health is Health.SLOW:
-                if late:
-                    continue
-                self._slow(node_id, "health check timed out")
+                if not late:
+                    self._slow(node_id, "health check timed out")
                 continue
             self.slow_checks.pop(node_id, None)
             ok = health is Health.SERVING
